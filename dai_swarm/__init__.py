@@ -1,0 +1,64 @@
+"""dai_swarm: asynchronous, decentralized, verifiable training of PyTorch models by volunteers.
+
+The public surface is what ``__all__`` lists; everything else is internal.
+"""
+
+from ._version import __version__
+from .errors import (
+    BootstrapError,
+    CodecError,
+    ConfigError,
+    DigestMismatch,
+    ExpiredRecord,
+    ForgedRecord,
+    IdentityError,
+    LedgerCorrupt,
+    LedgerError,
+    MalformedRecord,
+    ManifestMismatch,
+    NetworkError,
+    NonFiniteValues,
+    PayloadCorrupt,
+    PayloadTooLarge,
+    PeerUnreachable,
+    ProtocolError,
+    RecordRejected,
+    ShapeMismatch,
+    StaleRound,
+    SwarmError,
+    TaskError,
+    UnknownCodec,
+    VerificationFailed,
+    WrongBase,
+)
+from .identity import Identity
+
+__all__ = [
+    "BootstrapError",
+    "CodecError",
+    "ConfigError",
+    "DigestMismatch",
+    "ExpiredRecord",
+    "ForgedRecord",
+    "Identity",
+    "IdentityError",
+    "LedgerCorrupt",
+    "LedgerError",
+    "MalformedRecord",
+    "ManifestMismatch",
+    "NetworkError",
+    "NonFiniteValues",
+    "PayloadCorrupt",
+    "PayloadTooLarge",
+    "PeerUnreachable",
+    "ProtocolError",
+    "RecordRejected",
+    "ShapeMismatch",
+    "StaleRound",
+    "SwarmError",
+    "TaskError",
+    "UnknownCodec",
+    "VerificationFailed",
+    "WrongBase",
+    "__version__",
+]

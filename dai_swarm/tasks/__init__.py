@@ -1,0 +1,1 @@
+"""Built-in training tasks and the Task API."""

@@ -1,0 +1,1 @@
+"""Compression codecs and the bounded wire frame."""
