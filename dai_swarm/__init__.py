@@ -32,6 +32,7 @@ from .errors import (
     WrongBase,
 )
 from .identity import Identity
+from .tasks import Task, load_task
 
 __all__ = [
     "BootstrapError",
@@ -56,9 +57,11 @@ __all__ = [
     "ShapeMismatch",
     "StaleRound",
     "SwarmError",
+    "Task",
     "TaskError",
     "UnknownCodec",
     "VerificationFailed",
     "WrongBase",
     "__version__",
+    "load_task",
 ]
