@@ -1,0 +1,102 @@
+"""Deterministic aggregation of a round's updates (replicated state, I1).
+
+Honest peers that include the same updates must compute bitwise-identical aggregates, whatever
+their torch thread count. The rules that make this hold:
+
+* updates are sorted by payload digest and accumulated one after another in that fixed order;
+* only *elementwise* torch ops are used, each rounding once (``mul`` by a float32 scalar, then
+  ``add`` without ``alpha``): an elementwise op gives the same bits whether a chunk of the tensor
+  is handled by a vectorised kernel, a scalar tail or another thread. Fused forms such as
+  ``add(x, alpha=w)`` are avoided because a vectorised FMA and a scalar tail round differently and
+  the chunk boundaries move with the thread count;
+* no torch reductions (``sum``, ``norm``, ``dot``): their blocking depends on the thread count.
+  When a rule needs one (norms in a robust aggregator), use :func:`sq_norm`, which converts to
+  numpy float64 and uses ``np.sum`` (single-threaded pairwise summation, deterministic);
+* scalar weights are combined in Python float64 with :func:`math.fsum` (exact, order-free).
+
+A robust rule (CenteredClip, trimmed mean...) plugs in through ``rule=``: it receives the updates
+as dicts sorted by digest and their normalised weights and must follow the same rules.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from dai_swarm.errors import ConfigError, NonFiniteValues, ShapeMismatch
+
+__all__ = ["AggregationRule", "sq_norm", "update_weight", "weighted_mean"]
+
+#: ``rule(updates, weights) -> dict``: updates sorted by digest, weights normalised to sum 1.
+AggregationRule = Callable[[Sequence[Mapping[str, torch.Tensor]], Sequence[float]], dict]
+
+
+def update_weight(samples: int, reputation: float = 1.0, discount: float = 1.0) -> float:
+    """Aggregation weight of one update: ``samples * reputation * discount`` (staleness discount).
+
+    Raises :class:`~dai_swarm.errors.ConfigError` for negative or non-finite factors.
+    """
+    for name, v in (("samples", samples), ("reputation", reputation), ("discount", discount)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+    return float(samples) * float(reputation) * float(discount)
+
+
+def sq_norm(tensors: Mapping[str, torch.Tensor]) -> float:
+    """Squared L2 norm over all tensors, deterministic across thread counts (numpy float64)."""
+    total = [float(np.sum(np.square(tensors[k].detach().cpu().double().numpy()))) for k in sorted(tensors)]
+    return math.fsum(total)
+
+
+def _check_updates(updates: Sequence[tuple[str, float, Mapping[str, torch.Tensor]]]):
+    if not updates:
+        raise ConfigError("weighted_mean needs at least one update")
+    ordered = sorted(updates, key=lambda u: u[0])
+    digests = [u[0] for u in ordered]
+    if len(set(digests)) != len(digests):
+        raise ConfigError("duplicate digests in the update list")
+    ref = ordered[0][2]
+    names = sorted(ref)
+    for digest, w, tensors in ordered:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ConfigError(f"weight of {digest} must be a finite number >= 0, got {w!r}")
+        if sorted(tensors) != names:
+            raise ShapeMismatch(f"update {digest} has different tensor names")
+        for n in names:
+            t, r = tensors[n], ref[n]
+            if not isinstance(t, torch.Tensor) or t.shape != r.shape or not t.is_floating_point():
+                raise ShapeMismatch(f"update {digest}: tensor {n!r} has a different shape or dtype")
+            if not bool(torch.isfinite(t).all()):
+                raise NonFiniteValues(f"update {digest}: tensor {n!r} holds NaN or Inf")
+    total = math.fsum(float(u[1]) for u in ordered)
+    if total <= 0:
+        raise ConfigError("the weights of the updates sum to zero")
+    return ordered, names, [float(u[1]) / total for u in ordered]
+
+
+def weighted_mean(updates: Sequence[tuple[str, float, Mapping[str, torch.Tensor]]], *,
+                  rule: AggregationRule | None = None) -> dict[str, torch.Tensor]:
+    """Weighted mean of ``(digest, weight, tensors)`` items, bitwise-deterministic (float32).
+
+    Items are sorted by digest and weights normalised to sum 1 before anything is computed, so the
+    input order never matters. With ``rule`` the work is delegated to that robust aggregator.
+    Raises ShapeMismatch / NonFiniteValues for inconsistent or non-finite updates and ConfigError
+    for empty input, duplicate digests or bad weights.
+    """
+    ordered, names, weights = _check_updates(updates)
+    if rule is not None:
+        out = rule([u[2] for u in ordered], weights)
+        if sorted(out) != names or any(out[n].shape != ordered[0][2][n].shape for n in names):
+            raise ShapeMismatch("the aggregation rule returned different tensor names or shapes")
+        return {n: out[n] for n in names}
+    result: dict[str, torch.Tensor] = {}
+    for n in names:
+        acc = torch.zeros(ordered[0][2][n].shape, dtype=torch.float32)
+        for (_, _, tensors), w in zip(ordered, weights):
+            t = tensors[n].detach().to(device="cpu", dtype=torch.float32)
+            acc = torch.add(acc, torch.mul(t, w))
+        result[n] = acc
+    return result

@@ -1,0 +1,210 @@
+"""Votes on a round's inputs and their reputation-weighted tally.
+
+The DHT is eventually consistent, so two honest peers may close a round having seen different
+announcements. At close time each peer publishes a signed :class:`Vote`: the sorted digests it
+included and the state hash it computed from them. :func:`tally` picks the reputation-weighted
+majority inclusion; a peer in the minority adopts that set and recomputes (I1), and a peer whose
+state still differs re-syncs through :func:`majority_state_hash` (I6).
+
+Weights: a voter counts with its reputation; a voter with zero (or unknown) reputation counts
+with ``epsilon`` (default 1e-6) so that a brand-new swarm, where every reputation is 0, still
+reaches a decision by head count. A Sybil attacker needs ``1/epsilon`` fresh keys to outweigh one
+unit of honest reputation. Weights are summed with :func:`math.fsum` (exact, order-independent),
+and every tie is broken deterministically: larger total weight, then more voters, then the
+lexicographically smaller inclusion digest (or state hash).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from dai_swarm.canonical import canonical_json, sha256_hex
+from dai_swarm.errors import ConfigError, MalformedRecord
+
+__all__ = ["MajorityHash", "TallyResult", "Vote", "inclusion_digest", "majority_state_hash", "tally"]
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+DEFAULT_EPSILON = 1e-6
+
+
+def inclusion_digest(digests: Iterable[str]) -> str:
+    """SHA-256 (hex) naming a set of update digests: sorted, de-duplicated, canonical JSON."""
+    items = sorted(set(digests))
+    if any(not isinstance(d, str) or not _HEX64.match(d) for d in items):
+        raise MalformedRecord("an inclusion holds 64-hex digests only")
+    return sha256_hex(canonical_json(["dai_swarm.inclusion.v1", items]))
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One peer's signed view of a closed round (signature checked by the DHT layer).
+
+    ``inclusion`` must be sorted and without duplicates; ``state_hash`` is the hash of the state the
+    voter computed from it. Bad fields raise :class:`~dai_swarm.errors.MalformedRecord`.
+    """
+
+    run_id: str
+    round: int
+    voter: str
+    inclusion: tuple[str, ...]
+    state_hash: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.run_id, str) or not self.run_id:
+            raise MalformedRecord("run_id must be a non-empty string")
+        if not isinstance(self.round, int) or isinstance(self.round, bool) or self.round < 0:
+            raise MalformedRecord("round must be an int >= 0")
+        if not isinstance(self.voter, str) or not self.voter:
+            raise MalformedRecord("voter must be a non-empty string")
+        if not isinstance(self.state_hash, str) or not _HEX64.match(self.state_hash):
+            raise MalformedRecord("state_hash must be 64 lowercase hex characters")
+        inc = tuple(self.inclusion) if isinstance(self.inclusion, (list, tuple)) else None
+        if inc is None or list(inc) != sorted(set(inc)):
+            raise MalformedRecord("inclusion must be a sorted sequence without duplicates")
+        object.__setattr__(self, "inclusion", inc)
+        inclusion_digest(inc)  # validates the digests
+
+    @property
+    def inclusion_digest(self) -> str:
+        """:func:`inclusion_digest` of this vote's inclusion."""
+        return inclusion_digest(self.inclusion)
+
+
+@dataclass(frozen=True)
+class TallyResult:
+    """Outcome of :func:`tally`.
+
+    ``decided`` is False when there were no valid votes or the winner's weight was below
+    ``min_weight``; then the peer keeps its local inclusion. ``weight_share`` is the winner's
+    fraction of the total weight. ``ignored`` counts votes dropped (wrong run/round, or voters who
+    cast two different votes: both dropped).
+    """
+
+    decided: bool
+    inclusion: tuple[str, ...]
+    inclusion_digest: str
+    state_hash: str
+    weight: float
+    total_weight: float
+    voters: int
+    ignored: int
+
+    @property
+    def weight_share(self) -> float:
+        """The winner's share of the total vote weight (0.0 when nothing was tallied)."""
+        return self.weight / self.total_weight if self.total_weight > 0 else 0.0
+
+    def agrees(self, vote: Vote) -> bool:
+        """True iff ``vote`` has the winning inclusion and the winning state hash."""
+        return self.decided and vote.inclusion == self.inclusion and vote.state_hash == self.state_hash
+
+    def same_inclusion(self, vote: Vote) -> bool:
+        """True iff ``vote`` included the winning set (its state hash may still differ)."""
+        return self.decided and vote.inclusion == self.inclusion
+
+
+def _weight(voter: str, reputation: Mapping[str, float], epsilon: float) -> float:
+    w = reputation.get(voter, 0.0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+        raise ConfigError(f"reputation of {voter} is not a finite number: {w!r}")
+    return float(w) if w > 0 else epsilon
+
+
+def _best(groups: Mapping[str, list[float]]) -> tuple[str, float, int]:
+    """Key with the largest (weight, count), ties to the smallest key; returns (key, weight, n)."""
+    scored = [(-math.fsum(ws), -len(ws), k) for k, ws in groups.items()]
+    w, n, k = min(scored)
+    return k, -w, -n
+
+
+def tally(votes: Iterable[Vote], reputation: Mapping[str, float], *, run_id: str | None = None,
+          round: int | None = None, min_weight: float = 0.0,
+          epsilon: float = DEFAULT_EPSILON) -> TallyResult:
+    """Reputation-weighted majority over votes; deterministic whatever the order of ``votes``.
+
+    Votes for another ``run_id``/``round`` (when given) are ignored. A voter who cast two
+    different votes is ignored; identical repeats count once. The winning inclusion is chosen
+    first; the winning state hash is then the heaviest among the votes for that inclusion.
+    """
+    if not math.isfinite(epsilon) or epsilon <= 0:
+        raise ConfigError("epsilon must be a finite number > 0")
+    by_voter: dict[str, Vote | None] = {}
+    ignored = 0
+    for v in votes:
+        if not isinstance(v, Vote) or (run_id is not None and v.run_id != run_id) or \
+                (round is not None and v.round != round):
+            ignored += 1
+            continue
+        prev = by_voter.get(v.voter, v)
+        if prev is None or prev != v:
+            ignored += 1 if prev is None else 2
+            by_voter[v.voter] = None
+        else:
+            by_voter[v.voter] = v
+    valid = [v for v in by_voter.values() if v is not None]
+    if not valid:
+        return TallyResult(False, (), inclusion_digest(()), "", 0.0, 0.0, 0, ignored)
+    weights = {v.voter: _weight(v.voter, reputation, epsilon) for v in valid}
+    by_inc: dict[str, list[float]] = {}
+    inc_of: dict[str, tuple[str, ...]] = {}
+    for v in valid:
+        d = v.inclusion_digest
+        by_inc.setdefault(d, []).append(weights[v.voter])
+        inc_of[d] = v.inclusion
+    win, w, _ = _best(by_inc)
+    by_hash: dict[str, list[float]] = {}
+    for v in valid:
+        if v.inclusion_digest == win:
+            by_hash.setdefault(v.state_hash, []).append(weights[v.voter])
+    state, _, _ = _best(by_hash)
+    total = math.fsum(weights.values())
+    return TallyResult(w >= min_weight, inc_of[win], win, state, w, total, len(valid), ignored)
+
+
+@dataclass(frozen=True)
+class MajorityHash:
+    """Reputation-weighted majority state hash and who holds which (I1 re-sync, I6 join)."""
+
+    state_hash: str
+    weight: float
+    total_weight: float
+    holders: tuple[str, ...]
+    dissenters: tuple[str, ...]
+
+    @property
+    def weight_share(self) -> float:
+        """The majority hash's share of the total weight (0.0 when empty)."""
+        return self.weight / self.total_weight if self.total_weight > 0 else 0.0
+
+
+def majority_state_hash(announcements: Mapping[str, str] | Iterable[tuple[str, str]],
+                        reputation: Mapping[str, float], *,
+                        epsilon: float = DEFAULT_EPSILON) -> MajorityHash | None:
+    """The state hash announced by the reputation-weighted majority of peers, or None if none.
+
+    ``announcements`` maps peer -> announced state hash (or is an iterable of such pairs; a peer
+    listed twice with different hashes is dropped). ``dissenters`` must re-sync; a joiner adopts a
+    downloaded state only if it hashes to ``state_hash``.
+    """
+    if not math.isfinite(epsilon) or epsilon <= 0:
+        raise ConfigError("epsilon must be a finite number > 0")
+    pairs = announcements.items() if isinstance(announcements, Mapping) else announcements
+    held: dict[str, str | None] = {}
+    for peer, h in pairs:
+        if not isinstance(h, str) or not _HEX64.match(h):
+            raise MalformedRecord(f"state hash of {peer} is not 64 lowercase hex characters")
+        held[peer] = h if held.get(peer, h) == h else None
+    clean = {p: h for p, h in held.items() if h is not None}
+    if not clean:
+        return None
+    groups: dict[str, list[float]] = {}
+    for p, h in clean.items():
+        groups.setdefault(h, []).append(_weight(p, reputation, epsilon))
+    best, w, _ = _best(groups)
+    total = math.fsum(x for ws in groups.values() for x in ws)
+    holders = tuple(sorted(p for p, h in clean.items() if h == best))
+    dissenters = tuple(sorted(p for p, h in clean.items() if h != best))
+    return MajorityHash(best, w, total, holders, dissenters)
