@@ -1,0 +1,171 @@
+"""Process-level helpers for the DHT node: coroutines run inside hivemind's DHT process, child
+process and socket clean-up. Internal; ``SwarmDHT`` and ``dai_swarm.testing`` use them.
+
+hivemind leaves ``/tmp/hivemind-*.sock`` files behind when a daemon dies hard (SPEC §10); we remove
+only sockets we know are ours, or new ones that nobody listens on any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import signal
+import socket
+import statistics
+import time
+
+__all__ = [
+    "PING_PROTOCOL",
+    "child_pids",
+    "hivemind_sockets",
+    "ping_peer",
+    "register_ping",
+    "remove_files",
+    "remove_stale_sockets",
+    "socket_paths",
+    "terminate_pids",
+    "validator_counters",
+]
+
+PING_PROTOCOL = "dai_swarm.ping"
+_PING_BYTES = 8
+SOCKET_GLOB = "/tmp/hivemind-*.sock"
+
+
+async def _echo_handler(_info, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        for _ in range(16):
+            data = await asyncio.wait_for(reader.readexactly(_PING_BYTES), timeout=5.0)
+            writer.write(data)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def register_ping(_dht, node) -> None:
+    """(In the DHT process) serve the 8-byte echo protocol used for RTT measurements."""
+    await node.p2p.add_binary_stream_handler(PING_PROTOCOL, _echo_handler)
+
+
+async def ping_peer(_dht, node, peer_id: str, timeout_s: float, echoes: int) -> float | None:
+    """(In the DHT process) median RTT of ``echoes`` echoes to ``peer_id``; None if it fails."""
+    from hivemind.p2p import PeerID
+
+    try:
+        target = PeerID.from_base58(peer_id)
+        _, reader, writer = await asyncio.wait_for(node.p2p.call_binary_stream_handler(target, PING_PROTOCOL), timeout_s)
+    except Exception:
+        return None
+    rtts = []
+    try:
+        for _ in range(max(1, echoes)):
+            nonce = os.urandom(_PING_BYTES)
+            start = time.perf_counter()
+            writer.write(nonce)
+            await writer.drain()
+            if await asyncio.wait_for(reader.readexactly(_PING_BYTES), timeout_s) != nonce:
+                return None
+            rtts.append(time.perf_counter() - start)
+    except Exception:
+        return None
+    finally:
+        writer.close()
+    return statistics.median(rtts)
+
+
+async def validator_counters(_dht, node) -> dict:
+    """(In the DHT process) the SwarmRecordValidator's counters (empty without one)."""
+    from .validator import SwarmRecordValidator
+
+    out: dict = {}
+    composite = node.protocol.record_validator
+    for v in getattr(composite, "_validators", []):
+        if isinstance(v, SwarmRecordValidator):
+            out.update(v.counters)
+    return out
+
+
+async def socket_paths(_dht, node) -> list:
+    """(In the DHT process) the unix socket files of this node's p2pd and its client."""
+    paths = []
+    for maddr in (node.p2p.daemon_listen_maddr, getattr(node.p2p, "_client_listen_maddr", None)):
+        try:
+            paths.append(maddr["unix"])
+        except Exception:
+            continue
+    return paths
+
+
+def hivemind_sockets() -> set[str]:
+    """Paths of all ``/tmp/hivemind-*.sock`` files now."""
+    return set(glob.glob(SOCKET_GLOB))
+
+
+def _listening(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(0.5)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def remove_files(paths) -> None:
+    """Remove these files if they exist."""
+    for p in paths:
+        try:
+            os.remove(p)
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            pass
+
+
+def remove_stale_sockets(paths) -> list[str]:
+    """Remove those of ``paths`` that are sockets nobody listens on; return what was removed."""
+    removed = [p for p in sorted(paths) if os.path.exists(p) and not _listening(p)]
+    remove_files(removed)
+    return removed
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc); empty if unknown."""
+    out: list[int] = []
+    for task in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            with open(task) as f:
+                out += [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def terminate_pids(pids, grace_s: float = 3.0) -> None:
+    """SIGTERM these processes (our own children), then SIGKILL those still alive after ``grace_s``."""
+    pids = [p for p in pids if _alive(p)]
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _alive(p)]
+        time.sleep(0.05)
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

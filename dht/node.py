@@ -1,0 +1,286 @@
+"""``SwarmDHT``: one hivemind DHT node with dai_swarm's signed records on top.
+
+It starts ``hivemind.DHT`` with our :class:`~dai_swarm.dht.validator.SwarmRecordValidator` (so
+honest nodes refuse forged, moved, replayed and oversized stores), a stable libp2p identity kept
+beside the ed25519 key, and a tiny echo handler used to measure RTTs for regions. Every read is
+verified again here, because values can come from nodes that run no validator.
+
+``DHT.store()``'s boolean reflects whichever replica answered last, so it is returned for
+information only: it is not an acknowledgement (SPEC §10).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import stat
+import time
+from functools import partial
+from typing import Iterable, Sequence
+
+import hivemind
+from hivemind.p2p import P2P
+
+from ..errors import BootstrapError, ConfigError, IdentityError, RecordRejected
+from ..identity import Identity
+from ..logging import get_logger
+from . import _proc
+from .envelope import SignedRecord, open_envelope, seal
+from .keys import manifest_key, peers_key, regions_key, round_key
+from .records import PeerRecord, RegionMembership, RoundRecord, RunManifest, validate_maddr, validate_name
+from .validator import REASONS, SwarmRecordValidator, reason_of
+
+__all__ = ["DEFAULT_HOST_MADDRS", "SwarmDHT", "parse_initial_peers"]
+
+logger = get_logger(__name__)
+DEFAULT_HOST_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
+
+
+def parse_initial_peers(maddrs: Iterable[str]) -> list[str]:
+    """Validate ``--initial-peers`` values: each a multiaddr ending in ``/p2p/<peer id>``; ConfigError else."""
+    out = []
+    for m in maddrs:
+        canonical = validate_maddr(m)
+        if "/p2p/" not in canonical:
+            raise ConfigError(f"initial peer {m!r} lacks its /p2p/<peer id> part (copy the whole line a bootstrap node prints)")
+        out.append(canonical)
+    return out
+
+
+def _check_p2p_identity(path: str | None) -> None:
+    """Refuse a corrupt or widely readable libp2p key (hivemind would fail obscurely or reuse it)."""
+    if path is None or not os.path.exists(path):
+        return
+    from hivemind.p2p import PeerID
+
+    try:
+        mode = os.stat(path).st_mode
+        with open(path, "rb") as f:
+            data = f.read(64 * 1024)
+    except OSError as e:
+        raise IdentityError(f"cannot read libp2p identity {path!r}: {e.strerror}") from e
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise IdentityError(f"libp2p identity {path!r} is readable by others (mode {oct(mode & 0o777)}); run: chmod 400 {path}")
+    try:
+        PeerID.from_identity(data)
+    except Exception as e:  # protobuf / RSA parsing errors come in several types
+        raise IdentityError(f"libp2p identity {path!r} is corrupt ({e}); restore it or remove it to get a new peer id") from e
+
+
+class SwarmDHT:
+    """A running DHT node for one peer; see the module docstring.
+
+    ``initial_peers``: multiaddrs with ``/p2p/`` ids (empty: start a new swarm). ``validate=False``
+    runs a node *without* our validator (for tests of what such a node keeps). Unreachable initial
+    peers raise :class:`BootstrapError` within ``start_timeout_s``; malformed ones ConfigError.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        initial_peers: Sequence[str] = (),
+        host_maddrs: Sequence[str] = DEFAULT_HOST_MADDRS,
+        announce_maddrs: Sequence[str] | None = None,
+        start_timeout_s: float = 30.0,
+        client_mode: bool = False,
+        validate: bool = True,
+        **dht_kwargs,
+    ):
+        self.identity = identity
+        self.initial_peers = parse_initial_peers(initial_peers)
+        host_maddrs = [validate_maddr(m) for m in host_maddrs]
+        announce = [validate_maddr(m) for m in announce_maddrs] if announce_maddrs else None
+        _check_p2p_identity(identity.p2p_identity_path)
+        self._read_drops: collections.Counter = collections.Counter()
+        validators = [SwarmRecordValidator()] if validate else []
+        before = _proc.hivemind_sockets()
+        self._dht = hivemind.DHT(
+            initial_peers=self.initial_peers or None,
+            start=False,
+            host_maddrs=host_maddrs,
+            announce_maddrs=announce,
+            identity_path=identity.p2p_identity_path,
+            record_validators=validators,
+            client_mode=client_mode,
+            **dht_kwargs,
+        )
+        try:
+            self._dht.run_in_background(await_ready=True, timeout=start_timeout_s)
+        except BaseException as e:
+            self._abort_start()
+            _proc.remove_stale_sockets(_proc.hivemind_sockets() - before)
+            raise self._start_error(e, start_timeout_s) from e
+        self._shut = False
+        self.peer_id: str = str(self._dht.peer_id)
+        self._sockets: list[str] = self._dht.run_coroutine(_proc.socket_paths)
+        if not client_mode:
+            self._dht.run_coroutine(_proc.register_ping)
+        logger.info("DHT node %s up at %s", self.peer_id, ", ".join(self.visible_maddrs))
+
+    def _abort_start(self) -> None:
+        children = _proc.child_pids(self._dht.pid) if self._dht.pid else []
+        if self._dht.is_alive():
+            self._dht.terminate()
+            self._dht.join(5.0)
+        _proc.terminate_pids(children)
+
+    def _start_error(self, e: BaseException, timeout_s: float) -> Exception:
+        text = f"{type(e).__name__}: {e}"
+        if "already taken" in text:
+            return IdentityError(f"this identity's peer id is already in use by a running peer ({e})")
+        if isinstance(e, (TimeoutError,)) or "TimeoutError" in text:
+            return BootstrapError(f"DHT did not start within {timeout_s:.0f} s (initial peers: {self.initial_peers or 'none'})")
+        if self.initial_peers:
+            return BootstrapError(f"could not reach any initial peer {self.initial_peers}: {e}")
+        return BootstrapError(f"DHT failed to start: {text}")
+
+    # -- identity and transport ---------------------------------------------------------------
+    @property
+    def dht(self) -> hivemind.DHT:
+        """The underlying ``hivemind.DHT`` (for raw access; its values are not verified)."""
+        return self._dht
+
+    @property
+    def visible_maddrs(self) -> list[str]:
+        """Multiaddrs (with ``/p2p/<peer id>``) other peers can use as ``--initial-peers``."""
+        return [str(m) for m in self._dht.get_visible_maddrs()]
+
+    async def replicate_p2p(self) -> P2P:
+        """A hivemind ``P2P`` sharing this node's daemon, for payload exchange; await it in your loop."""
+        return await self._dht.replicate_p2p()
+
+    def ping(self, peer_id: str, timeout_s: float = 3.0, echoes: int = 3) -> float | None:
+        """Median RTT in seconds of ``echoes`` 8-byte echoes to ``peer_id`` over P2P; None if unreachable."""
+        return self._dht.run_coroutine(partial(_proc.ping_peer, peer_id=peer_id, timeout_s=timeout_s, echoes=echoes))
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Records dropped by reason (forged, expired, malformed, oversized), by the DHT and on read."""
+        stored = self._dht.run_coroutine(_proc.validator_counters)
+        out = {reason: int(stored.get(reason, 0)) + int(self._read_drops.get(reason, 0)) for reason in REASONS}
+        out["accepted"] = int(stored.get("accepted", 0))
+        return out
+
+    # -- generic signed storage ----------------------------------------------------------------
+    def _publish(self, record, run_id: str, ttl_s: float) -> bool:
+        data = seal(self.identity, record, run_id=run_id, ttl_s=ttl_s)
+        signed = open_envelope(data)
+        return bool(
+            self._dht.store(signed.key, data, expiration_time=signed.expiration, subkey=self.identity.public_key_hex)
+        )
+
+    def store_raw(self, key: str, subkey: str, value: bytes, expiration: float) -> bool:
+        """Store arbitrary bytes under ``key``/``subkey`` (tests and attack simulations only)."""
+        return bool(self._dht.store(key, value, expiration_time=expiration, subkey=subkey))
+
+    def _read(self, key: str, expected_type: str, run_id: str) -> list[SignedRecord]:
+        found = self._dht.get(key, latest=True)
+        if found is None:
+            return []
+        if not isinstance(found.value, dict):
+            self._read_drops["malformed"] += 1
+            return []
+        now = time.time()
+        out = []
+        for subkey, item in found.value.items():
+            try:
+                if not isinstance(subkey, str):
+                    raise RecordRejected("subkey is not a string")
+                signed = open_envelope(
+                    item.value, now=now, expected_key=key, expected_type=expected_type,
+                    expected_run_id=run_id, expected_subkey=subkey,
+                )
+                if item.expiration_time != signed.expiration:
+                    raise RecordRejected("DHT expiration differs from the signed expiration")
+            except RecordRejected as e:
+                reason = reason_of(e) if type(e) is not RecordRejected else "forged"
+                self._read_drops[reason] += 1
+                logger.debug("dropped record under %s (%s): %s", key, reason, e)
+                continue
+            out.append(signed)
+        out.sort(key=lambda s: s.signer)
+        return out
+
+    # -- run manifest --------------------------------------------------------------------------
+    def publish_manifest(self, manifest: RunManifest, ttl_s: float = 24 * 3600.0) -> bool:
+        """Sign and store the run manifest (re-publish before ``ttl_s`` runs out)."""
+        return self._publish(manifest, manifest.run_id, ttl_s)
+
+    def get_manifest(self, run_id: str, signer: str | None = None) -> RunManifest | None:
+        """The run's manifest: the earliest issued valid one (or the one by ``signer``); None if none."""
+        records = [s for s in self._read(manifest_key(validate_name(run_id, "run id")), "manifest", run_id)
+                   if signer is None or s.signer == signer]
+        if not records:
+            return None
+        return min(records, key=lambda s: (s.issued_at, s.signer)).record  # type: ignore[return-value]
+
+    # -- peers and regions ---------------------------------------------------------------------
+    def publish_peer(self, record: PeerRecord, ttl_s: float = 30.0) -> bool:
+        """Announce this peer for ``ttl_s`` seconds (re-announce periodically to stay listed)."""
+        if record.public_key != self.identity.public_key_hex:
+            raise ConfigError("a peer record must carry the publishing identity's public key")
+        return self._publish(record, record.run_id, ttl_s)
+
+    def peer_records(self, run_id: str) -> list[SignedRecord]:
+        """Verified, unexpired peer records of a run, with signer and issue time (for ages)."""
+        return [s for s in self._read(peers_key(validate_name(run_id, "run id")), "peer", run_id)
+                if s.record.public_key == s.signer]
+
+    def list_peers(self, run_id: str) -> list[PeerRecord]:
+        """Live peers of a run: verified records that have not expired, sorted by public key."""
+        return [s.record for s in self.peer_records(run_id)]  # type: ignore[misc]
+
+    def publish_region(self, run_id: str, region: str, median_rtt_s: float | None = None, ttl_s: float = 30.0) -> bool:
+        """Announce this peer's membership in ``region`` for ``ttl_s`` seconds."""
+        record = RegionMembership(run_id=run_id, region=region, peer_id=self.peer_id, median_rtt_s=median_rtt_s)
+        return self._publish(record, run_id, ttl_s)
+
+    def region_records(self, run_id: str) -> list[SignedRecord]:
+        """Verified, unexpired region memberships of a run."""
+        return self._read(regions_key(validate_name(run_id, "run id")), "region", run_id)
+
+    def regions(self, run_id: str) -> dict[str, list[str]]:
+        """Region name -> sorted peer ids of its live members."""
+        out: dict[str, list[str]] = {}
+        for s in self.region_records(run_id):
+            out.setdefault(s.record.region, []).append(s.record.peer_id)
+        return {name: sorted(members) for name, members in sorted(out.items())}
+
+    # -- round-keyed records -------------------------------------------------------------------
+    def publish_round_record(self, run_id: str, kind: str, round: int, body: dict, ttl_s: float = 600.0) -> bool:
+        """Sign and store ``body`` as this peer's ``kind`` record for ``round`` of ``run_id``."""
+        validate_name(run_id, "run id")
+        return self._publish(RoundRecord(kind=kind, round=round, body=body), run_id, ttl_s)
+
+    def get_round_records(self, run_id: str, kind: str, round: int) -> list[SignedRecord]:
+        """Verified ``kind`` records of ``round``: one per signer, each with ``.signer``, ``.body``, ``.issued_at``."""
+        validate_name(kind, "record kind")
+        key = round_key(validate_name(run_id, "run id"), kind, round)
+        return [s for s in self._read(key, "round", run_id) if s.kind == kind and s.round == round]
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop the DHT process and its p2pd; remove the sockets they leave behind. Idempotent."""
+        if getattr(self, "_shut", True):
+            return
+        self._shut = True
+        children = _proc.child_pids(self._dht.pid) if self._dht.pid else []
+        replica = getattr(self._dht, "_p2p_replica", None)
+        if replica is not None:
+            replica._terminate()  # closes its client socket; the daemon belongs to the DHT process
+        self._dht.shutdown()
+        _proc.terminate_pids(children)
+        _proc.remove_files(self._sockets)
+
+    def __enter__(self) -> "SwarmDHT":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def __del__(self):
+        try:
+            self.shutdown()
+        except Exception:
+            pass

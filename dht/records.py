@@ -1,0 +1,186 @@
+"""Typed record schemas stored in the DHT: run manifest, peer record, region membership, round record.
+
+Each record is a frozen pydantic model whose fields are checked on parse; the wire form of a record
+is its ``body`` (a JSON object) inside a signed envelope (:mod:`dai_swarm.dht.envelope`). Unknown
+fields are refused, except in :class:`PeerRecord`, which passes extra fields through so that later
+versions can add metrics (round, state hash, reputation) without breaking older readers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ConfigError, MalformedRecord
+
+__all__ = [
+    "RECORD_TYPES",
+    "PeerRecord",
+    "RegionMembership",
+    "RoundRecord",
+    "RunManifest",
+    "parse_body",
+    "validate_maddr",
+    "validate_name",
+]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def validate_name(value: str, what: str = "name") -> str:
+    """Check a run id, region name or record kind: 1-128 chars of ``[A-Za-z0-9._:-]``; raise ConfigError."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ConfigError(f"invalid {what} {value!r}: use 1-128 characters from [A-Za-z0-9._:-], not starting with a symbol")
+    return value
+
+
+def validate_maddr(value: str) -> str:
+    """Parse ``value`` with the ``multiaddr`` package; return its canonical string or raise ConfigError."""
+    from multiaddr import Multiaddr
+    from multiaddr.exceptions import Error as MultiaddrError
+
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ConfigError(f"malformed multiaddr {value!r}: it must start with '/' (e.g. /ip4/127.0.0.1/tcp/31337/p2p/Qm...)")
+    try:
+        return str(Multiaddr(value))
+    except (MultiaddrError, ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"malformed multiaddr {value!r}: {e}") from e
+
+
+class _Record(BaseModel):
+    """Common configuration: frozen, strict about unknown fields, JSON-compatible values only."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    TYPE: ClassVar[str] = ""
+
+    def to_body(self) -> dict:
+        """The JSON object that goes into the signed envelope."""
+        return self.model_dump(mode="json")
+
+
+class RunManifest(_Record):
+    """What a run is: task, its config hash, round clock, optimiser and codec settings, versions.
+
+    Peers refuse to join a run whose manifest does not match their task (SPEC §4).
+    """
+
+    TYPE: ClassVar[str] = "manifest"
+    run_id: str
+    task: str
+    task_config_hash: str
+    round_s: float = Field(gt=0)
+    cross_region_period: int = Field(ge=1)
+    max_inner_steps: int = Field(ge=1)
+    outer_lr: float = Field(gt=0)
+    outer_momentum: float = Field(ge=0, lt=1)
+    codec: str
+    codec_params: dict[str, Any] = Field(default_factory=dict)
+    spot_check_rate: float = Field(ge=0, le=1)
+    seed: int
+    t0: float
+    versions: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("run_id")
+    @classmethod
+    def _check_run_id(cls, v: str) -> str:
+        return validate_name(v, "run id")
+
+
+class PeerRecord(_Record):
+    """A live peer: libp2p id, reachable multiaddrs, region, version, role, throughput, public key.
+
+    Extra fields (metrics added by later versions) are kept and passed through.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow", allow_inf_nan=False)
+    TYPE: ClassVar[str] = "peer"
+    run_id: str
+    peer_id: str
+    maddrs: tuple[str, ...]
+    region: str
+    version: str
+    role: str = "trainer"
+    throughput: float = Field(default=0.0, ge=0)
+    public_key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("run_id")
+    @classmethod
+    def _check_run_id(cls, v: str) -> str:
+        return validate_name(v, "run id")
+
+    @field_validator("region")
+    @classmethod
+    def _check_region(cls, v: str) -> str:
+        return validate_name(v, "region")
+
+    @field_validator("peer_id")
+    @classmethod
+    def _check_peer_id(cls, v: str) -> str:
+        from hivemind.p2p import PeerID
+
+        try:
+            PeerID.from_base58(v)
+        except Exception as e:  # base58 / multihash errors come in several types
+            raise ValueError(f"not a libp2p peer id: {v!r}") from e
+        return v
+
+    @field_validator("maddrs")
+    @classmethod
+    def _check_maddrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) > 16:
+            raise ValueError("at most 16 multiaddrs")
+        return tuple(validate_maddr(m) for m in v)
+
+
+class RegionMembership(_Record):
+    """A peer's membership in a region of a run (one per peer, subkeyed by its public key)."""
+
+    TYPE: ClassVar[str] = "region"
+    run_id: str
+    region: str
+    peer_id: str
+    median_rtt_s: float | None = Field(default=None, ge=0)
+
+    @field_validator("run_id", "region")
+    @classmethod
+    def _check_names(cls, v: str) -> str:
+        return validate_name(v)
+
+
+class RoundRecord(_Record):
+    """A generic round-keyed record: update announcements, votes, verdicts, state and log heads.
+
+    ``kind`` names the family (e.g. ``"update"``, ``"vote"``), ``round`` the round it belongs to,
+    ``body`` the kind-specific content, which its consumer validates.
+    """
+
+    TYPE: ClassVar[str] = "round"
+    kind: str
+    round: int = Field(ge=0)
+    body: dict[str, Any]
+
+    @field_validator("kind")
+    @classmethod
+    def _check_kind(cls, v: str) -> str:
+        return validate_name(v, "record kind")
+
+
+RECORD_TYPES: dict[str, type[_Record]] = {
+    cls.TYPE: cls for cls in (RunManifest, PeerRecord, RegionMembership, RoundRecord)
+}
+
+
+def parse_body(record_type: str, body: Any) -> _Record:
+    """Build the typed record of ``record_type`` from an untrusted ``body``; raise MalformedRecord."""
+    cls = RECORD_TYPES.get(record_type)
+    if cls is None:
+        raise MalformedRecord(f"unknown record type {record_type!r}")
+    if not isinstance(body, dict):
+        raise MalformedRecord(f"{record_type} record body is not a JSON object")
+    try:
+        return cls.model_validate(body)
+    except (ValidationError, ConfigError) as e:
+        raise MalformedRecord(f"{record_type} record does not match its schema: {e}") from e
