@@ -1,1 +1,90 @@
-"""Compression codecs and the bounded wire frame."""
+"""Compression codecs and the one bounded wire frame for named tensors.
+
+``encode(tensors, codec, **params) -> bytes`` and ``decode(blob, expect=...) -> dict`` are the
+whole user surface. Codecs: ``none`` (exact), ``fp16``, ``int8`` (bitsandbytes blockwise) and
+``topk`` (sparse, delta-encoded indices), each followed by zstandard; see :mod:`.frame` for the
+format and its caps. Every ``codec_*.py`` module in this package is imported, so adding a codec
+is adding a file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from importlib import metadata
+from typing import Any, Mapping
+
+import torch
+
+from .base import Codec, get_codec, register, registered_codecs
+from .frame import (
+    FORMAT_VERSION,
+    MAX_BYTES,
+    MAX_ELEMENTS,
+    ZSTD_LEVEL,
+    decode_frame,
+    encode_frame,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAX_BYTES",
+    "MAX_ELEMENTS",
+    "ZSTD_LEVEL",
+    "Codec",
+    "available_codecs",
+    "codec_versions",
+    "decode",
+    "encode",
+    "get_codec",
+    "register",
+]
+
+for _mod in pkgutil.iter_modules(__path__):
+    if _mod.name.startswith("codec_"):
+        importlib.import_module(f"{__name__}.{_mod.name}")
+
+
+def encode(tensors: Mapping[str, torch.Tensor], codec: str = "int8", **params: Any) -> bytes:
+    """Encode named tensors into one frame; the same tensors always give the same bytes.
+
+    ``params`` are codec parameters (``int8``: ``blocksize``; ``topk``: ``fraction``,
+    ``values``, ``blocksize``). Refuses NaN/Inf with :class:`~dai_swarm.errors.NonFiniteValues`.
+    """
+    return encode_frame(tensors, codec, **params)
+
+
+def decode(
+    blob: bytes | bytearray | memoryview,
+    *,
+    expect: Mapping[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
+    max_bytes: int = MAX_BYTES,
+    max_elements: int = MAX_ELEMENTS,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Decode a frame into ``{name: tensor}`` with the original names, shapes and dtypes.
+
+    All declared sizes are checked against ``max_bytes`` / ``max_elements`` (and the module
+    caps) before anything is allocated; every failure is a :class:`~dai_swarm.errors.CodecError`.
+    """
+    return decode_frame(blob, expect=expect, max_bytes=max_bytes, max_elements=max_elements, device=device)
+
+
+def available_codecs() -> list[str]:
+    """Names of the registered codecs, sorted."""
+    return list(registered_codecs())
+
+
+def codec_versions() -> dict[str, str]:
+    """Versions of everything that changes the encoded bytes; peers of one run must agree.
+
+    Includes the frame format, the zstd level, and the zstandard, bitsandbytes and torch
+    library versions (bitsandbytes releases quantise differently).
+    """
+    out = {"frame": str(FORMAT_VERSION), "zstd_level": str(ZSTD_LEVEL), "torch": torch.__version__}
+    for dist in ("bitsandbytes", "zstandard"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "missing"
+    return dict(sorted(out.items()))
