@@ -83,7 +83,7 @@ class Task(abc.ABC):
         return sha256_hex(canonical_json(self.config()))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, config_hash={self.config_hash()[:12]})"
+        return f"{type(self).__name__}(name={self.name!r}, batch_size={self.batch_size})"
 
 
 def check_indices(indices: Sequence[int], n: int) -> None:
