@@ -7,8 +7,8 @@ their torch thread count. The rules that make this hold:
 * only *elementwise* torch ops are used, each rounding once (``mul`` by a float32 scalar, then
   ``add`` without ``alpha``): an elementwise op gives the same bits whether a chunk of the tensor
   is handled by a vectorised kernel, a scalar tail or another thread. Fused forms such as
-  ``add(x, alpha=w)`` are avoided because a vectorised FMA and a scalar tail round differently and
-  the chunk boundaries move with the thread count;
+  ``add(x, alpha=w)`` are avoided as a precaution: a vectorised FMA and a scalar tail may round
+  differently, and chunk boundaries move with the thread count;
 * no torch reductions (``sum``, ``norm``, ``dot``): their blocking depends on the thread count.
   When a rule needs one (norms in a robust aggregator), use :func:`sq_norm`, which converts to
   numpy float64 and uses ``np.sum`` (single-threaded pairwise summation, deterministic);
