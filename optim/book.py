@@ -219,8 +219,9 @@ class RoundBook:
         key = (a.peer, a.digest)
         if key in self._anns:
             if self._anns[key] != a:  # same peer+digest, different claims: equivocation too
-                self._digests_of[a.peer].add("conflict:" + a.digest)
-                self._rejections["equivocation"] += 1
+                digests = self._digests_of[a.peer]
+                digests.add("conflict:" + a.digest)
+                self._rejections["equivocation"] += 2 if len(digests) == 2 else 1
                 return Rejected("equivocation", ProtocolError, a.peer)
             return Accepted(a.digest, self._discount[a.digest], duplicate=True)
         self._anns[key] = a
@@ -328,6 +329,10 @@ class RoundBook:
             peer = min(self._peers_of[d])
             out.append((self._anns[(peer, d)], self._discount[d]))
         return tuple(out)
+
+    def digests(self) -> frozenset[str]:
+        """Every digest announced to this book, accepted or later disqualified (for pruning)."""
+        return frozenset(self._peers_of)
 
     @property
     def rejections(self) -> dict[str, int]:

@@ -161,21 +161,22 @@ def test_copy_rejects_both_and_equivocation_rejects_the_peer():
     for d in (dg(1), dg(3), dg(4), dg(5), dg(6)):
         book.mark_fetched(d, True)
     assert book.close() == (dg(6),)
-    assert book.rejections == {"copy": 2, "equivocation": 3}
+    assert book.rejections == {"copy": 2, "equivocation": 4}
+    assert book.digests() == {dg(1), dg(3), dg(4), dg(5), dg(6)}
 
 
-@given(st.permutations(list(range(8))))
+@given(st.permutations(list(range(9))))
 @settings(max_examples=60, deadline=None)
 def test_book_inclusion_does_not_depend_on_arrival_order(order):
     anns = [ann("01", dg(1)), ann("02", dg(1)), ann("03", dg(3)), ann("03", dg(4)),
             ann("05", dg(5)), ann("06", dg(6)), ann("07", dg(7), round=0, base_hash=H0),
-            ann("08", dg(8))]
+            ann("08", dg(8)), ann("05", dg(5), steps=9, samples=72)]
     book = RoundBook("run", 1, H1, limits=LIM)
     book.offer_many(anns[i] for i in order)
     for d in book.to_fetch():
         book.mark_fetched(d, True)
-    assert book.close() == (dg(5), dg(6), dg(8))
-    assert book.rejections == {"copy": 2, "equivocation": 2, "stale_round": 1}
+    assert book.close() == (dg(6), dg(8))
+    assert book.rejections == {"copy": 2, "equivocation": 4, "stale_round": 1}
 
 
 def test_late_update_counts_next_round_with_discount_only_if_allowed():
