@@ -51,7 +51,11 @@ def sq_norm(tensors: Mapping[str, torch.Tensor]) -> float:
     return math.fsum(total)
 
 
-def _check_updates(updates: Sequence[tuple[str, float, Mapping[str, torch.Tensor]]]):
+def _nonfinite(digest: str, name: str) -> NonFiniteValues:
+    return NonFiniteValues(f"update {digest}: tensor {name!r} holds NaN or Inf")
+
+
+def _check_updates(updates: Sequence[tuple[str, float, Mapping[str, torch.Tensor]]], check_finite: bool):
     if not updates:
         raise ConfigError("weighted_mean needs at least one update")
     ordered = sorted(updates, key=lambda u: u[0])
@@ -69,8 +73,8 @@ def _check_updates(updates: Sequence[tuple[str, float, Mapping[str, torch.Tensor
             t, r = tensors[n], ref[n]
             if not isinstance(t, torch.Tensor) or t.shape != r.shape or not t.is_floating_point():
                 raise ShapeMismatch(f"update {digest}: tensor {n!r} has a different shape or dtype")
-            if not bool(torch.isfinite(t).all()):
-                raise NonFiniteValues(f"update {digest}: tensor {n!r} holds NaN or Inf")
+            if check_finite and not bool(torch.isfinite(t).all()):
+                raise _nonfinite(digest, n)
     total = math.fsum(float(u[1]) for u in ordered)
     if total <= 0:
         raise ConfigError("the weights of the updates sum to zero")
@@ -86,7 +90,7 @@ def weighted_mean(updates: Sequence[tuple[str, float, Mapping[str, torch.Tensor]
     Raises ShapeMismatch / NonFiniteValues for inconsistent or non-finite updates and ConfigError
     for empty input, duplicate digests or bad weights.
     """
-    ordered, names, weights = _check_updates(updates)
+    ordered, names, weights = _check_updates(updates, check_finite=rule is not None)
     if rule is not None:
         out = rule([u[2] for u in ordered], weights)
         if sorted(out) != names or any(out[n].shape != ordered[0][2][n].shape for n in names):
@@ -95,8 +99,17 @@ def weighted_mean(updates: Sequence[tuple[str, float, Mapping[str, torch.Tensor]
     result: dict[str, torch.Tensor] = {}
     for n in names:
         acc = torch.zeros(ordered[0][2][n].shape, dtype=torch.float32)
+        tmp = torch.empty_like(acc)
         for (_, _, tensors), w in zip(ordered, weights):
             t = tensors[n].detach().to(device="cpu", dtype=torch.float32)
-            acc = torch.add(acc, torch.mul(t, w))
+            torch.mul(t, w, out=tmp)  # one rounding
+            acc.add_(tmp)  # one rounding, no alpha: no fused multiply-add
+        # NaN/Inf in any input (even at weight 0: inf * 0 = nan) leaves the sum non-finite, so one
+        # check of the result replaces a check per input; the culprit is looked up only on error.
+        if not bool(torch.isfinite(acc).all()):
+            bad = next((d for d, _, t in ordered if not bool(torch.isfinite(t[n]).all())), None)
+            if bad is None:  # finite inputs near the float32 limit overflowed
+                raise NonFiniteValues(f"the aggregate of tensor {n!r} overflowed float32")
+            raise _nonfinite(bad, n)
         result[n] = acc
     return result

@@ -72,6 +72,17 @@ def test_weighted_mean_rejects_bad_input(mutate, error):
         weighted_mean(mutate(_updates(3, 16)))
 
 
+def test_non_finite_input_is_named_even_at_zero_weight_and_overflow_is_caught():
+    ups = _updates(3, 16)
+    bad = dict(ups[1][2], b=ups[1][2]["b"].clone())
+    bad["b"][0, 0] = float("nan")
+    with pytest.raises(NonFiniteValues, match=ups[1][0]):
+        weighted_mean([ups[0], (ups[1][0], 0.0, bad), ups[2]])
+    big = torch.full((4,), torch.finfo(torch.float32).max)  # 10 x (max * 0.1f) rounds past max
+    with pytest.raises(NonFiniteValues, match="overflowed"):
+        weighted_mean([(_d(i), 1.0, {"x": big}) for i in range(10)])
+
+
 def test_rule_hook_gets_sorted_updates_and_normalised_weights():
     ups = _updates(3, 8)
     seen = {}
