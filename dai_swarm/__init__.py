@@ -32,6 +32,8 @@ from .errors import (
     WrongBase,
 )
 from .identity import Identity
+from .optim.optimizer import SwarmOptimizer
+from .swarm import Swarm
 from .tasks import Task, load_task
 
 __all__ = [
@@ -56,7 +58,9 @@ __all__ = [
     "RecordRejected",
     "ShapeMismatch",
     "StaleRound",
+    "Swarm",
     "SwarmError",
+    "SwarmOptimizer",
     "Task",
     "TaskError",
     "UnknownCodec",

@@ -1,0 +1,168 @@
+"""``dai-swarm peer``: volunteer this machine to a training run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+from .logging import get_logger, setup_logging
+
+logger = get_logger(__name__)
+
+ATTACKS_HELP = "FOR TESTS AND BENCHMARKS ONLY: behave as a Byzantine peer of this kind"
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Register ``peer`` and its options."""
+    p = sub.add_parser(
+        "peer", help="join a run, train, verify others and earn rewards",
+        description="Join a training run as a volunteer peer. Trains on the batches the swarm assigns, "
+                    "exchanges compressed updates with its region, and leaves cleanly on Ctrl+C.",
+        epilog="examples:\n"
+               "  dai-swarm peer --run-id tinylm-42 --initial-peers /ip4/203.0.113.5/tcp/31337/p2p/12D3KooW...\n"
+               "  dai-swarm peer --run-id demo --task regression --round-s 5 --rounds 20\n"
+               "  dai-swarm peer --run-id mine --task mypkg.tasks:MyTask --region eu --identity ~/.dai_swarm/id.pem",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-id", required=True, help="name of the run to join or create")
+    p.add_argument("--task", default="tinylm", help="built-in task name or module:attr (default: tinylm)")
+    p.add_argument("--initial-peers", nargs="*", default=[], metavar="MADDR",
+                   help="multiaddrs of any peers of the swarm (none: start a new swarm)")
+    p.add_argument("--region", default="auto", help="region name, or auto (RTT clustering; default)")
+    p.add_argument("--identity", default=None, metavar="PATH", help="ed25519 key file (created on first use)")
+    p.add_argument("--host-maddrs", nargs="*", default=["/ip4/0.0.0.0/tcp/0"], metavar="MADDR",
+                   help="where to listen (default: all interfaces, random TCP port)")
+    p.add_argument("--ledger", default=None, metavar="PATH", help="write the reward log here as rounds close")
+    p.add_argument("--rounds", type=int, default=None, help="leave after training this many rounds")
+    p.add_argument("--until-round", type=int, default=None, help="leave when the swarm reaches this round")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics and status.json here")
+    p.add_argument("--round-s", type=float, default=10.0, help="round length in seconds (new runs only)")
+    p.add_argument("--codec", default="int8", help="update codec: none, fp16, int8, topk (new runs only)")
+    p.add_argument("--t0", type=float, default=None, help="start time of round 0, Unix seconds (new runs only)")
+    p.add_argument("--seed", type=int, default=0, help="model and sampler seed (new runs only)")
+    p.add_argument("--max-inner-steps", type=int, default=10_000, help="cap on inner steps per round (new runs only)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--address-file", default=None, metavar="PATH", help="write our multiaddrs here (atomically)")
+    p.add_argument("--history-file", default=None, metavar="PATH", help="write per-round history as JSON on exit")
+    p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p.add_argument("--attack", default=None, metavar="KIND", help=ATTACKS_HELP)
+    return p
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a peer until ``--rounds`` are done or a signal arrives."""
+    setup_logging()
+    import torch
+
+    from .swarm import Swarm
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    attack = None
+    if args.attack:
+        from .testing import make_attack
+        attack = make_attack(args.attack)
+    swarm = Swarm(args.task, args.run_id, initial_peers=args.initial_peers, region=args.region,
+                  identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s, codec=args.codec,
+                  t0=args.t0, seed=args.seed, max_inner_steps=args.max_inner_steps, attack=attack)
+    logger.info("peer id %s, public key %s, region %s", swarm.dht.peer_id, swarm.identity.public_key_hex,
+                swarm.region)
+    print("--initial-peers " + " ".join(swarm.initial_peers), flush=True)
+    if args.address_file:
+        _write_atomic(args.address_file, "\n".join(swarm.initial_peers) + "\n")
+    rt = swarm.runtime
+    rt_stop = rt._stop
+    watcher = threading.Thread(target=lambda: (stop.wait(), rt_stop.set()), daemon=True)
+    watcher.start()
+    live = None if args.quiet or not sys.stderr.isatty() else _live_display(swarm)
+    task, opt = swarm.task, swarm.optimizer()
+    start_round = rt.round
+    last_print = 0.0
+    try:
+        for batch in swarm.batches():
+            if stop.is_set() or (args.rounds is not None and rt.rounds_trained >= args.rounds) or \
+                    (args.until_round is not None and rt.round >= args.until_round):
+                break
+            loss = task.loss(swarm.model, batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            now = time.time()
+            if live is not None:
+                live(float(loss))
+            elif now - last_print > max(2.0, swarm.manifest.round_s / 2) and not args.quiet:
+                m = rt.metrics()
+                print(f"round {m['round']} step {m['steps']} loss {float(loss):.4f} val {m['val_loss']} "
+                      f"state {str(m['state_hash'])[:12]} sent {m['traffic']['sent']} recv {m['traffic']['received']}",
+                      flush=True)
+                last_print = now
+    finally:
+        summary = swarm.status()
+        history = list(rt.history)
+        swarm.shutdown()
+        if args.history_file:
+            _write_atomic(args.history_file, json.dumps({"status": summary, "history": history,
+                                                         "start_round": start_round}, default=str))
+        _print_summary(summary, history)
+    return 0
+
+
+def _live_display(swarm):
+    """A tiny rich status line, refreshed at most 4x per second."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    state = {"t": 0.0}
+
+    def update(loss: float) -> None:
+        now = time.time()
+        if now - state["t"] < 0.25:
+            return
+        state["t"] = now
+        m = swarm.runtime.metrics()
+        peers = len(swarm.runtime.region_of)
+        val = "-" if m["val_loss"] is None else f"{m['val_loss']:.4f}"
+        sent = sum(m["traffic"]["sent"].values()) / 1e6
+        recv = sum(m["traffic"]["received"].values()) / 1e6
+        console.print(f"[bold]round {m['round']}[/] step {m['steps']:4d} loss {loss:.4f} val {val} peers {peers} "
+                      f"state {str(m['state_hash'])[:10]} sent {sent:.2f} MB recv {recv:.2f} MB", end="\r")
+
+    return update
+
+
+def _print_summary(status: dict, history: list) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"dai-swarm peer {status.get('peer_id', '')[:16]}… summary")
+    table.add_column("round")
+    table.add_column("updates")
+    table.add_column("state hash")
+    table.add_column("agreed")
+    table.add_column("val loss")
+    for h in history[-10:]:
+        table.add_row(str(h["round"]), str(h["updates"]), str(h["state_hash"])[:12], str(h["agreed"]),
+                      "-" if h.get("val_loss") is None else f"{h['val_loss']:.4f}")
+    Console(stderr=True).print(table)

@@ -1,0 +1,161 @@
+"""``Swarm``: the public facade that a training script uses in about ten lines.
+
+::
+
+    import dai_swarm
+    task = dai_swarm.load_task("tinylm")
+    swarm = dai_swarm.Swarm(task, run_id="tinylm-42", initial_peers=[...], region="auto")
+    opt = swarm.optimizer()
+    for batch in swarm.batches():
+        loss = task.loss(swarm.model, batch); loss.backward()
+        opt.step(); opt.zero_grad()
+
+It starts (or joins) the DHT, reads or creates the signed run manifest (refusing a run whose task,
+codec or library versions differ from ours), picks a region, and starts the round runtime.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .dht.node import SwarmDHT
+from .dht.records import RunManifest
+from .dht.regions import choose_region
+from .errors import ConfigError, ManifestMismatch
+from .identity import Identity
+from .logging import get_logger
+from .optim import codecs
+from .optim.optimizer import SwarmOptimizer
+from .optim.runtime import RoundRuntime
+from .tasks import Task, load_task
+
+__all__ = ["Swarm", "manifest_versions"]
+
+logger = get_logger(__name__)
+
+
+def manifest_versions() -> dict[str, str]:
+    """Library versions that change the bytes or the arithmetic of updates (checked at join)."""
+    out = {"torch": torch.__version__.split("+")[0]}
+    out.update(codecs.codec_versions())
+    return out
+
+
+class Swarm:
+    """One peer of a training run; see the module docstring.
+
+    ``task``: a :class:`Task` or a task spec (``"tinylm"``, ``"module:attr"``). ``initial_peers``:
+    multiaddrs of any peers of the swarm (empty: start a new swarm). ``region``: a name or
+    ``"auto"`` (RTT clustering). ``identity``: an :class:`Identity`, a key path, or None
+    (ephemeral). The run settings (``round_s`` ... ``t0``) are used only when this peer creates the
+    run; a joiner takes them from the signed manifest. ``attack`` is for tests and benchmarks.
+    """
+
+    def __init__(self, task: Task | str, run_id: str, initial_peers: Sequence[str] = (), region: str = "auto", *,
+                 identity: Identity | str | None = None, host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+                 round_s: float = 10.0, codec: str = "int8", codec_params: dict | None = None,
+                 outer_lr: float = 0.6, outer_momentum: float = 0.3, max_inner_steps: int = 10_000,
+                 cross_region_period: int = 5, spot_check_rate: float = 0.2, seed: int = 0,
+                 t0: float | None = None, attack: Any = None, evaluate: bool = True,
+                 manifest_wait_s: float = 3.0, start_timeout_s: float = 30.0):
+        self.task = load_task(task) if isinstance(task, str) else task
+        if not isinstance(self.task, Task):
+            raise ConfigError(f"task must be a dai_swarm.Task or a task spec, got {type(task).__name__}")
+        if isinstance(identity, str):
+            identity = Identity.load_or_create(identity)
+        self.identity = identity or Identity.generate()
+        self.dht = SwarmDHT(self.identity, initial_peers=initial_peers, host_maddrs=host_maddrs,
+                            start_timeout_s=start_timeout_s)
+        self.runtime: RoundRuntime | None = None
+        try:
+            wanted = RunManifest(
+                run_id=run_id, task=self.task.name, task_config_hash=self.task.config_hash(), round_s=round_s,
+                cross_region_period=cross_region_period, max_inner_steps=max_inner_steps, outer_lr=outer_lr,
+                outer_momentum=outer_momentum, codec=codec, codec_params=dict(codec_params or {}),
+                spot_check_rate=spot_check_rate, seed=seed,
+                t0=float(t0) if t0 is not None else float(math.ceil(time.time() + 2.0)),
+                versions=manifest_versions())
+            self.manifest = self._agree_manifest(wanted, wait_s=manifest_wait_s if initial_peers else 0.0)
+            self.region = choose_region(self.dht, run_id, region).region
+            self.runtime = RoundRuntime(self.task, self.dht, self.identity, self.manifest, self.region,
+                                        attack=attack, evaluate=evaluate)
+            self.runtime.start()
+        except BaseException:
+            self.shutdown()
+            raise
+        self._optimizer: SwarmOptimizer | None = None
+
+    def _agree_manifest(self, wanted: RunManifest, wait_s: float) -> RunManifest:
+        deadline = time.time() + wait_s
+        existing = self.dht.get_manifest(wanted.run_id)
+        while existing is None and time.time() < deadline:
+            time.sleep(0.25)
+            existing = self.dht.get_manifest(wanted.run_id)
+        if existing is None:
+            self.dht.publish_manifest(wanted)
+            logger.info("created run %s (t0 %.0f, round %.1fs, codec %s)", wanted.run_id, wanted.t0, wanted.round_s,
+                        wanted.codec)
+            existing = self.dht.get_manifest(wanted.run_id) or wanted
+        for field, ours in (("task", wanted.task), ("task_config_hash", wanted.task_config_hash)):
+            if getattr(existing, field) != ours:
+                raise ManifestMismatch(f"run {wanted.run_id!r} uses {field}={getattr(existing, field)!r}, "
+                                       f"this peer has {ours!r}: start with the run's task and config")
+        for lib, version in existing.versions.items():
+            mine = wanted.versions.get(lib)
+            if mine is not None and mine != version:
+                raise ManifestMismatch(f"run {wanted.run_id!r} needs {lib} {version}, this peer has {mine}: "
+                                       "exact verification needs identical codec libraries")
+        return existing
+
+    # --- what the training loop uses ------------------------------------------------------------
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model being trained (its weights are reset to each round's canonical base)."""
+        return self.runtime.model
+
+    def optimizer(self) -> SwarmOptimizer:
+        """The torch optimizer to step: the task's inner optimizer wrapped in the round protocol."""
+        if self._optimizer is None:
+            self._optimizer = SwarmOptimizer(self.task.inner_optimizer(self.model.parameters()), self.runtime)
+        return self._optimizer
+
+    def batches(self, max_rounds: int | None = None) -> Iterator[Any]:
+        """Yield the batches assigned to this peer, forever or until ``max_rounds`` rounds were trained."""
+        rt = self.runtime
+        start = rt.round
+        while not rt._stop.is_set() and (max_rounds is None or rt.round < start + max_rounds):
+            yield self.task.get_batch(rt.batch_indices())
+
+    # --- introspection and shutdown ---------------------------------------------------------------
+    @property
+    def round(self) -> int:
+        """The round this peer is training."""
+        return self.runtime.round
+
+    def status(self) -> dict:
+        """Round, state hash, validation loss, bytes per link class, region, peer ids."""
+        out = dict(self.runtime.metrics()) if self.runtime else {}
+        out.update({"run_id": self.manifest.run_id, "region": getattr(self, "region", None),
+                    "peer_id": self.dht.peer_id, "public_key": self.identity.public_key_hex})
+        return out
+
+    @property
+    def initial_peers(self) -> list[str]:
+        """Multiaddrs other peers can pass as ``initial_peers`` to join this swarm."""
+        return self.dht.visible_maddrs
+
+    def shutdown(self) -> None:
+        """Stop training threads, the payload server and the DHT. Idempotent."""
+        if self.runtime is not None:
+            self.runtime.shutdown()
+        self.dht.shutdown()
+
+    def __enter__(self) -> "Swarm":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

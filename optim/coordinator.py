@@ -1,0 +1,358 @@
+"""The network driver of the round protocol: announce, close, vote, tally, re-sync.
+
+Runs on a background thread and drives the pure core (:mod:`.clock`, :mod:`.book`, :mod:`.votes`,
+:mod:`.aggregate`, :mod:`.outer`) with real inputs: signed DHT records (hivemind) and payloads
+fetched over hivemind P2P streams. Training never waits on it beyond one round deadline (I2):
+every network step is bounded by the clock's close/tally instants.
+
+Round ``q``'s life here (T = round length):
+
+* ``announce``: as soon as the trainer hands over round ``q``'s pseudo-gradient: encode, store,
+  publish a signed ``update.<region>`` record.
+* ``close_time(q)``: read round ``q``'s announcements, offer them to a :class:`RoundBook`, fetch
+  and check the payloads, compute the candidate base of ``q+2`` from base ``q+1``, publish a vote.
+* ``tally_time(q)``: tally the votes (reputation-weighted); a minority peer adopts the winning
+  inclusion and recomputes; if its state hash still differs from the majority it downloads the
+  majority's state (re-sync). Publishes a ``state.<region>`` record so joiners can find donors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+from dai_swarm.errors import CodecError, MalformedRecord, ProtocolError, SwarmError
+from dai_swarm.logging import get_logger
+
+from . import codecs
+from .aggregate import update_weight, weighted_mean
+from .book import BookLimits, RoundBook, UpdateAnnouncement
+from .exchange import fetch_chunked, fetch_from_any
+from .outer import OuterState, outer_step
+from .states import BaseState, BaseStore
+from .votes import Vote, majority_state_hash, tally
+
+__all__ = ["Coordinator", "RoundOutcome"]
+
+logger = get_logger(__name__)
+events = get_logger("dai_swarm.events")
+
+
+@dataclass
+class RoundOutcome:
+    """What happened to one round here: inclusion, state hash, re-sync, counters (for metrics)."""
+
+    round: int
+    inclusion: tuple = ()
+    state_hash: str = ""
+    agreed: bool | None = None
+    resynced: bool = False
+    rejections: dict = field(default_factory=dict)
+    contributors: dict = field(default_factory=dict)  # peer -> samples
+    close_s: float = 0.0
+
+
+class Coordinator:
+    """Background driver of the round protocol for one peer of one region.
+
+    ``ctx`` bundles the collaborators (set up by :class:`dai_swarm.optim.runtime.RoundRuntime`):
+    run_id, region, identity, dht, netloop, p2p, store, traffic, clock, manifest fields, the
+    ``like`` base state (for shapes), and ``reputation()`` (weights for votes and aggregation).
+    """
+
+    def __init__(self, ctx: Any, bases: BaseStore):
+        self.ctx, self.bases = ctx, bases
+        self.books: dict[int, RoundBook] = {}
+        self.payloads: dict[str, Mapping[str, torch.Tensor]] = {}
+        self.providers: dict[str, list[str]] = {}
+        self.outcomes: dict[int, RoundOutcome] = {}
+        self.closed: set[int] = set()
+        self.tallied: set[int] = set()
+        self.my_votes: dict[int, Vote] = {}
+        self.first_round = 0
+        self.error: SwarmError | None = None
+        self.on_round_tallied: list[Callable[[RoundOutcome], None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="dai-swarm-coordinator", daemon=True)
+        self._lock = threading.Lock()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self, first_round: int) -> None:
+        """Start closing rounds from ``first_round`` on."""
+        self.first_round = first_round
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (waits for the current step)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _main(self) -> None:
+        clock = self.ctx.clock
+        while not self._stop.is_set():
+            now = time.time()
+            current = clock.round_at(now)
+            for q in range(max(self.first_round, current - 3), current):
+                try:
+                    if q not in self.closed and now >= clock.close_time(q):
+                        self.close_round(q)
+                    if q in self.closed and q not in self.tallied and now >= clock.tally_time(q):
+                        self.tally_round(q)
+                except SwarmError as e:  # latched; the round is skipped, the peer re-syncs later
+                    self.error = e
+                    logger.warning("round %d: %s", q, e)
+                    self.closed.add(q)
+                    self.tallied.add(q)
+                except Exception as e:  # a bug must not kill the thread silently
+                    logger.exception("round %d failed: %r", q, e)
+                    self.closed.add(q)
+                    self.tallied.add(q)
+            self._stop.wait(0.05)
+
+    # --- records --------------------------------------------------------------------------------
+    def _kind(self, what: str) -> str:
+        return f"{what}.{self.ctx.region}"
+
+    def _publish(self, what: str, round: int, body: dict) -> None:
+        self.ctx.dht.publish_round_record(self.ctx.run_id, self._kind(what), round, body,
+                                          ttl_s=max(60.0, 20 * self.ctx.clock.round_s))
+
+    def _records(self, what: str, round: int) -> list:
+        return self.ctx.dht.get_round_records(self.ctx.run_id, self._kind(what), round)
+
+    # --- announce -------------------------------------------------------------------------------
+    def announce(self, round: int, base_hash: str, steps: int, samples: int, delta: Mapping[str, torch.Tensor]) -> str:
+        """Encode, store and announce this peer's round update; returns its digest."""
+        ctx = self.ctx
+        tensors = ctx.attack.tamper(dict(delta), round) if ctx.attack is not None else dict(delta)
+        blob = ctx.attack.tamper_blob(codecs.encode(tensors, ctx.codec, **ctx.codec_params), round) \
+            if ctx.attack is not None else codecs.encode(tensors, ctx.codec, **ctx.codec_params)
+        digest = ctx.store.put(blob, round)
+        claimed_steps = ctx.attack.claimed_steps(steps) if ctx.attack is not None else steps
+        body = {"run_id": ctx.run_id, "round": round, "base_hash": base_hash, "peer": ctx.identity.public_key_hex,
+                "steps": claimed_steps, "samples": claimed_steps * ctx.batch_size, "codec": ctx.codec,
+                "digest": digest, "size_bytes": len(blob), "region": ctx.region, "p2p_id": ctx.p2p_id}
+        self._publish("update", round, body)
+        events.info("announced round %d update %s (%d steps, %d bytes)", round, digest[:12], steps, len(blob),
+                    extra={"event": "announce", "round": round, "digest": digest, "bytes": len(blob)})
+        return digest
+
+    # --- fetching -------------------------------------------------------------------------------
+    def _providers_for(self, digest: str) -> list:
+        from hivemind.p2p import PeerID
+        out = []
+        for pid in self.providers.get(digest, []):
+            try:
+                out.append((PeerID.from_base58(pid), self.ctx.link_of_p2p(pid)))
+            except Exception:
+                continue
+        return out
+
+    def _check_payload(self, digest: str, blob: bytes) -> Mapping[str, torch.Tensor]:
+        like = self.ctx.like
+        expect = {n: (tuple(t.shape), torch.float32) for n, t in like.params.items()}
+        return codecs.decode(blob, expect=expect, max_bytes=self.ctx.max_decoded_bytes)
+
+    async def _fetch_one(self, book: RoundBook, digest: str, timeout_s: float) -> None:
+        local = self.ctx.store.get(digest)
+        try:
+            if local is None:
+                local = await fetch_from_any(self.ctx.p2p, self._providers_for(digest), self.ctx.run_id, digest,
+                                             max_bytes=self.ctx.max_payload_bytes, timeout_s=timeout_s,
+                                             traffic=self.ctx.traffic)
+                self.ctx.store.put(local, book.round, digest)
+            self.payloads[digest] = self._check_payload(digest, local)
+            book.mark_fetched(digest, True)
+        except CodecError as e:
+            book.mark_fetched(digest, False, type(e).__name__)
+            logger.info("round %d: payload %s refused: %s", book.round, digest[:12], e)
+        except SwarmError as e:
+            book.mark_fetched(digest, False, "unreachable")
+            logger.info("round %d: payload %s not fetched: %s", book.round, digest[:12], e)
+
+    def _fetch_all(self, book: RoundBook, deadline: float) -> None:
+        wanted = book.to_fetch()
+        if not wanted:
+            return
+        timeout_s = max(0.5, deadline - time.time())
+
+        async def go() -> None:
+            await asyncio.gather(*(self._fetch_one(book, d, timeout_s) for d in wanted))
+
+        self.ctx.netloop.run(go(), timeout_s=timeout_s + 5)
+
+    def _announcements(self, round: int) -> list[UpdateAnnouncement]:
+        out = []
+        for rec in self._records("update", round):
+            body = dict(rec.body)
+            p2p_id = body.pop("p2p_id", None)
+            try:
+                if body.get("peer") != rec.signer:
+                    raise MalformedRecord("announcement names another peer than its signer")
+                ann = UpdateAnnouncement(**body)
+            except (TypeError, MalformedRecord) as e:
+                self.ctx.counters["malformed_announcement"] = self.ctx.counters.get("malformed_announcement", 0) + 1
+                logger.info("round %d: malformed announcement from %s: %s", round, rec.signer[:12], e)
+                continue
+            if isinstance(p2p_id, str):
+                self.providers.setdefault(ann.digest, [])
+                if p2p_id not in self.providers[ann.digest]:
+                    self.providers[ann.digest].append(p2p_id)
+            out.append(ann)
+        return out
+
+    # --- close ----------------------------------------------------------------------------------
+    def _compute(self, book: RoundBook, base_next: BaseState) -> BaseState:
+        included = book.included()
+        if not included:
+            return base_next.at_round(book.round + 2)
+        rep = self.ctx.reputation()
+        updates = [(a.digest, update_weight(a.samples, rep.get(a.peer, 1.0), disc), self.payloads[a.digest])
+                   for a, disc in included]
+        if all(w == 0 for _, w, _ in updates):
+            return base_next.at_round(book.round + 2)
+        delta = weighted_mean(updates, rule=self.ctx.rule)
+        state = outer_step(OuterState(dict(base_next.params), dict(base_next.momentum)), delta,
+                           lr=self.ctx.outer_lr, momentum=self.ctx.outer_momentum, nesterov=True)
+        return BaseState.make(book.round + 2, state.params, state.momentum)
+
+    def close_round(self, q: int) -> None:
+        """Close round ``q`` locally: gather, fetch, check, compute, vote."""
+        t = time.time()
+        self.closed.add(q)
+        base_q, base_next = self.bases.get(q), self.bases.get(q + 1)
+        if base_q is not None and base_next is None:  # a joiner holds θ_q but not yet θ_{q+1}
+            try:
+                base_next = self.resync(q + 1, timeout_s=0.2 * self.ctx.clock.round_s)
+            except SwarmError as e:
+                logger.info("round %d: could not fetch the base of round %d: %s", q, q + 1, e)
+        if base_q is None or base_next is None:
+            logger.info("round %d: no base held (joining); skipping its close", q)
+            return
+        limits = BookLimits(max_inner_steps=self.ctx.max_inner_steps, batch_size=self.ctx.batch_size,
+                            max_payload_bytes=self.ctx.max_payload_bytes, codecs=frozenset([self.ctx.codec]))
+        book = RoundBook(self.ctx.run_id, q, base_q.hash, limits=limits)
+        self.books[q] = book
+        book.offer_many(self._announcements(q))
+        self._fetch_all(book, deadline=self.ctx.clock.tally_time(q) - 0.1 * self.ctx.clock.round_s)
+        inclusion = book.close()
+        state = self._compute(book, base_next)
+        self._candidate = state
+        vote = Vote(self.ctx.run_id, q, self.ctx.identity.public_key_hex, inclusion, state.hash)
+        self.my_votes[q] = vote
+        self._publish("vote", q, {"inclusion": list(inclusion), "state_hash": state.hash})
+        self.outcomes[q] = RoundOutcome(q, inclusion, state.hash, rejections=book.rejections, close_s=time.time() - t)
+        self._candidates = getattr(self, "_candidates", {})
+        self._candidates[q] = state
+
+    # --- tally ----------------------------------------------------------------------------------
+    def _votes(self, q: int) -> list[Vote]:
+        out = []
+        for rec in self._records("vote", q):
+            try:
+                out.append(Vote(self.ctx.run_id, q, rec.signer, tuple(rec.body.get("inclusion", ())),
+                                rec.body.get("state_hash", "")))
+            except (MalformedRecord, TypeError):
+                continue
+        return out
+
+    def tally_round(self, q: int) -> None:
+        """Tally round ``q``'s votes, adopt the majority, re-sync if still in the minority."""
+        self.tallied.add(q)
+        book = self.books.get(q)
+        candidates = getattr(self, "_candidates", {})
+        state = candidates.pop(q, None)
+        outcome = self.outcomes.setdefault(q, RoundOutcome(q))
+        votes = self._votes(q)
+        result = tally(votes, self.ctx.reputation(), run_id=self.ctx.run_id, round=q)
+        if book is not None and state is not None and result.decided and result.inclusion != book.inclusion():
+            missing = book.adopt(result.inclusion)
+            if missing:
+                book.offer_many([a for a in self._announcements(q) if a.digest in missing])
+            self._fetch_all(book, deadline=time.time() + 0.2 * self.ctx.clock.round_s)
+            if book.ready:
+                state = self._compute(book, self.bases.get(q + 1))
+                logger.info("round %d: adopted the majority inclusion (%d updates)", q, len(result.inclusion))
+            else:
+                state = None
+        if state is not None and (not result.decided or state.hash == result.state_hash):
+            self.bases.put(state)
+            outcome.agreed = result.decided
+        else:
+            target = result.state_hash if result.decided else None
+            outcome.agreed = False
+            state = self.resync(q + 2, target) if target else None
+            outcome.resynced = state is not None
+        if state is not None:
+            outcome.state_hash = state.hash
+            self._publish_state(state)
+            if book is not None:
+                outcome.inclusion = book.inclusion() if book.ready else outcome.inclusion
+                outcome.contributors = {a.peer: a.samples for a, _ in book.included()} if book.ready else {}
+        for d in list(self.payloads):
+            if book is not None and d in getattr(book, "_peers_of", {}):
+                self.payloads.pop(d, None)
+        self.books.pop(q - 2, None)
+        self.ctx.store.prune(q - 3)
+        events.info("round %d closed: %d updates, state %s%s", q, len(outcome.inclusion), outcome.state_hash[:12],
+                    " (re-synced)" if outcome.resynced else "",
+                    extra={"event": "round_closed", "round": q, "state_hash": outcome.state_hash})
+        for cb in self.on_round_tallied:
+            cb(outcome)
+
+    # --- state records, joins and re-syncs -----------------------------------------------------
+    def _publish_state(self, state: BaseState) -> None:
+        blob = state.blob()
+        digest = self.ctx.store.put(blob, state.round)
+        self._publish("state", state.round, {"state_hash": state.hash, "digest": digest, "size": len(blob),
+                                             "p2p_id": self.ctx.p2p_id})
+
+    def state_offers(self, round: int) -> list:
+        """(signer, state_hash, digest, size, p2p_id) of the state records of ``round``."""
+        out = []
+        for rec in self._records("state", round):
+            b = rec.body
+            if isinstance(b.get("state_hash"), str) and isinstance(b.get("digest"), str) and \
+                    isinstance(b.get("size"), int) and isinstance(b.get("p2p_id"), str):
+                out.append((rec.signer, b["state_hash"], b["digest"], b["size"], b["p2p_id"]))
+        return out
+
+    def resync(self, round: int, target_hash: str | None = None, timeout_s: float | None = None) -> BaseState | None:
+        """Download the base of ``round`` whose hash the reputation-weighted majority announced (I6).
+
+        Chunks come from every donor that announced the winning blob; the result is adopted only
+        if its hash matches. Returns the state (also stored), or None if nobody offered it yet.
+        """
+        from hivemind.p2p import PeerID
+        offers = self.state_offers(round)
+        if not offers:
+            return None
+        maj = majority_state_hash([(s, h) for s, h, _, _, _ in offers], self.ctx.reputation())
+        if maj is None:
+            return None
+        target = target_hash or maj.state_hash
+        good = [o for o in offers if o[1] == target and o[0] != self.ctx.identity.public_key_hex]
+        if not good:
+            return None
+        by_digest: dict[str, list] = {}
+        for o in good:
+            by_digest.setdefault((o[2], o[3]), []).append(o[4])
+        (digest, size), donors = max(by_digest.items(), key=lambda kv: len(kv[1]))
+        donor_ids = [(PeerID.from_base58(p), self.ctx.link_of_p2p(p)) for p in sorted(set(donors))]
+        timeout_s = timeout_s or max(5.0, self.ctx.clock.round_s)
+        blob = self.ctx.netloop.run(
+            fetch_chunked(self.ctx.p2p, donor_ids, self.ctx.run_id, digest, size,
+                          max_bytes=self.ctx.max_state_bytes, traffic=self.ctx.traffic, timeout_s=timeout_s),
+            timeout_s=timeout_s * 3)
+        state = BaseState.from_blob(round, blob, target, self.ctx.like)
+        self.bases.put(state)
+        self.ctx.store.put(blob, round, digest)
+        events.info("re-synced base of round %d (%s) from %d donor(s)", round, target[:12], len(donor_ids),
+                    extra={"event": "resync", "round": round, "state_hash": target})
+        return state

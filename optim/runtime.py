@@ -1,0 +1,272 @@
+"""The per-peer round runtime: the training side of the protocol and the wiring of its parts.
+
+:class:`RoundRuntime` owns the model's canonical bases, the round counters the training loop
+advances, the payload store and server, the coordinator thread and a heartbeat thread that keeps
+this peer's signed peer record (with live metrics) in the DHT. ``SwarmOptimizer.step`` calls
+:meth:`RoundRuntime.after_inner_step`; everything slow happens on background threads.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+import torch
+
+from dai_swarm._version import __version__
+from dai_swarm.dht.records import PeerRecord, RunManifest
+from dai_swarm.errors import ConfigError, SwarmError
+from dai_swarm.logging import get_logger
+from dai_swarm.verification.assignment import assign
+
+from . import codecs
+from .clock import RoundClock
+from .coordinator import Coordinator, RoundOutcome
+from .exchange import PayloadServer, PayloadStore, Traffic
+from .netloop import NetLoop
+from .states import BaseState, BaseStore
+
+__all__ = ["RoundRuntime"]
+
+logger = get_logger(__name__)
+
+
+class RoundRuntime:
+    """Runs the round protocol for one peer; see the module docstring.
+
+    ``model`` is the user-visible model (its parameters are overwritten with each new canonical
+    base); ``attack`` is an optional object from :mod:`dai_swarm.testing` that tampers with this
+    peer's updates (benchmarks and tests only); ``rule`` an optional robust aggregation rule.
+    """
+
+    def __init__(self, task: Any, dht: Any, identity: Any, manifest: RunManifest, region: str, *,
+                 model: torch.nn.Module | None = None, attack: Any = None, rule: Callable | None = None,
+                 evaluate: bool = True, max_payload_bytes: int = 256 << 20):
+        self.task, self.dht, self.identity, self.manifest, self.region = task, dht, identity, manifest, region
+        self.run_id = manifest.run_id
+        self.model = model if model is not None else task.build_model(manifest.seed)
+        self.like = BaseState.initial(self.model)
+        self.clock = RoundClock(manifest.t0, manifest.round_s, margin_s=min(0.1 * manifest.round_s, 2.0))
+        self.codec, self.codec_params = manifest.codec, dict(manifest.codec_params)
+        self.batch_size = int(task.batch_size)
+        self.max_inner_steps = manifest.max_inner_steps
+        self.outer_lr, self.outer_momentum = manifest.outer_lr, manifest.outer_momentum
+        self.attack, self.rule, self.evaluate = attack, rule, evaluate
+        n_params = sum(t.numel() for t in self.like.params.values())
+        self.max_payload_bytes = max_payload_bytes
+        self.max_decoded_bytes = 4 * n_params + (1 << 20)
+        self.max_state_bytes = 8 * n_params + (4 << 20)
+        self.counters: dict[str, int] = {}
+        self.history: list[dict] = []
+        self.reputation_table: dict[str, float] = {}
+        self.region_of: dict[str, str] = {}
+        self.bases = BaseStore()
+        self.store = PayloadStore()
+        self.traffic = Traffic()
+        self.netloop = NetLoop()
+        self.p2p = self.netloop.run(dht.replicate_p2p(), timeout_s=30)
+        self.p2p_id = dht.peer_id
+        self.server = PayloadServer(self.p2p, self.run_id, self.store, self.traffic,
+                                    link_of=lambda pid: self.link_of_p2p(str(pid)), hold_s=0.0)
+        self.netloop.run(self.server.start(), timeout_s=30)
+        codecs.decode(codecs.encode({"warmup": torch.ones(4096)}, self.codec, **self.codec_params))  # lazy inits
+        self.coordinator = Coordinator(self, self.bases)
+        self.coordinator.on_round_tallied.append(self._on_round)
+        self.round = 0
+        self.steps = 0
+        self.samples_total = 0
+        self.rounds_trained = 0
+        self._stop = threading.Event()
+        self._eval_model: torch.nn.Module | None = None
+        self._heartbeat = threading.Thread(target=self._heartbeat_main, name="dai-swarm-heartbeat", daemon=True)
+
+    # --- context used by the coordinator ----------------------------------------------------------
+    def reputation(self) -> Mapping[str, float]:
+        """Aggregation and vote weights by public key (1.0 for everyone until reputation is wired)."""
+        return self.reputation_table
+
+    def link_of_p2p(self, p2p_id: str) -> str:
+        """"intra" if the peer with this libp2p id is in our region (or unknown), else "cross"."""
+        region = self.region_of.get(p2p_id)
+        return "intra" if region is None or region == self.region else "cross"
+
+    # --- start-up and joins -------------------------------------------------------------------
+    def start(self, join_timeout_s: float | None = None) -> None:
+        """Pick the first round: θ0 for a fresh run, else download the majority's state (I6)."""
+        self._refresh_peers()
+        now = time.time()
+        current = max(0, self.clock.round_at(now))
+        if current <= 1:
+            self.bases.put(self.like.at_round(0))
+            self.bases.put(self.like.at_round(1))
+            first = current
+        else:
+            first = self._join(current, join_timeout_s or 3 * self.manifest.round_s)
+        self._load_base(self.bases.get(first))
+        self.round, self.steps = first, 0
+        self.coordinator.start(first_round=first)
+        self._heartbeat.start()
+        logger.info("peer %s (key %s) in region %s starts at round %d", self.p2p_id, self.identity.public_key_hex[:16],
+                    self.region, first)
+
+    def _join(self, current: int, timeout_s: float) -> int:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and not self._stop.is_set():
+            for r in (current + 1, current, current - 1):
+                try:
+                    state = self.coordinator.resync(r)
+                except SwarmError as e:
+                    logger.info("state download for round %d failed: %s", r, e)
+                    state = None
+                if state is not None:
+                    logger.info("joined at round %d with verified state %s", r, state.hash[:12])
+                    return r
+            time.sleep(0.25)
+        raise ConfigError(f"could not download a verified state of run {self.run_id!r} within {timeout_s:.0f}s; "
+                          "are other peers of this region online?")
+
+    # --- training side ------------------------------------------------------------------------
+    def batch_indices(self) -> list[int]:
+        """Dataset indices of the current (round, step): hash-derived, not chosen by this peer."""
+        return assign(self.run_id, self.manifest.seed, self.identity.public_key_hex, self.round, self.steps,
+                      self.batch_size, len(self.task.dataset))
+
+    def after_inner_step(self, opt: Any) -> None:
+        """Count one inner step; at the round's training deadline, hand the update over and move on."""
+        self.steps += 1
+        self.samples_total += self.batch_size
+        now = time.time()
+        deadline = self.clock.train_deadline(self.round)
+        if self.steps >= self.max_inner_steps and now < deadline:
+            self._stop.wait(deadline - now)  # the cap is reached: wait for the clock, never for peers
+            now = time.time()
+        if now >= deadline or self._stop.is_set():
+            self._finish_round(opt, now)
+
+    def _finish_round(self, opt: Any, now: float) -> None:
+        base = self.bases.get(self.round)
+        if base is not None and self.steps > 0:
+            with torch.no_grad():
+                delta = {n: base.params[n] - p.detach().to("cpu", torch.float32) for n, p in self.model.named_parameters()}
+            r, steps, h = self.round, self.steps, base.hash
+            try:
+                self.coordinator.announce(r, h, steps, steps * self.batch_size, delta)
+                self.rounds_trained += 1
+            except Exception as e:  # latched: this round's work is lost, the run goes on
+                logger.warning("round %d: could not announce: %s", r, e)
+        nxt = max(self.round + 1, self.clock.round_at(now))
+        state = self.bases.get(nxt)
+        if state is None and nxt - 2 >= self.coordinator.first_round:  # our own tally will produce it
+            state = self.bases.wait(nxt, timeout_s=max(0.0, self.clock.tally_time(nxt - 2) + 0.25 * self.clock.round_s
+                                                         - time.time()))
+        if state is None:
+            state = self._catch_up(nxt)
+        self._load_base(state)
+        opt.reset_inner_state()
+        self.round, self.steps = state.round, 0
+
+    def _catch_up(self, wanted: int) -> BaseState:
+        """Our base for ``wanted`` is missing (we were behind or in the minority): re-sync.
+
+        If no donor offers any state for two rounds (everyone else left), carry on alone from the
+        newest base held; the majority-hash check re-syncs this peer if others turn up later.
+        """
+        give_up = time.time() + 2 * self.clock.round_s
+        while not self._stop.is_set():
+            if time.time() > give_up:
+                latest = self.bases.latest() or self.like
+                current = max(wanted, self.clock.round_at(time.time()))
+                logger.warning("no donor offers the base of round %d; continuing alone from round %d's base",
+                               current, latest.round)
+                state = latest.at_round(current)
+                self.bases.put(state)
+                self.bases.put(state.at_round(current + 1))
+                return state
+            current = max(wanted, self.clock.round_at(time.time()))
+            for r in dict.fromkeys((wanted, current + 1, current)):
+                try:
+                    state = self.bases.get(r) or self.coordinator.resync(r)
+                except Exception as e:
+                    logger.info("re-sync of round %d failed: %s", r, e)
+                    state = None
+                if state is not None:
+                    return state
+            self._stop.wait(0.25)
+        return self.bases.latest() or self.like
+
+    def _load_base(self, state: BaseState) -> None:
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                p.copy_(state.params[n].to(p.device, p.dtype))
+
+    def position(self) -> dict:
+        """Where this peer is: round, inner steps done in it, samples so far, current base hash."""
+        base = self.bases.get(self.round)
+        return {"round": self.round, "steps": self.steps, "samples": self.samples_total,
+                "base_hash": base.hash if base else None}
+
+    def restore_position(self, pos: Mapping) -> None:
+        """Restore counters from :meth:`position` (the base itself is re-synced from the swarm)."""
+        self.samples_total = int(pos.get("samples", self.samples_total))
+        r = int(pos.get("round", self.round))
+        if self.bases.get(r) is not None:
+            self.round, self.steps = r, int(pos.get("steps", 0))
+
+    # --- metrics, heartbeat, shutdown -------------------------------------------------------------
+    def _on_round(self, outcome: RoundOutcome) -> None:
+        entry = {"round": outcome.round, "state_hash": outcome.state_hash, "updates": len(outcome.inclusion),
+                 "agreed": outcome.agreed, "resynced": outcome.resynced, "close_s": round(outcome.close_s, 3),
+                 "samples": sum(outcome.contributors.values()), "time": time.time(),
+                 "traffic": self.traffic.snapshot()}
+        state = self.bases.get(outcome.round + 2)
+        if self.evaluate and state is not None:
+            if self._eval_model is None:
+                self._eval_model = copy.deepcopy(self.model)
+            with torch.no_grad():
+                for n, p in self._eval_model.named_parameters():
+                    p.copy_(state.params[n])
+            entry["val_loss"] = float(self.task.evaluate(self._eval_model)["loss"])
+        self.history.append(entry)
+
+    def metrics(self) -> dict:
+        """Live figures for status records, the CLI and benchmarks."""
+        last = self.history[-1] if self.history else {}
+        return {"round": self.round, "steps": self.steps, "samples": self.samples_total,
+                "state_hash": last.get("state_hash"), "val_loss": last.get("val_loss"),
+                "traffic": self.traffic.snapshot(), "rounds_trained": self.rounds_trained,
+                "resyncs": sum(1 for h in self.history if h.get("resynced"))}
+
+    def _refresh_peers(self) -> None:
+        try:
+            self.region_of = {p.peer_id: p.region for p in self.dht.list_peers(self.run_id)}
+        except Exception as e:
+            logger.debug("peer list refresh failed: %s", e)
+
+    def _heartbeat_main(self) -> None:
+        period = max(1.0, min(5.0, self.manifest.round_s / 2))
+        while not self._stop.is_set():
+            try:
+                m = self.metrics()
+                record = PeerRecord(run_id=self.run_id, peer_id=self.p2p_id, maddrs=tuple(self.dht.visible_maddrs),
+                                    region=self.region, version=__version__, role="trainer",
+                                    public_key=self.identity.public_key_hex,
+                                    metrics={k: v for k, v in m.items() if v is not None})
+                self.dht.publish_peer(record, ttl_s=3 * period)
+            except Exception as e:
+                logger.debug("heartbeat failed: %s", e)
+            self._refresh_peers()
+            self._stop.wait(period)
+
+    def shutdown(self) -> None:
+        """Stop threads and the payload server; the DHT belongs to the caller."""
+        self._stop.set()
+        self.coordinator.stop()
+        if self._heartbeat.is_alive():
+            self._heartbeat.join(timeout=10)
+        try:
+            self.netloop.run(self.server.stop(), timeout_s=5)
+        except Exception:
+            pass
+        self.netloop.stop()

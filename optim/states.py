@@ -1,0 +1,121 @@
+"""Canonical base states: what every honest peer of a region holds at the start of a round.
+
+A :class:`BaseState` is the model parameters plus the outer optimiser's momentum, both float32 on
+the CPU, named and hashed with :func:`dai_swarm.canonical.state_hash`. Its snapshot blob (the
+deterministic ``none``-codec frame of all tensors) is content-addressed like any payload, so a
+joiner can fetch it in ranges from several donors and check it twice: the digest of the bytes, then
+the state hash of the decoded tensors against the region's majority (I6).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+
+from dai_swarm.canonical import sha256_hex, state_hash
+from dai_swarm.errors import DigestMismatch, ShapeMismatch
+
+from . import codecs
+
+__all__ = ["BaseState", "BaseStore"]
+
+
+@dataclass(frozen=True)
+class BaseState:
+    """The canonical state at the start of round ``round``: params, momentum and their hash."""
+
+    round: int
+    params: Mapping[str, torch.Tensor]
+    momentum: Mapping[str, torch.Tensor]
+    hash: str = ""
+    _blob: list = field(default_factory=list, repr=False, compare=False)
+
+    @classmethod
+    def make(cls, round: int, params: Mapping[str, torch.Tensor], momentum: Mapping[str, torch.Tensor]) -> "BaseState":
+        """Build a state (tensors detached, float32, CPU, contiguous) and compute its hash."""
+        p = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in params.items()}
+        m = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in momentum.items()}
+        return cls(round, p, m, state_hash(cls._named(p, m)))
+
+    @classmethod
+    def initial(cls, model: torch.nn.Module) -> "BaseState":
+        """Round-0 state from a freshly built model: its parameters and zero momentum."""
+        params = {k: v.detach().clone() for k, v in model.named_parameters()}
+        return cls.make(0, params, {k: torch.zeros_like(v) for k, v in params.items()})
+
+    @staticmethod
+    def _named(p: Mapping[str, torch.Tensor], m: Mapping[str, torch.Tensor]) -> dict:
+        out = {"p/" + k: v for k, v in p.items()}
+        out.update({"m/" + k: v for k, v in m.items()})
+        return out
+
+    def at_round(self, round: int) -> "BaseState":
+        """The same tensors labelled as the base of another round (rounds 0 and 1 share θ0)."""
+        return BaseState(round, self.params, self.momentum, self.hash, self._blob)
+
+    def blob(self) -> bytes:
+        """Deterministic snapshot bytes (cached)."""
+        if not self._blob:
+            self._blob.append(codecs.encode(self._named(self.params, self.momentum), "none"))
+        return self._blob[0]
+
+    @property
+    def blob_digest(self) -> str:
+        """SHA-256 of :meth:`blob`."""
+        return sha256_hex(self.blob())
+
+    @classmethod
+    def from_blob(cls, round: int, blob: bytes, expected_hash: str, like: "BaseState") -> "BaseState":
+        """Decode a downloaded snapshot; refuse it unless it has ``like``'s shapes and hashes to
+        ``expected_hash`` (raises :class:`ShapeMismatch` / :class:`DigestMismatch`)."""
+        expect = {n: (tuple(t.shape), t.dtype) for n, t in cls._named(like.params, like.momentum).items()}
+        tensors = codecs.decode(blob, expect=expect, max_bytes=len(blob) * 4 + (1 << 20))
+        if set(tensors) != set(expect):
+            raise ShapeMismatch("snapshot holds other tensors than the model")
+        p = {k[2:]: v for k, v in tensors.items() if k.startswith("p/")}
+        m = {k[2:]: v for k, v in tensors.items() if k.startswith("m/")}
+        state = cls.make(round, p, m)
+        if state.hash != expected_hash:
+            raise DigestMismatch(f"downloaded state hashes to {state.hash[:12]}, majority says {expected_hash[:12]}")
+        return state
+
+
+class BaseStore:
+    """Base states by round, shared between the training thread and the coordinator."""
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._states: dict[int, BaseState] = {}
+        self._cond = threading.Condition()
+
+    def put(self, state: BaseState) -> None:
+        """Store (or replace) the base of ``state.round`` and wake waiters."""
+        with self._cond:
+            self._states[state.round] = state
+            for r in sorted(self._states)[:-self.keep]:
+                del self._states[r]
+            self._cond.notify_all()
+
+    def get(self, round: int) -> BaseState | None:
+        """The base of ``round`` if held."""
+        with self._cond:
+            return self._states.get(round)
+
+    def wait(self, round: int, timeout_s: float) -> BaseState | None:
+        """Wait up to ``timeout_s`` for the base of ``round``."""
+        with self._cond:
+            self._cond.wait_for(lambda: round in self._states, timeout=timeout_s)
+            return self._states.get(round)
+
+    def latest(self) -> BaseState | None:
+        """The newest base held."""
+        with self._cond:
+            return self._states[max(self._states)] if self._states else None
+
+    def rounds(self) -> list[int]:
+        """Rounds whose base is held, ascending."""
+        with self._cond:
+            return sorted(self._states)
