@@ -188,7 +188,8 @@ def scan(buf: bytes, *, trusted_keys: Iterable[str] | None = None, full: bool = 
                 raise LedgerCorrupt("log writer is not a participant", index=0, reason="log writer is not a participant")
         except LedgerCorrupt as err:
             first_bad, reason, limit = 0, err.reason, 0
-    types = hdr[:limit, HEADER_LEN]
+    # a checkpoint named by the chain diagnosis is checked too, for a more specific reason
+    types = hdr[: min(limit + 1, n), HEADER_LEN]
     round_idx = np.flatnonzero(types == ord("r")).tolist() if full else []
     ri = 0
     for i in np.flatnonzero(types == ord("c")).tolist():
@@ -197,8 +198,9 @@ def scan(buf: bytes, *, trusted_keys: Iterable[str] | None = None, full: bool = 
             round_head = hashlib.sha256(round_head + line[HEADER_LEN + 6 : -9]).digest()
             rounds, ri = rounds + 1, ri + 1
         problem = _check_checkpoint(i, lines[i], writer, trusted, full, acc, digests, round_head, rounds)
-        if problem:
-            first_bad, reason, limit = i, problem, i
+        if problem or i >= limit:
+            if problem:
+                first_bad, reason, limit = i, problem, i
             break
         signed = i + 1
         checkpoints.append(i)
