@@ -58,7 +58,7 @@ class Swarm:
     def __init__(self, task: Task | str, run_id: str, initial_peers: Sequence[str] = (), region: str = "auto", *,
                  identity: Identity | str | None = None, host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
                  round_s: float = 10.0, codec: str = "int8", codec_params: dict | None = None,
-                 outer_lr: float = 0.6, outer_momentum: float = 0.3, max_inner_steps: int = 10_000,
+                 outer_lr: float = 0.6, outer_momentum: float = 0.9, max_inner_steps: int = 10_000,
                  cross_region_period: int = 5, spot_check_rate: float = 0.2, seed: int = 0,
                  t0: float | None = None, attack: Any = None, evaluate: bool = True,
                  manifest_wait_s: float = 3.0, start_timeout_s: float = 30.0):

@@ -37,10 +37,37 @@ from .outer import OuterState, outer_step
 from .states import BaseState, BaseStore
 from .votes import Vote, majority_state_hash, tally
 
-__all__ = ["Coordinator", "RoundOutcome"]
+__all__ = ["Coordinator", "NullVerifier", "RoundOutcome"]
 
 logger = get_logger(__name__)
 events = get_logger("dai_swarm.events")
+
+
+class NullVerifier:
+    """The verification hooks the coordinator calls; :mod:`dai_swarm.verification` implements them.
+
+    Everything that changes replicated state (``next_extra``, ``reputation``, ``rule``) must be a
+    deterministic function of its arguments, so honest peers stay bitwise identical (I1).
+    """
+
+    rule = None  # robust aggregation rule for weighted_mean(rule=...), or None for the plain mean
+
+    def on_close(self, round: int, book: RoundBook, payloads: Mapping[str, Mapping[str, torch.Tensor]],
+                 base: BaseState) -> None:
+        """Round ``round`` closed here: schedule spot checks of some included updates (own thread)."""
+
+    def vote_verdicts(self, round: int) -> list[str]:
+        """Ids of the valid verdicts this peer has seen, to put in its vote of ``round``."""
+        return []
+
+    def next_extra(self, extra: Mapping, round: int, verdicts: tuple[str, ...]) -> dict:
+        """Replicated metadata of base ``round+2`` from that of ``round+1`` and the verdict ids the
+        swarm agreed on in round ``round-1``'s votes (reputation, slashes)."""
+        return dict(extra)
+
+    def reputation(self, extra: Mapping) -> Mapping[str, float]:
+        """Aggregation and vote weight per public key, read from replicated metadata."""
+        return extra.get("reputation", {})
 
 
 @dataclass
@@ -74,6 +101,7 @@ class Coordinator:
         self.closed: set[int] = set()
         self.tallied: set[int] = set()
         self.my_votes: dict[int, Vote] = {}
+        self.verdict_winners: dict[int, tuple[str, ...]] = {}
         self.first_round = 0
         self.error: SwarmError | None = None
         self.on_round_tallied: list[Callable[[RoundOutcome], None]] = []
@@ -209,18 +237,24 @@ class Coordinator:
 
     # --- close ----------------------------------------------------------------------------------
     def _compute(self, book: RoundBook, base_next: BaseState) -> BaseState:
+        verifier = self.ctx.verifier
+        extra = verifier.next_extra(base_next.extra, book.round, self.verdict_winners.get(book.round - 1, ()))
         included = book.included()
-        if not included:
-            return base_next.at_round(book.round + 2)
-        rep = self.ctx.reputation()
+        rep = verifier.reputation(extra)
         updates = [(a.digest, update_weight(a.samples, rep.get(a.peer, 1.0), disc), self.payloads[a.digest])
                    for a, disc in included]
-        if all(w == 0 for _, w, _ in updates):
-            return base_next.at_round(book.round + 2)
-        delta = weighted_mean(updates, rule=self.ctx.rule)
+        if not updates or all(w == 0 for _, w, _ in updates):
+            return BaseState.make(book.round + 2, base_next.params, base_next.momentum, extra)
+        delta = weighted_mean(updates, rule=verifier.rule)
+        # Delay compensation: the updates were computed from θ_q but are applied to θ_{q+1}; measure
+        # the pseudo-gradient against the base it is applied to: θ_{q+1} − mean(θ_local) =
+        # mean(Δ) + (θ_{q+1} − θ_q). Elementwise, hence deterministic (docs/design.md).
+        base_q = self.bases.get(book.round)
+        if base_q is not None and self.ctx.delay_compensation:
+            delta = {n: torch.add(d, torch.sub(base_next.params[n], base_q.params[n])) for n, d in delta.items()}
         state = outer_step(OuterState(dict(base_next.params), dict(base_next.momentum)), delta,
                            lr=self.ctx.outer_lr, momentum=self.ctx.outer_momentum, nesterov=True)
-        return BaseState.make(book.round + 2, state.params, state.momentum)
+        return BaseState.make(book.round + 2, state.params, state.momentum, extra)
 
     def close_round(self, q: int) -> None:
         """Close round ``q`` locally: gather, fetch, check, compute, vote."""
@@ -246,7 +280,12 @@ class Coordinator:
         self._candidate = state
         vote = Vote(self.ctx.run_id, q, self.ctx.identity.public_key_hex, inclusion, state.hash)
         self.my_votes[q] = vote
-        self._publish("vote", q, {"inclusion": list(inclusion), "state_hash": state.hash})
+        verdicts = sorted(set(self.ctx.verifier.vote_verdicts(q)))
+        self._publish("vote", q, {"inclusion": list(inclusion), "state_hash": state.hash, "verdicts": verdicts})
+        try:
+            self.ctx.verifier.on_close(q, book, {d: self.payloads[d] for d in inclusion if d in self.payloads}, base_q)
+        except Exception as e:  # verification trouble never blocks the round
+            logger.warning("round %d: spot-check scheduling failed: %r", q, e)
         self.outcomes[q] = RoundOutcome(q, inclusion, state.hash, rejections=book.rejections, close_s=time.time() - t)
         self._candidates = getattr(self, "_candidates", {})
         self._candidates[q] = state
@@ -262,6 +301,18 @@ class Coordinator:
                 continue
         return out
 
+    def _tally_verdicts(self, q: int) -> tuple[str, ...]:
+        """The verdict-id set of round ``q``'s votes that the reputation-weighted majority named."""
+        sets = []
+        for rec in self._records("vote", q):
+            ids = rec.body.get("verdicts", [])
+            try:
+                sets.append(Vote(self.ctx.run_id, q, rec.signer, tuple(ids), "0" * 64))
+            except (MalformedRecord, TypeError):
+                continue
+        result = tally(sets, self.ctx.reputation(), run_id=self.ctx.run_id, round=q)
+        return result.inclusion if result.decided else ()
+
     def tally_round(self, q: int) -> None:
         """Tally round ``q``'s votes, adopt the majority, re-sync if still in the minority."""
         self.tallied.add(q)
@@ -271,6 +322,8 @@ class Coordinator:
         outcome = self.outcomes.setdefault(q, RoundOutcome(q))
         votes = self._votes(q)
         result = tally(votes, self.ctx.reputation(), run_id=self.ctx.run_id, round=q)
+        self.verdict_winners[q] = self._tally_verdicts(q)
+        self.verdict_winners.pop(q - 3, None)
         if book is not None and state is not None and result.decided and result.inclusion != book.inclusion():
             missing = book.adopt(result.inclusion)
             if missing:
@@ -296,7 +349,7 @@ class Coordinator:
                 outcome.inclusion = book.inclusion() if book.ready else outcome.inclusion
                 outcome.contributors = {a.peer: a.samples for a, _ in book.included()} if book.ready else {}
         for d in list(self.payloads):
-            if book is not None and d in getattr(book, "_peers_of", {}):
+            if book is not None and d in book.digests():
                 self.payloads.pop(d, None)
         self.books.pop(q - 2, None)
         self.ctx.store.prune(q - 3)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -23,7 +23,7 @@ from dai_swarm.verification.assignment import assign
 
 from . import codecs
 from .clock import RoundClock
-from .coordinator import Coordinator, RoundOutcome
+from .coordinator import Coordinator, NullVerifier, RoundOutcome
 from .exchange import PayloadServer, PayloadStore, Traffic
 from .netloop import NetLoop
 from .states import BaseState, BaseStore
@@ -42,7 +42,7 @@ class RoundRuntime:
     """
 
     def __init__(self, task: Any, dht: Any, identity: Any, manifest: RunManifest, region: str, *,
-                 model: torch.nn.Module | None = None, attack: Any = None, rule: Callable | None = None,
+                 model: torch.nn.Module | None = None, attack: Any = None, verifier: Any = None,
                  evaluate: bool = True, max_payload_bytes: int = 256 << 20):
         self.task, self.dht, self.identity, self.manifest, self.region = task, dht, identity, manifest, region
         self.run_id = manifest.run_id
@@ -53,14 +53,15 @@ class RoundRuntime:
         self.batch_size = int(task.batch_size)
         self.max_inner_steps = manifest.max_inner_steps
         self.outer_lr, self.outer_momentum = manifest.outer_lr, manifest.outer_momentum
-        self.attack, self.rule, self.evaluate = attack, rule, evaluate
+        self.delay_compensation = True
+        self.attack, self.evaluate = attack, evaluate
+        self.verifier = verifier if verifier is not None else NullVerifier()
         n_params = sum(t.numel() for t in self.like.params.values())
         self.max_payload_bytes = max_payload_bytes
         self.max_decoded_bytes = 4 * n_params + (1 << 20)
         self.max_state_bytes = 8 * n_params + (4 << 20)
         self.counters: dict[str, int] = {}
         self.history: list[dict] = []
-        self.reputation_table: dict[str, float] = {}
         self.region_of: dict[str, str] = {}
         self.bases = BaseStore()
         self.store = PayloadStore()
@@ -84,8 +85,9 @@ class RoundRuntime:
 
     # --- context used by the coordinator ----------------------------------------------------------
     def reputation(self) -> Mapping[str, float]:
-        """Aggregation and vote weights by public key (1.0 for everyone until reputation is wired)."""
-        return self.reputation_table
+        """Vote weights by public key, from the newest agreed replicated state (empty: equal votes)."""
+        latest = self.bases.latest()
+        return self.verifier.reputation(latest.extra) if latest is not None else {}
 
     def link_of_p2p(self, p2p_id: str) -> str:
         """"intra" if the peer with this libp2p id is in our region (or unknown), else "cross"."""

@@ -9,13 +9,14 @@ the state hash of the decoded tensors against the region's majority (I6).
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
 
-from dai_swarm.canonical import sha256_hex, state_hash
+from dai_swarm.canonical import canonical_json, sha256_hex, state_hash
 from dai_swarm.errors import DigestMismatch, ShapeMismatch
 
 from . import codecs
@@ -31,14 +32,21 @@ class BaseState:
     params: Mapping[str, torch.Tensor]
     momentum: Mapping[str, torch.Tensor]
     hash: str = ""
+    extra: Mapping = field(default_factory=dict)
     _blob: list = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
-    def make(cls, round: int, params: Mapping[str, torch.Tensor], momentum: Mapping[str, torch.Tensor]) -> "BaseState":
-        """Build a state (tensors detached, float32, CPU, contiguous) and compute its hash."""
+    def make(cls, round: int, params: Mapping[str, torch.Tensor], momentum: Mapping[str, torch.Tensor],
+             extra: Mapping | None = None) -> "BaseState":
+        """Build a state (tensors detached, float32, CPU, contiguous) and compute its hash.
+
+        ``extra`` is JSON-able replicated state beside the tensors (reputation table, reward-log
+        head); it is part of the hash and of the snapshot, so a re-sync restores it too.
+        """
         p = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in params.items()}
         m = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in momentum.items()}
-        return cls(round, p, m, state_hash(cls._named(p, m)))
+        extra = dict(extra or {})
+        return cls(round, p, m, state_hash(cls._named(p, m, extra)), extra)
 
     @classmethod
     def initial(cls, model: torch.nn.Module) -> "BaseState":
@@ -47,19 +55,21 @@ class BaseState:
         return cls.make(0, params, {k: torch.zeros_like(v) for k, v in params.items()})
 
     @staticmethod
-    def _named(p: Mapping[str, torch.Tensor], m: Mapping[str, torch.Tensor]) -> dict:
+    def _named(p: Mapping[str, torch.Tensor], m: Mapping[str, torch.Tensor], extra: Mapping | None = None) -> dict:
         out = {"p/" + k: v for k, v in p.items()}
         out.update({"m/" + k: v for k, v in m.items()})
+        if extra:
+            out["x/extra"] = torch.frombuffer(bytearray(canonical_json(dict(extra))), dtype=torch.uint8)
         return out
 
     def at_round(self, round: int) -> "BaseState":
         """The same tensors labelled as the base of another round (rounds 0 and 1 share θ0)."""
-        return BaseState(round, self.params, self.momentum, self.hash, self._blob)
+        return BaseState(round, self.params, self.momentum, self.hash, self.extra, self._blob)
 
     def blob(self) -> bytes:
         """Deterministic snapshot bytes (cached)."""
         if not self._blob:
-            self._blob.append(codecs.encode(self._named(self.params, self.momentum), "none"))
+            self._blob.append(codecs.encode(self._named(self.params, self.momentum, self.extra), "none"))
         return self._blob[0]
 
     @property
@@ -72,12 +82,22 @@ class BaseState:
         """Decode a downloaded snapshot; refuse it unless it has ``like``'s shapes and hashes to
         ``expected_hash`` (raises :class:`ShapeMismatch` / :class:`DigestMismatch`)."""
         expect = {n: (tuple(t.shape), t.dtype) for n, t in cls._named(like.params, like.momentum).items()}
-        tensors = codecs.decode(blob, expect=expect, max_bytes=len(blob) * 4 + (1 << 20))
-        if set(tensors) != set(expect):
+        tensors = codecs.decode(blob, max_bytes=len(blob) * 4 + (1 << 20))
+        extra_t = tensors.pop("x/extra", None)
+        if set(tensors) != set(expect) or any(tuple(tensors[n].shape) != s or tensors[n].dtype != d
+                                              for n, (s, d) in expect.items()):
             raise ShapeMismatch("snapshot holds other tensors than the model")
+        extra = {}
+        if extra_t is not None:
+            try:
+                extra = json.loads(bytes(extra_t.numpy().tobytes()))
+            except ValueError as e:
+                raise ShapeMismatch(f"snapshot's replicated metadata is not JSON: {e}") from e
+            if not isinstance(extra, dict):
+                raise ShapeMismatch("snapshot's replicated metadata is not a JSON object")
         p = {k[2:]: v for k, v in tensors.items() if k.startswith("p/")}
         m = {k[2:]: v for k, v in tensors.items() if k.startswith("m/")}
-        state = cls.make(round, p, m)
+        state = cls.make(round, p, m, extra)
         if state.hash != expected_hash:
             raise DigestMismatch(f"downloaded state hashes to {state.hash[:12]}, majority says {expected_hash[:12]}")
         return state
