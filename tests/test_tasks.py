@@ -14,6 +14,15 @@ from dai_swarm.tasks import RegressionTask, Task, TinyLMTask, load_task, unigram
 from dai_swarm.tasks.corpus import DEFAULT_EXCLUDE, load_corpus
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: the machine is shared, and oversubscribed threads slow training ~20x."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module", params=["regression", "tinylm-small"])
 def task(request) -> Task:
     return load_task(request.param)
