@@ -6,11 +6,14 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from dai_swarm.canonical import canonical_json, state_hash
 from dai_swarm.errors import TaskError
 from dai_swarm.tasks import RegressionTask, Task, TinyLMTask, load_task, unigram_entropy
+from dai_swarm.tasks.base import check_indices
 from dai_swarm.tasks.corpus import DEFAULT_EXCLUDE, load_corpus
 
 
@@ -180,3 +183,15 @@ def test_unigram_entropy_known_values():
     assert unigram_entropy(b"ab") == pytest.approx(math.log(2))
     with pytest.raises(TaskError):
         unigram_entropy(b"")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.integers(-5, 40), st.floats(allow_nan=True), st.text(max_size=2), st.booleans(),
+                          st.none()), max_size=6))
+def test_check_indices_accepts_exactly_in_range_ints(indices):
+    ok = bool(indices) and all(type(i) is int and 0 <= i < 32 for i in indices)
+    if ok:
+        check_indices(indices, 32)
+    else:
+        with pytest.raises(TaskError):
+            check_indices(indices, 32)
