@@ -18,14 +18,18 @@ import time
 __all__ = [
     "PING_PROTOCOL",
     "child_pids",
+    "daemon_sockets",
+    "descendants",
     "hivemind_sockets",
     "ping_peer",
     "register_ping",
     "remove_files",
     "remove_stale_sockets",
+    "routing_table_size",
     "socket_paths",
     "terminate_pids",
     "validator_counters",
+    "watch_parent",
 ]
 
 PING_PROTOCOL = "dai_swarm.ping"
@@ -169,3 +173,48 @@ def terminate_pids(pids, grace_s: float = 3.0) -> None:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+async def routing_table_size(_dht, node) -> int:
+    """(In the DHT process) how many DHT peers this node knows."""
+    return len(node.protocol.routing_table.uid_to_peer_id)
+
+
+def descendants(pid: int) -> list[int]:
+    """All descendants of ``pid`` (children first, depth-first)."""
+    out: list[int] = []
+    for child in child_pids(pid):
+        out.append(child)
+        out += descendants(child)
+    return out
+
+
+def daemon_sockets(pid: int) -> list[str]:
+    """The unix sockets of a p2pd process (its ``-listen`` socket and the matching client socket)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+    for arg in args:
+        if arg.startswith("-listen=/unix/tmp/hivemind-p2pd-"):
+            path = arg[len("-listen=/unix"):]
+            return [path, path.replace("hivemind-p2pd-", "hivemind-p2pclient-")]
+    return []
+
+
+def watch_parent(parent_pid: int, period_s: float = 0.5) -> None:
+    """(In the DHT process) if the parent dies, stop our p2pd and exit, leaving no orphans."""
+    import threading
+
+    def _watch() -> None:
+        while True:
+            time.sleep(period_s)
+            if os.getppid() != parent_pid:
+                pids = descendants(os.getpid())
+                sockets = [q for p in pids for q in daemon_sockets(p)]
+                terminate_pids(pids, grace_s=1.0)
+                remove_files(sockets)
+                os._exit(0)
+
+    threading.Thread(target=_watch, name="dai-swarm-parent-watch", daemon=True).start()

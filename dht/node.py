@@ -67,6 +67,17 @@ def _check_p2p_identity(path: str | None) -> None:
         raise IdentityError(f"libp2p identity {path!r} is corrupt ({e}); restore it or remove it to get a new peer id") from e
 
 
+class _DHTProcess(hivemind.DHT):
+    """hivemind's DHT process, in its own process group (a terminal's Ctrl+C reaches only our main
+    process, which then shuts the DHT down in order) and exiting if its parent dies."""
+
+    def run(self) -> None:
+        """Detach from the terminal's process group, watch the parent, then serve the DHT."""
+        os.setpgid(0, 0)
+        _proc.watch_parent(self._parent_pid)
+        super().run()
+
+
 class SwarmDHT:
     """A running DHT node for one peer; see the module docstring.
 
@@ -95,7 +106,7 @@ class SwarmDHT:
         self._read_drops: collections.Counter = collections.Counter()
         validators = [SwarmRecordValidator()] if validate else []
         before = _proc.hivemind_sockets()
-        self._dht = hivemind.DHT(
+        self._dht = _DHTProcess(
             initial_peers=self.initial_peers or None,
             start=False,
             host_maddrs=host_maddrs,
@@ -116,7 +127,7 @@ class SwarmDHT:
         self._sockets: list[str] = self._dht.run_coroutine(_proc.socket_paths)
         if not client_mode:
             self._dht.run_coroutine(_proc.register_ping)
-        logger.info("DHT node %s up at %s", self.peer_id, ", ".join(self.visible_maddrs))
+        logger.debug("DHT node %s up at %s", self.peer_id, ", ".join(self.visible_maddrs))
 
     def _abort_start(self) -> None:
         children = _proc.child_pids(self._dht.pid) if self._dht.pid else []
