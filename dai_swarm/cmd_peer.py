@@ -42,6 +42,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics and status.json here")
     p.add_argument("--round-s", type=float, default=10.0, help="round length in seconds (new runs only)")
     p.add_argument("--codec", default="int8", help="update codec: none, fp16, int8, topk (new runs only)")
+    p.add_argument("--cross-region-period", type=int, default=5,
+                   help="rounds between cross-region merges (new runs only)")
     p.add_argument("--t0", type=float, default=None, help="start time of round 0, Unix seconds (new runs only)")
     p.add_argument("--seed", type=int, default=0, help="model and sampler seed (new runs only)")
     p.add_argument("--max-inner-steps", type=int, default=10_000, help="cap on inner steps per round (new runs only)")
@@ -86,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         attack = make_attack(args.attack)
     swarm = Swarm(args.task, args.run_id, initial_peers=args.initial_peers, region=args.region,
                   identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s, codec=args.codec,
-                  t0=args.t0, seed=args.seed, max_inner_steps=args.max_inner_steps, attack=attack)
+                  t0=args.t0, seed=args.seed, max_inner_steps=args.max_inner_steps, attack=attack,
+                  cross_region_period=args.cross_region_period)
     logger.info("peer id %s, public key %s, region %s", swarm.dht.peer_id, swarm.identity.public_key_hex,
                 swarm.region)
     print("--initial-peers " + " ".join(swarm.initial_peers), flush=True)

@@ -32,6 +32,7 @@ from dai_swarm.logging import get_logger
 from . import codecs
 from .aggregate import update_weight, weighted_mean
 from .book import BookLimits, RoundBook, UpdateAnnouncement
+from .crossregion import CrossRegionMerger
 from .exchange import fetch_chunked, fetch_from_any
 from .outer import OuterState, outer_step
 from .states import BaseState, BaseStore
@@ -102,6 +103,8 @@ class Coordinator:
         self.tallied: set[int] = set()
         self.my_votes: dict[int, Vote] = {}
         self.verdict_winners: dict[int, tuple[str, ...]] = {}
+        self._candidates: dict[int, BaseState] = {}
+        self.merger = CrossRegionMerger(self)
         self.first_round = 0
         self.error: SwarmError | None = None
         self.on_round_tallied: list[Callable[[RoundOutcome], None]] = []
@@ -240,11 +243,12 @@ class Coordinator:
         verifier = self.ctx.verifier
         extra = verifier.next_extra(base_next.extra, book.round, self.verdict_winners.get(book.round - 1, ()))
         included = book.included()
+        extra["epoch_samples"] = int(base_next.extra.get("epoch_samples", 0)) + sum(a.samples for a, _ in included)
         rep = verifier.reputation(extra)
         updates = [(a.digest, update_weight(a.samples, rep.get(a.peer, 1.0), disc), self.payloads[a.digest])
                    for a, disc in included]
         if not updates or all(w == 0 for _, w, _ in updates):
-            return BaseState.make(book.round + 2, base_next.params, base_next.momentum, extra)
+            return BaseState.make(book.round + 2, base_next.params, base_next.momentum, extra, base_next.anchor)
         delta = weighted_mean(updates, rule=verifier.rule)
         # Delay compensation: the updates were computed from θ_q but are applied to θ_{q+1}; measure
         # the pseudo-gradient against the base it is applied to: θ_{q+1} − mean(θ_local) =
@@ -254,7 +258,7 @@ class Coordinator:
             delta = {n: torch.add(d, torch.sub(base_next.params[n], base_q.params[n])) for n, d in delta.items()}
         state = outer_step(OuterState(dict(base_next.params), dict(base_next.momentum)), delta,
                            lr=self.ctx.outer_lr, momentum=self.ctx.outer_momentum, nesterov=True)
-        return BaseState.make(book.round + 2, state.params, state.momentum, extra)
+        return BaseState.make(book.round + 2, state.params, state.momentum, extra, base_next.anchor)
 
     def close_round(self, q: int) -> None:
         """Close round ``q`` locally: gather, fetch, check, compute, vote."""
@@ -277,7 +281,6 @@ class Coordinator:
         self._fetch_all(book, deadline=self.ctx.clock.tally_time(q) - 0.1 * self.ctx.clock.round_s)
         inclusion = book.close()
         state = self._compute(book, base_next)
-        self._candidate = state
         vote = Vote(self.ctx.run_id, q, self.ctx.identity.public_key_hex, inclusion, state.hash)
         self.my_votes[q] = vote
         verdicts = sorted(set(self.ctx.verifier.vote_verdicts(q)))
@@ -287,7 +290,6 @@ class Coordinator:
         except Exception as e:  # verification trouble never blocks the round
             logger.warning("round %d: spot-check scheduling failed: %r", q, e)
         self.outcomes[q] = RoundOutcome(q, inclusion, state.hash, rejections=book.rejections, close_s=time.time() - t)
-        self._candidates = getattr(self, "_candidates", {})
         self._candidates[q] = state
 
     # --- tally ----------------------------------------------------------------------------------
@@ -317,8 +319,7 @@ class Coordinator:
         """Tally round ``q``'s votes, adopt the majority, re-sync if still in the minority."""
         self.tallied.add(q)
         book = self.books.get(q)
-        candidates = getattr(self, "_candidates", {})
-        state = candidates.pop(q, None)
+        state = self._candidates.pop(q, None)
         outcome = self.outcomes.setdefault(q, RoundOutcome(q))
         votes = self._votes(q)
         result = tally(votes, self.ctx.reputation(), run_id=self.ctx.run_id, round=q)
@@ -335,8 +336,10 @@ class Coordinator:
             else:
                 state = None
         if state is not None and (not result.decided or state.hash == result.state_hash):
-            self.bases.put(state)
             outcome.agreed = result.decided
+            if self.merger.is_sync_round(q + 2):
+                state = self.merger.merge(q, state)
+            self.bases.put(state)
         else:
             target = result.state_hash if result.decided else None
             outcome.agreed = False

@@ -48,7 +48,9 @@ class RoundRuntime:
         self.run_id = manifest.run_id
         self.model = model if model is not None else task.build_model(manifest.seed)
         self.like = BaseState.initial(self.model)
-        self.clock = RoundClock(manifest.t0, manifest.round_s, margin_s=min(0.1 * manifest.round_s, 2.0))
+        self.clock = RoundClock(manifest.t0, manifest.round_s, close_frac=0.3, tally_frac=0.55,
+                                margin_s=min(0.1 * manifest.round_s, 2.0))
+        self.cross_region_period = manifest.cross_region_period
         self.codec, self.codec_params = manifest.codec, dict(manifest.codec_params)
         self.batch_size = int(task.batch_size)
         self.max_inner_steps = manifest.max_inner_steps
@@ -70,7 +72,8 @@ class RoundRuntime:
         self.p2p = self.netloop.run(dht.replicate_p2p(), timeout_s=30)
         self.p2p_id = dht.peer_id
         self.server = PayloadServer(self.p2p, self.run_id, self.store, self.traffic,
-                                    link_of=lambda pid: self.link_of_p2p(str(pid)), hold_s=0.0)
+                                    link_of=lambda pid: self.link_of_p2p(str(pid)),
+                                    hold_s=min(2.0, 0.15 * manifest.round_s))
         self.netloop.run(self.server.start(), timeout_s=30)
         codecs.decode(codecs.encode({"warmup": torch.ones(4096)}, self.codec, **self.codec_params))  # lazy inits
         self.coordinator = Coordinator(self, self.bases)
@@ -161,7 +164,7 @@ class RoundRuntime:
         nxt = max(self.round + 1, self.clock.round_at(now))
         state = self.bases.get(nxt)
         if state is None and nxt - 2 >= self.coordinator.first_round:  # our own tally will produce it
-            state = self.bases.wait(nxt, timeout_s=max(0.0, self.clock.tally_time(nxt - 2) + 0.25 * self.clock.round_s
+            state = self.bases.wait(nxt, timeout_s=max(0.0, self.clock.tally_time(nxt - 2) + 0.4 * self.clock.round_s
                                                          - time.time()))
         if state is None:
             state = self._catch_up(nxt)

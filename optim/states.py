@@ -33,43 +33,48 @@ class BaseState:
     momentum: Mapping[str, torch.Tensor]
     hash: str = ""
     extra: Mapping = field(default_factory=dict)
+    anchor: Mapping[str, torch.Tensor] = field(default_factory=dict)
     _blob: list = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     def make(cls, round: int, params: Mapping[str, torch.Tensor], momentum: Mapping[str, torch.Tensor],
-             extra: Mapping | None = None) -> "BaseState":
+             extra: Mapping | None = None, anchor: Mapping[str, torch.Tensor] | None = None) -> "BaseState":
         """Build a state (tensors detached, float32, CPU, contiguous) and compute its hash.
 
         ``extra`` is JSON-able replicated state beside the tensors (reputation table, reward-log
-        head); it is part of the hash and of the snapshot, so a re-sync restores it too.
+        head); it is part of the hash and of the snapshot, so a re-sync restores it too. ``anchor``
+        holds the parameters of the last cross-region merge (region deltas are measured against it).
         """
         p = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in params.items()}
         m = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in momentum.items()}
         extra = dict(extra or {})
-        return cls(round, p, m, state_hash(cls._named(p, m, extra)), extra)
+        a = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in (anchor or {}).items()}
+        return cls(round, p, m, state_hash(cls._named(p, m, extra, a)), extra, a)
 
     @classmethod
     def initial(cls, model: torch.nn.Module) -> "BaseState":
         """Round-0 state from a freshly built model: its parameters and zero momentum."""
         params = {k: v.detach().clone() for k, v in model.named_parameters()}
-        return cls.make(0, params, {k: torch.zeros_like(v) for k, v in params.items()})
+        return cls.make(0, params, {k: torch.zeros_like(v) for k, v in params.items()}, anchor=params)
 
     @staticmethod
-    def _named(p: Mapping[str, torch.Tensor], m: Mapping[str, torch.Tensor], extra: Mapping | None = None) -> dict:
+    def _named(p: Mapping[str, torch.Tensor], m: Mapping[str, torch.Tensor], extra: Mapping | None = None,
+               anchor: Mapping[str, torch.Tensor] | None = None) -> dict:
         out = {"p/" + k: v for k, v in p.items()}
         out.update({"m/" + k: v for k, v in m.items()})
+        out.update({"a/" + k: v for k, v in (anchor or {}).items()})
         if extra:
             out["x/extra"] = torch.frombuffer(bytearray(canonical_json(dict(extra))), dtype=torch.uint8)
         return out
 
     def at_round(self, round: int) -> "BaseState":
         """The same tensors labelled as the base of another round (rounds 0 and 1 share θ0)."""
-        return BaseState(round, self.params, self.momentum, self.hash, self.extra, self._blob)
+        return BaseState(round, self.params, self.momentum, self.hash, self.extra, self.anchor, self._blob)
 
     def blob(self) -> bytes:
         """Deterministic snapshot bytes (cached)."""
         if not self._blob:
-            self._blob.append(codecs.encode(self._named(self.params, self.momentum, self.extra), "none"))
+            self._blob.append(codecs.encode(self._named(self.params, self.momentum, self.extra, self.anchor), "none"))
         return self._blob[0]
 
     @property
@@ -81,7 +86,8 @@ class BaseState:
     def from_blob(cls, round: int, blob: bytes, expected_hash: str, like: "BaseState") -> "BaseState":
         """Decode a downloaded snapshot; refuse it unless it has ``like``'s shapes and hashes to
         ``expected_hash`` (raises :class:`ShapeMismatch` / :class:`DigestMismatch`)."""
-        expect = {n: (tuple(t.shape), t.dtype) for n, t in cls._named(like.params, like.momentum).items()}
+        expect = {n: (tuple(t.shape), t.dtype)
+                  for n, t in cls._named(like.params, like.momentum, None, like.anchor).items()}
         tensors = codecs.decode(blob, max_bytes=len(blob) * 4 + (1 << 20))
         extra_t = tensors.pop("x/extra", None)
         if set(tensors) != set(expect) or any(tuple(tensors[n].shape) != s or tensors[n].dtype != d
@@ -97,7 +103,8 @@ class BaseState:
                 raise ShapeMismatch("snapshot's replicated metadata is not a JSON object")
         p = {k[2:]: v for k, v in tensors.items() if k.startswith("p/")}
         m = {k[2:]: v for k, v in tensors.items() if k.startswith("m/")}
-        state = cls.make(round, p, m, extra)
+        a = {k[2:]: v for k, v in tensors.items() if k.startswith("a/")}
+        state = cls.make(round, p, m, extra, a)
         if state.hash != expected_hash:
             raise DigestMismatch(f"downloaded state hashes to {state.hash[:12]}, majority says {expected_hash[:12]}")
         return state
