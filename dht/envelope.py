@@ -105,6 +105,8 @@ def seal(
     if not (isinstance(ttl_s, (int, float)) and 0 < ttl_s <= MAX_TTL_S):
         raise MalformedRecord(f"ttl_s must be in (0, {MAX_TTL_S:.0f}] seconds, got {ttl_s!r}")
     issued_at = time.time() if issued_at is None else float(issued_at)
+    if getattr(record, "run_id", run_id) != run_id:
+        raise MalformedRecord(f"{record.TYPE} record names run {record.run_id!r}, not {run_id!r}")
     key = key_for(record, run_id) if key is None else key
     if key != key_for(record, run_id):
         raise MalformedRecord(f"{record.TYPE} record of run {run_id!r} belongs under {key_for(record, run_id)!r}, not {key!r}")

@@ -24,6 +24,7 @@ __all__ = [
     "parse_body",
     "validate_maddr",
     "validate_name",
+    "validate_peer_id",
 ]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -47,6 +48,25 @@ def validate_maddr(value: str) -> str:
         return str(Multiaddr(value))
     except (MultiaddrError, ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"malformed multiaddr {value!r}: {e}") from e
+
+
+_PEER_ID_RE = re.compile(r"^(Qm[1-9A-HJ-NP-Za-km-z]{44}|12D3KooW[1-9A-HJ-NP-Za-km-z]{44})$")
+
+
+def validate_peer_id(value: str) -> str:
+    """Check a libp2p peer id (base58 ``Qm...`` or ``12D3KooW...``); raise ValueError."""
+    from hivemind.p2p import PeerID
+
+    if not isinstance(value, str) or not _PEER_ID_RE.match(value):
+        raise ValueError(f"not a libp2p peer id: {value!r}")
+    try:
+        if PeerID.from_base58(value).to_base58() != value:
+            raise ValueError(f"not a canonical libp2p peer id: {value!r}")
+    except ValueError:
+        raise
+    except Exception as e:  # base58 / multihash errors come in several types
+        raise ValueError(f"not a libp2p peer id: {value!r}") from e
+    return value
 
 
 class _Record(BaseModel):
@@ -119,13 +139,7 @@ class PeerRecord(_Record):
     @field_validator("peer_id")
     @classmethod
     def _check_peer_id(cls, v: str) -> str:
-        from hivemind.p2p import PeerID
-
-        try:
-            PeerID.from_base58(v)
-        except Exception as e:  # base58 / multihash errors come in several types
-            raise ValueError(f"not a libp2p peer id: {v!r}") from e
-        return v
+        return validate_peer_id(v)
 
     @field_validator("maddrs")
     @classmethod
@@ -148,6 +162,11 @@ class RegionMembership(_Record):
     @classmethod
     def _check_names(cls, v: str) -> str:
         return validate_name(v)
+
+    @field_validator("peer_id")
+    @classmethod
+    def _check_peer_id(cls, v: str) -> str:
+        return validate_peer_id(v)
 
 
 class RoundRecord(_Record):
