@@ -1,0 +1,159 @@
+"""Real hivemind DHTs on loopback: discovery, regions, forged records, expiry, peer processes, status."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dai_swarm import testing
+from dai_swarm.canonical import canonical_json
+from dai_swarm.dht.envelope import open_envelope, seal
+from dai_swarm.dht.keys import round_key
+from dai_swarm.dht.node import SwarmDHT
+from dai_swarm.dht.records import PeerRecord, RoundRecord, RunManifest
+from dai_swarm.dht.regions import choose_region
+from dai_swarm.errors import BootstrapError, ConfigError, MalformedRecord
+from dai_swarm.identity import Identity
+
+pytestmark = pytest.mark.integration
+RUN = "itest"
+
+
+@pytest.fixture(scope="module")
+def swarm():
+    """Three validating nodes and one node that runs no validator (index 3)."""
+    with testing.SocketGuard():
+        nodes = testing.launch_dht_swarm(4, validate=[True, True, True, False])
+        yield nodes
+        testing.shutdown_all(nodes)
+
+
+def _peer(node, region="eu"):
+    return PeerRecord(run_id=RUN, peer_id=node.peer_id, maddrs=tuple(node.visible_maddrs), region=region,
+                      version="t", public_key=node.identity.public_key_hex, metrics={"round": 1})
+
+
+def test_discovery_round_records_and_manifest(swarm):
+    a, b, c, _ = swarm
+    for node, region in ((a, "eu"), (b, "eu"), (c, "us")):
+        node.publish_peer(_peer(node, region), ttl_s=30)
+        node.publish_region(RUN, region, ttl_s=30)
+    peers = testing.wait_until(lambda: len(c.list_peers(RUN)) == 3 and c.list_peers(RUN), 15, what="3 peers")
+    assert {p.peer_id for p in peers} == {a.peer_id, b.peer_id, c.peer_id}
+    assert peers[0].metrics == {"round": 1}
+    assert a.regions(RUN) == {"eu": sorted([a.peer_id, b.peer_id]), "us": [c.peer_id]}
+    b.publish_round_record(RUN, "vote", 7, {"digest": "x"}, ttl_s=30)
+    got = testing.wait_until(lambda: a.get_round_records(RUN, "vote", 7), 10, what="vote")
+    assert [(r.signer, r.body) for r in got] == [(b.identity.public_key_hex, {"digest": "x"})]
+    assert a.get_round_records(RUN, "vote", 8) == []
+    m = RunManifest(run_id=RUN, task="regression", task_config_hash="ab", round_s=5, cross_region_period=2,
+                    max_inner_steps=10, outer_lr=0.7, outer_momentum=0.9, codec="fp16", spot_check_rate=0.2,
+                    seed=0, t0=time.time(), versions={"torch": "2.13.0"})
+    a.publish_manifest(m, ttl_s=60)
+    assert testing.wait_until(lambda: c.get_manifest(RUN), 10, what="manifest") == m
+    assert a.ping(b.peer_id) < 0.5
+    with pytest.raises(MalformedRecord):
+        a.publish_round_record(RUN, "blob", 0, {"x": "y" * 70000})
+
+
+def test_forged_records_refused_by_honest_nodes(swarm):
+    a, b, c, rogue = swarm
+    victim = b.identity.public_key_hex
+    key = round_key(RUN, "verdict", 1)
+    honest = seal(b.identity, RoundRecord(kind="verdict", round=1, body={"pass": True}), run_id=RUN, ttl_s=30)
+    # 1) wrong key: the rogue signs with its own key but writes the victim's subkey
+    own = seal(rogue.identity, RoundRecord(kind="verdict", round=1, body={"pass": False}), run_id=RUN, ttl_s=30)
+    # 2) tampered field: the victim's record with its body edited
+    fields = json.loads(honest)
+    fields["body"]["body"]["pass"] = False
+    tampered = canonical_json(fields)
+    # 3) replay: an old record of the victim's, validly signed, already expired
+    old = seal(b.identity, RoundRecord(kind="verdict", round=1, body={"pass": True}), run_id=RUN, ttl_s=5,
+               issued_at=time.time() - 60)
+    for value in (own, tampered, old):
+        rogue.store_raw(key, victim, value, time.time() + 30)
+    # 4) a valid record copied to another round
+    rogue.store_raw(round_key(RUN, "verdict", 2), victim, honest, open_envelope(honest).expiration)
+    time.sleep(1.0)
+    for node in (a, b, c):
+        assert node.get_round_records(RUN, "verdict", 1) == []
+        assert node.get_round_records(RUN, "verdict", 2) == []
+    refused = sum(sum(n.counters[r] for r in ("forged", "expired", "malformed")) for n in (a, b, c))
+    assert refused >= 4
+    # the node without a validator keeps the forged value locally, but every read re-verifies
+    dropped = lambda: sum(rogue.counters[r] for r in ("forged", "expired", "malformed"))  # noqa: E731
+    before = dropped()
+    assert rogue.get_round_records(RUN, "verdict", 1) == []
+    assert dropped() > before
+    raw = rogue.dht.get(key, latest=True)
+    assert raw is not None and victim in raw.value
+
+
+def test_expired_peer_disappears(swarm):
+    a, b, _, _ = swarm
+    ident = Identity.generate()
+    rec = PeerRecord(run_id="short", peer_id=b.peer_id, maddrs=(), region="eu", version="t",
+                     public_key=ident.public_key_hex)
+    tmp = SwarmDHT.__new__(SwarmDHT)
+    tmp.identity, tmp._dht = ident, b.dht  # publish through b's DHT under another identity
+    tmp._publish(rec, "short", ttl_s=3.0)
+    assert testing.wait_until(lambda: a.list_peers("short"), 5, what="short-lived peer")
+    testing.wait_until(lambda: a.list_peers("short") == [], 8, what="expiry")
+
+
+def test_region_auto(swarm):
+    a, b, c, _ = swarm
+    assert choose_region(a, RUN, "eu").region == "eu"
+    with pytest.raises(ConfigError):
+        choose_region(a, RUN, "bad name!")
+    joined = choose_region(a, RUN, "auto", threshold_s=1.0)
+    assert joined.region in ("eu", "us") and not joined.founded and joined.median_rtt_s < 1.0
+    founded = choose_region(a, RUN, "auto", threshold_s=1e-9)
+    assert founded.founded and founded.region.startswith("r-")
+    assert choose_region(a, RUN, "auto", threshold_s=1e-9).region == founded.region
+
+
+def test_bad_initial_peers_are_typed_errors():
+    with testing.SocketGuard() as guard:
+        start = time.monotonic()
+        with pytest.raises(BootstrapError):
+            SwarmDHT(Identity.generate(), start_timeout_s=10,
+                     initial_peers=["/ip4/127.0.0.1/tcp/9/p2p/QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"])
+        assert time.monotonic() - start < 12
+        for bad in (["garbage"], ["/ip4/127.0.0.1/tcp/9"], ["/ip4/300.1.1.1/tcp/1/p2p/Qm"]):
+            with pytest.raises(ConfigError):
+                SwarmDHT(Identity.generate(), initial_peers=bad)
+    assert not (testing._proc.hivemind_sockets() & set(getattr(guard, "removed", [])))
+
+
+def test_peer_processes_discovery_kill_and_status(tmp_path):
+    ttl = 4.0
+    with testing.LocalSwarm(tmp_path, run_id="proc", peers=4, regions=("eu", "us"), ttl_s=ttl) as swarm:
+        with SwarmDHT(Identity.generate(), initial_peers=swarm.initial_peers) as observer:
+            peers = testing.wait_until(lambda: len(observer.list_peers("proc")) == 4 and observer.list_peers("proc"),
+                                       30, what="4 peer processes")
+            assert sorted(p.region for p in peers) == ["eu", "eu", "us", "us"]
+            regions = testing.wait_until(
+                lambda: (lambda r: sum(map(len, r.values())) == 4 and r)(observer.regions("proc")), 15, what="regions")
+            assert set(regions) == {"eu", "us"}
+            victim = swarm.peers[0]
+            victim_id = victim.maddrs[0].rsplit("/", 1)[-1]
+            victim.kill()
+            start = time.monotonic()
+            testing.wait_until(lambda: victim_id not in {p.peer_id for p in observer.list_peers("proc")},
+                               ttl + 5, period_s=0.25, what="killed peer gone")
+            gone_after = time.monotonic() - start
+            assert gone_after <= ttl + 5
+            out = subprocess.run(
+                [sys.executable, "-m", "dai_swarm", "status", "--run-id", "proc", "--json",
+                 "--initial-peers", *swarm.initial_peers], capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            doc = json.loads(out.stdout)
+            live = {p.maddrs[0].rsplit("/", 1)[-1] for p in swarm.peers[1:]}
+            assert {p["peer_id"] for p in doc["peers"]} == live
+            assert all(p["metrics"]["uptime_s"] >= 0 and p["age_s"] >= 0 for p in doc["peers"])
+            assert doc["run_id"] == "proc" and set(doc["regions"]) <= {"eu", "us"}
+        codes = [p.stop() for p in swarm.peers[1:]]
+        assert codes == [0, 0, 0]
