@@ -18,6 +18,7 @@ index, never skipped. Single writer per file; ``append`` is thread-safe.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -179,8 +180,6 @@ class RewardLog:
 
     @staticmethod
     def _find_last_round(buf: bytes) -> int:
-        import json
-
         for line in reversed(buf.split(b"\n")):
             if line[82:88] == b"round ":
                 return int(json.loads(line[88:-9])["round"])

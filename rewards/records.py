@@ -14,8 +14,8 @@ The record's hash is ``sha256(line without "\\n")``; it is the next record's ``p
 record's Merkle leaf. Why a fixed-width header rather than a JSON object with ``seq``/``prev``
 keys: sequence numbers and previous hashes sit at fixed byte offsets, so a verifier checks the
 whole chain with vectorized gathers and one SHA-256 call per record, without parsing JSON (see
-``benchmarks/ledger.py``: about 10x faster than ``json.loads`` per line), while each line stays
-readable and ``grep``-able.
+``benchmarks/ledger.py`` measured 2.3x (small event records) to 4.1x (round records) the speed of
+``json.loads`` + SHA-256 per line), while each line stays readable and ``grep``-able.
 
 Record types: ``genesis`` (record 0: format and the writer's public key), ``round`` (the canonical
 per-round body from :mod:`dai_swarm.rewards.rules`), ``verdict``, ``join``, ``leave``, ``slash``

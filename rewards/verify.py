@@ -238,18 +238,20 @@ def verify_log(path: str, *, trusted_keys: Iterable[str] | None = None, full: bo
         first_bad, reason = 0, "empty log (no genesis record)"
     if first_bad is None and sc.signed < sc.records:
         first_bad, reason = sc.signed, f"{sc.records - sc.signed} record(s) after the last signed checkpoint"
+    head_mismatch = False
     if first_bad is None and known_head is not None:
         size, head = known_head
         if sc.records < size:
-            first_bad, reason = sc.records, f"log ends before the published head (size {size})"
+            first_bad, reason, head_mismatch = sc.records, f"log ends before the published head (size {size})", True
         elif sc.leaves[32 * (size - 1) : 32 * size].hex() != head:
-            first_bad, reason = size - 1, "record differs from the published head"
+            first_bad, reason, head_mismatch = size - 1, "record differs from the published head", True
     return {
         "ok": first_bad is None,
         "records": sc.records,
         "first_bad": first_bad,
         "reason": reason,
-        "recoverable": first_bad is not None and (sc.torn or first_bad >= sc.valid == sc.records),
+        # what the writer's recovery repairs on reopen: a torn/garbage tail, unsigned valid records
+        "recoverable": first_bad is not None and (sc.torn or sc.first_bad is None) and not head_mismatch,
         "signed_records": sc.signed,
         "checkpoints": len(sc.checkpoints),
         "writer": sc.writer,

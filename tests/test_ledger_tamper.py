@@ -114,6 +114,7 @@ def test_truncate_at_record_boundary_leaves_unsigned_records(log):
     write_lines(path, lines[: TARGET + 1])  # last checkpoint before is index 7
     res = verify_log(path)
     assert res["first_bad"] == 8 and "after the last signed checkpoint" in res["reason"]
+    assert res["recoverable"]
 
 
 def test_truncate_whole_batches_needs_published_head(log):
@@ -123,6 +124,7 @@ def test_truncate_whole_batches_needs_published_head(log):
     assert verify_log(path)["ok"]
     res = verify_log(path, known_head=(full_size, head))
     assert not res["ok"] and res["first_bad"] == 14 and "published head" in res["reason"]
+    assert not res["recoverable"]
 
 
 def test_checkpoint_signed_with_wrong_key(log):
