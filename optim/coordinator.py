@@ -38,7 +38,7 @@ from .outer import OuterState, outer_step
 from .states import BaseState, BaseStore
 from .votes import Vote, majority_state_hash, tally
 
-__all__ = ["Coordinator", "NullVerifier", "RoundOutcome"]
+__all__ = ["Coordinator", "NullVerifier", "RoundOutcome", "compute_next_base"]
 
 logger = get_logger(__name__)
 events = get_logger("dai_swarm.events")
@@ -69,6 +69,35 @@ class NullVerifier:
     def reputation(self, extra: Mapping) -> Mapping[str, float]:
         """Aggregation and vote weight per public key, read from replicated metadata."""
         return extra.get("reputation", {})
+
+
+def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch.Tensor]], base_next: BaseState,
+                      base_q: BaseState | None, verifier: Any, verdicts: tuple[str, ...], *, outer_lr: float,
+                      outer_momentum: float, delay_compensation: bool = True) -> BaseState:
+    """The base of round ``book.round + 2`` from base ``q+1``, the book's inclusion and its payloads.
+
+    Pure (no I/O, no clock): the network driver and the simulator (:mod:`dai_swarm.sim`) both call
+    it. ``verifier`` supplies ``next_extra``/``reputation``/``rule`` (see :class:`NullVerifier`),
+    ``verdicts`` the verdict ids agreed in round ``q-1``'s votes; ``base_q`` is needed only for
+    delay compensation.
+    """
+    extra = verifier.next_extra(base_next.extra, book.round, verdicts)
+    included = book.included()
+    extra["epoch_samples"] = int(base_next.extra.get("epoch_samples", 0)) + sum(a.samples for a, _ in included)
+    rep = verifier.reputation(extra)
+    updates = [(a.digest, update_weight(a.samples, rep.get(a.peer, 1.0), disc), payloads[a.digest])
+               for a, disc in included]
+    if not updates or all(w == 0 for _, w, _ in updates):
+        return BaseState.make(book.round + 2, base_next.params, base_next.momentum, extra, base_next.anchor)
+    delta = weighted_mean(updates, rule=verifier.rule)
+    # Delay compensation: the updates were computed from θ_q but are applied to θ_{q+1}; measure
+    # the pseudo-gradient against the base it is applied to: θ_{q+1} − mean(θ_local) =
+    # mean(Δ) + (θ_{q+1} − θ_q). Elementwise, hence deterministic (docs/design.md).
+    if base_q is not None and delay_compensation:
+        delta = {n: torch.add(d, torch.sub(base_next.params[n], base_q.params[n])) for n, d in delta.items()}
+    state = outer_step(OuterState(dict(base_next.params), dict(base_next.momentum)), delta,
+                       lr=outer_lr, momentum=outer_momentum, nesterov=True)
+    return BaseState.make(book.round + 2, state.params, state.momentum, extra, base_next.anchor)
 
 
 @dataclass
@@ -240,25 +269,10 @@ class Coordinator:
 
     # --- close ----------------------------------------------------------------------------------
     def _compute(self, book: RoundBook, base_next: BaseState) -> BaseState:
-        verifier = self.ctx.verifier
-        extra = verifier.next_extra(base_next.extra, book.round, self.verdict_winners.get(book.round - 1, ()))
-        included = book.included()
-        extra["epoch_samples"] = int(base_next.extra.get("epoch_samples", 0)) + sum(a.samples for a, _ in included)
-        rep = verifier.reputation(extra)
-        updates = [(a.digest, update_weight(a.samples, rep.get(a.peer, 1.0), disc), self.payloads[a.digest])
-                   for a, disc in included]
-        if not updates or all(w == 0 for _, w, _ in updates):
-            return BaseState.make(book.round + 2, base_next.params, base_next.momentum, extra, base_next.anchor)
-        delta = weighted_mean(updates, rule=verifier.rule)
-        # Delay compensation: the updates were computed from θ_q but are applied to θ_{q+1}; measure
-        # the pseudo-gradient against the base it is applied to: θ_{q+1} − mean(θ_local) =
-        # mean(Δ) + (θ_{q+1} − θ_q). Elementwise, hence deterministic (docs/design.md).
-        base_q = self.bases.get(book.round)
-        if base_q is not None and self.ctx.delay_compensation:
-            delta = {n: torch.add(d, torch.sub(base_next.params[n], base_q.params[n])) for n, d in delta.items()}
-        state = outer_step(OuterState(dict(base_next.params), dict(base_next.momentum)), delta,
-                           lr=self.ctx.outer_lr, momentum=self.ctx.outer_momentum, nesterov=True)
-        return BaseState.make(book.round + 2, state.params, state.momentum, extra, base_next.anchor)
+        return compute_next_base(book, self.payloads, base_next, self.bases.get(book.round), self.ctx.verifier,
+                                 self.verdict_winners.get(book.round - 1, ()), outer_lr=self.ctx.outer_lr,
+                                 outer_momentum=self.ctx.outer_momentum,
+                                 delay_compensation=self.ctx.delay_compensation)
 
     def close_round(self, q: int) -> None:
         """Close round ``q`` locally: gather, fetch, check, compute, vote."""

@@ -33,13 +33,36 @@ from .aggregate import weighted_mean
 from .exchange import fetch_from_any
 from .states import BaseState
 
-__all__ = ["CrossRegionMerger"]
+__all__ = ["CrossRegionMerger", "merge_region_deltas", "merged_base", "region_delta"]
 
 logger = get_logger(__name__)
 events = get_logger("dai_swarm.events")
 
 MERGE_AT = 0.10   # fraction of T after round q's tally when the xdelta records are read
 MERGE_END = 0.30  # fraction of T after the tally by which the merge must be done
+
+
+def region_delta(state: BaseState) -> dict[str, torch.Tensor]:
+    """``D_g = anchor − θ_g``: what region g moved since the last merge (pure; simulator too)."""
+    return {n: torch.sub(state.anchor[n], state.params[n]) for n in state.params}
+
+
+def merge_region_deltas(anchor, updates) -> dict[str, torch.Tensor] | None:
+    """``anchor − Σ w_g D_g / Σ w_g`` over ``(digest, samples, D_g)`` items, or None if no weight.
+
+    Pure and deterministic (:func:`weighted_mean` sorts by digest); the simulator calls it too.
+    """
+    if not updates or all(w == 0 for _, w, _ in updates):
+        return None
+    mean = weighted_mean(updates)
+    return {n: torch.sub(anchor[n], mean[n]) for n in anchor}
+
+
+def merged_base(state: BaseState, params) -> BaseState:
+    """The merged base: ``params`` become the new anchor; momentum kept; sample count reset."""
+    extra = dict(state.extra)
+    extra["epoch_samples"] = 0
+    return BaseState.make(state.round, params, state.momentum, extra, anchor=params)
 
 
 class CrossRegionMerger:
@@ -57,7 +80,7 @@ class CrossRegionMerger:
     def merge(self, q: int, state: BaseState) -> BaseState:
         """Merge this region's agreed base of round ``q+2`` with the other regions' deltas."""
         ctx, r = self.c.ctx, q + 2
-        delta = {n: torch.sub(state.anchor[n], state.params[n]) for n in state.params}
+        delta = region_delta(state)
         blob = codecs.encode(delta, ctx.codec, **ctx.codec_params)
         digest = ctx.store.put(blob, r)
         samples = int(state.extra.get("epoch_samples", 0))
@@ -81,19 +104,16 @@ class CrossRegionMerger:
                 logger.info("merge %d: no usable delta from region %s", r, region)
                 continue
             updates.append((d, float(w), tensors))
-        if not updates or all(w == 0 for _, w, _ in updates):
+        merged = merge_region_deltas(state.anchor, updates)
+        if merged is None:
             return self._finish(state, state.params)
-        mean = weighted_mean(updates)
-        merged = {n: torch.sub(state.anchor[n], mean[n]) for n in state.params}
         self.merges += 1
         events.info("cross-region merge at round %d: %d regions", r, len(updates),
                     extra={"event": "merge", "round": r, "regions": len(updates)})
         return self._finish(state, merged)
 
     def _finish(self, state: BaseState, params: dict) -> BaseState:
-        extra = dict(state.extra)
-        extra["epoch_samples"] = 0
-        return BaseState.make(state.round, params, state.momentum, extra, anchor=params)
+        return merged_base(state, params)
 
     def _read(self, r: int, my_digest: str, my_samples: int):
         """Per region: the (digest, size, samples) most of its members announced; providers."""
