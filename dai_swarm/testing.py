@@ -37,9 +37,14 @@ from .identity import Identity
 
 __all__ = [
     "LocalSwarm",
+    "PeerLife",
     "PeerProcess",
     "SocketGuard",
+    "alive_count",
+    "byzantine_slots",
+    "exponential_churn_schedule",
     "launch_dht_swarm",
+    "scripted_churn_schedule",
     "shutdown_all",
     "spawn_bootstrap",
     "spawn_peer",
@@ -229,3 +234,100 @@ class LocalSwarm:
         for p in [*self.peers, *([self.bootstrap] if self.bootstrap else [])]:
             p.stop()
         self._guard.__exit__(*exc)
+
+
+# --- churn schedules (used by benchmarks.churn) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerLife:
+    """One peer process of a churn schedule.
+
+    ``slot``: the seat it fills (a replacement takes the seat of the peer it replaces); ``start_s``
+    and ``stop_s``: seconds from the start of the run (``stop_s=None``: it lives to the end);
+    ``byzantine``: whether it runs an attack (the attack follows the slot, so the Byzantine
+    fraction of live peers stays what was asked).
+    """
+
+    slot: int
+    start_s: float
+    stop_s: float | None = None
+    byzantine: bool = False
+
+    def alive_at(self, t: float) -> bool:
+        """True if the peer process is scheduled to run at ``t`` seconds."""
+        return self.start_s <= t and (self.stop_s is None or t < self.stop_s)
+
+
+def byzantine_slots(n_peers: int, fraction: float, seed: int = 0) -> set[int]:
+    """``round(n_peers * fraction)`` slots, chosen by a seeded generator, never slot 0 (it creates the run)."""
+    from .errors import ConfigError
+
+    if n_peers < 1 or not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"need n_peers >= 1 and 0 <= fraction < 1, got {n_peers}, {fraction}")
+    k = min(n_peers - 1, round(n_peers * fraction))
+    return set(random.Random(f"byzantine:{seed}").sample(range(1, n_peers), k)) if k else set()
+
+
+def exponential_churn_schedule(n_peers: int, duration_s: float, churn: float, *, seed: int = 0,
+                               byzantine: float = 0.0, join_delay_s: float = 0.0,
+                               protect_slots: Sequence[int] = (0,)) -> list[PeerLife]:
+    """Exponential lifetimes with replacement: ``churn`` departures per peer slot over the run.
+
+    Every slot starts a peer at time 0; each peer's lifetime is drawn from an exponential
+    distribution whose mean makes ``churn x n_peers`` departures expected during the run (so
+    ``churn=0.3`` with 8 peers: 2.4 departures); ``join_delay_s`` after a departure a replacement
+    joins the same slot. Slots in ``protect_slots`` never leave (slot 0 creates the run and serves
+    as the benchmark's observer); the others churn a little faster to keep the expected count.
+    ``churn=0`` gives one life per slot. Deterministic for a ``seed``.
+    """
+    from .errors import ConfigError
+
+    if n_peers < 1 or duration_s <= 0 or churn < 0 or join_delay_s < 0:
+        raise ConfigError(f"bad churn schedule arguments: n_peers={n_peers}, duration_s={duration_s}, "
+                          f"churn={churn}, join_delay_s={join_delay_s}")
+    rng = random.Random(f"churn:{seed}")
+    bad = byzantine_slots(n_peers, byzantine, seed)
+    churning = max(1, n_peers - len(set(protect_slots) & set(range(n_peers))))
+    rate = churn * n_peers / (duration_s * churning)
+    lives: list[PeerLife] = []
+    for slot in range(n_peers):
+        t = 0.0
+        while t < duration_s:
+            life = rng.expovariate(rate) if churn > 0 and slot not in protect_slots else float("inf")
+            stop = t + life
+            lives.append(PeerLife(slot, round(t, 3), round(stop, 3) if stop < duration_s else None, slot in bad))
+            t = stop + join_delay_s
+    return sorted(lives, key=lambda p: (p.start_s, p.slot))
+
+
+def scripted_churn_schedule(spec: Sequence[dict]) -> list[PeerLife]:
+    """A schedule from a list like ``[{"slot": 1, "start_s": 0, "stop_s": 40, "byzantine": false}, ...]``.
+
+    Raises ``ConfigError`` for missing or negative times, a stop before its start, or two lives of
+    one slot that overlap.
+    """
+    from .errors import ConfigError
+
+    lives = []
+    for i, item in enumerate(spec):
+        if not isinstance(item, dict) or "slot" not in item:
+            raise ConfigError(f"schedule entry {i} must be an object with a 'slot'")
+        try:
+            life = PeerLife(int(item["slot"]), float(item.get("start_s", 0.0)),
+                            None if item.get("stop_s") is None else float(item["stop_s"]), bool(item.get("byzantine")))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"schedule entry {i}: {e}") from None
+        if life.slot < 0 or life.start_s < 0 or (life.stop_s is not None and life.stop_s <= life.start_s):
+            raise ConfigError(f"schedule entry {i}: need slot >= 0, start_s >= 0 and stop_s > start_s")
+        lives.append(life)
+    lives.sort(key=lambda p: (p.slot, p.start_s))
+    for a, b in zip(lives, lives[1:]):
+        if a.slot == b.slot and (a.stop_s is None or a.stop_s > b.start_s):
+            raise ConfigError(f"slot {a.slot}: lives starting at {a.start_s} s and {b.start_s} s overlap")
+    return sorted(lives, key=lambda p: (p.start_s, p.slot))
+
+
+def alive_count(schedule: Sequence[PeerLife], t: float) -> int:
+    """Number of peers the schedule has running at ``t`` seconds."""
+    return sum(1 for p in schedule if p.alive_at(t))
