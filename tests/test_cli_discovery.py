@@ -1,0 +1,102 @@
+"""CLI smoke tests through real subprocesses: bootstrap, status, demo."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dai_swarm import testing
+
+PY = [sys.executable, "-m", "dai_swarm"]
+
+
+@pytest.mark.parametrize("command", ["bootstrap", "status", "demo"])
+def test_help(command):
+    out = subprocess.run([*PY, command, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "examples:" in out.stdout and f"dai-swarm {command}" in out.stdout
+
+
+@pytest.mark.integration
+def test_bootstrap_prints_initial_peers_first_and_stops_on_ctrl_c(tmp_path):
+    addr = tmp_path / "boot.addr"
+    with testing.SocketGuard():
+        proc = subprocess.Popen([*PY, "bootstrap", "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--address-file",
+                                 str(addr)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            first = proc.stdout.readline().strip()
+            assert first.startswith("--initial-peers /ip4/127.0.0.1/tcp/") and "/p2p/12D3KooW" in first
+            maddrs = testing.wait_until(lambda: addr.exists() and addr.read_text().split(), 10, what="address file")
+            assert maddrs == first.split()[1:]
+            # the pasted line works: a status client joins through it
+            out = subprocess.run([*PY, "status", "--run-id", "empty", "--json", *first.split()],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            assert json.loads(out.stdout)["peers"] == []
+            tree = testing._proc.descendants(proc.pid)
+            own_sockets = [s for pid in tree for s in testing._proc.daemon_sockets(pid)]
+            assert own_sockets and all(os.path.exists(s) for s in own_sockets)
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl+C does
+            assert proc.wait(20) == 0
+            assert "bootstrap node stopped" in proc.stderr.read()
+            assert not [s for s in own_sockets if os.path.exists(s)]  # no leftover sockets
+            time.sleep(0.5)
+            assert not [pid for pid in tree if testing._proc._alive(pid)]  # no leftover p2pd
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--initial-peers", "not-a-maddr"], "malformed multiaddr"),
+    (["--initial-peers", "/ip4/127.0.0.1/tcp/9"], "lacks its /p2p/"),
+    (["--initial-peers", "/ip4/127.0.0.1/tcp/9/p2p/QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"], "could not reach"),
+    (["--run-id", "bad id!", "--initial-peers", "/ip4/127.0.0.1/tcp/9"], "invalid run id"),
+])
+def test_status_bad_input_is_a_clear_error(args, message):
+    if "--run-id" not in args:
+        args = ["--run-id", "r", *args]
+    start = time.monotonic()
+    with testing.SocketGuard():
+        out = subprocess.run([*PY, "status", *args, "--timeout-s", "10"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "dai-swarm status: error:" in out.stderr and message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert time.monotonic() - start < 30
+
+
+def test_bootstrap_unreadable_identity(tmp_path):
+    key = tmp_path / "id.key"
+    key.write_text("garbage")
+    os.chmod(key, 0o600)
+    out = subprocess.run([*PY, "bootstrap", "--identity", str(key)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "not a valid PEM private key" in out.stderr
+
+
+@pytest.mark.integration
+def test_demo_runs_and_stops_cleanly_on_ctrl_c():
+    with testing.SocketGuard():
+        proc = subprocess.Popen([*PY, "demo", "--peers", "4", "--minutes", "2", "--json"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                line = proc.stderr.readline()
+                if not line or "peers visible after" in line:
+                    break
+            assert "all 4 peers visible after" in line
+            os.killpg(proc.pid, signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["interrupted"] is True
+    assert summary["exit_codes"] == [0] * 5
+    assert summary["visible_at_end"] == 4 and summary["regions"] == {"eu": 2, "us": 2}
