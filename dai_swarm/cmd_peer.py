@@ -95,6 +95,15 @@ def run(args: argparse.Namespace) -> int:
     print("--initial-peers " + " ".join(swarm.initial_peers), flush=True)
     if args.address_file:
         _write_atomic(args.address_file, "\n".join(swarm.initial_peers) + "\n")
+    metrics_server = None
+    if args.metrics_port is not None:
+        from .metrics import MetricsServer, swarm_collector
+        try:
+            metrics_server = MetricsServer(swarm_collector(swarm), port=args.metrics_port).start()
+        except BaseException:
+            swarm.shutdown()
+            raise
+        print(f"dashboard and metrics: {metrics_server.url} ({metrics_server.url}metrics)", flush=True)
     rt = swarm.runtime
     rt_stop = rt._stop
     watcher = threading.Thread(target=lambda: (stop.wait(), rt_stop.set()), daemon=True)
@@ -122,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
                       flush=True)
                 last_print = now
     finally:
+        if metrics_server is not None:
+            metrics_server.stop()
         summary = swarm.status()
         history = list(rt.history)
         swarm.shutdown()
