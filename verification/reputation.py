@@ -1,0 +1,165 @@
+"""Reputation: a deterministic function of public verdicts (replicated state, SPEC I1).
+
+The table lives in the base state's replicated metadata (``BaseState.extra``) and is hashed with
+the tensors, so every honest peer must compute it bit for bit: :func:`update_reputation` uses only
+its arguments, visits digests and keys in sorted order and rounds every value to 6 decimals.
+
+``extra`` keys written here (others are preserved untouched):
+
+* ``"reputation"``: ``{public key: weight}``; absent keys weigh ``newcomer``; a slashed key weighs 0;
+* ``"trust"``: ``{public key: [passes, slashed_until_round]}`` for keys with history;
+* ``"trust_round"``: the round of the base the table belongs to.
+
+Rules, per checked update (one digest, its author = *target*), over the verdicts of one round:
+
+* Only verifiers that currently weigh > 0 count; *F*/*P* = verifiers that failed/passed it,
+  weighed by reputation. A verifier that both passed and failed one digest is slashed.
+* **Confirmed failure** iff ``|F| >= min_fail_verifiers`` (default 2, two independent
+  recomputations) and ``w(F) > w(P)``: the target is slashed (weight 0 for ``slash_rounds``) and
+  so is everyone who passed it (recomputation is exact, so vouching for a bad update is a lie).
+* **False accusation** iff ``P`` is non-empty and ``w(P) > w(F)``: every fail verifier is slashed.
+  Honest peers re-check every fail verdict they see, so a lone accuser is contradicted.
+* **Pass** (no fail): the target gains ``pass_gain`` once; anything else leaves it unchanged.
+* **Sybil warm-up**: unknown keys weigh ``newcomer``; until a key has ``warmup_passes`` passed
+  checks its weight is capped at ``newcomer_cap``. After a slash expires the key starts over.
+
+A single honest verifier can therefore never slash anyone alone; detection needs a second check,
+which the verifier triggers itself (every honest peer re-checks the fails it sees).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from dai_swarm.errors import ConfigError
+
+from .verdicts import Verdict
+
+__all__ = ["ReputationPolicy", "Weights", "is_slashed", "reputation_of", "update_reputation"]
+
+_DIGITS = 6
+
+
+@dataclass(frozen=True)
+class ReputationPolicy:
+    """The constants of the reputation rules (part of a run's behaviour: keep them identical)."""
+
+    newcomer: float = 0.1
+    newcomer_cap: float = 0.3
+    warmup_passes: int = 3
+    pass_gain: float = 0.15
+    max_reputation: float = 1.0
+    slash_rounds: int = 200
+    min_fail_verifiers: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.newcomer <= self.newcomer_cap <= self.max_reputation:
+            raise ConfigError("need 0 < newcomer <= newcomer_cap <= max_reputation")
+        if self.warmup_passes < 0 or self.slash_rounds < 1 or self.min_fail_verifiers < 1 or self.pass_gain < 0:
+            raise ConfigError("warmup_passes >= 0, slash_rounds >= 1, min_fail_verifiers >= 1, pass_gain >= 0")
+
+
+class Weights(dict):
+    """``{public key: weight}`` whose ``get`` answers ``newcomer`` for unknown keys (Sybil warm-up).
+
+    ``get(key, default)`` ignores ``default`` for unknown keys on purpose: callers written for a
+    plain dict (``rep.get(peer, 1.0)``) must not hand a fresh key full weight.
+    """
+
+    def __init__(self, table: Mapping[str, float], newcomer: float):
+        super().__init__(table)
+        self.newcomer = newcomer
+
+    def get(self, key, default=None):  # type: ignore[override]
+        """Weight of ``key``; ``newcomer`` if unknown."""
+        return super().get(key, self.newcomer)
+
+    def __missing__(self, key):
+        return self.newcomer
+
+
+def reputation_of(extra: Mapping, policy: ReputationPolicy = ReputationPolicy()) -> Weights:
+    """Weights per public key read from replicated metadata (unknown keys: ``newcomer``)."""
+    table = extra.get("reputation", {}) if isinstance(extra, Mapping) else {}
+    clean = {k: float(v) for k, v in table.items() if isinstance(k, str) and isinstance(v, (int, float))
+             and not isinstance(v, bool)}
+    return Weights(clean, policy.newcomer)
+
+
+def _r(x: float) -> float:
+    return round(float(x), _DIGITS)
+
+
+def update_reputation(extra: Mapping, round: int, verdicts: Iterable[Verdict],
+                      policy: ReputationPolicy = ReputationPolicy()) -> dict:
+    """Replicated metadata of base ``round`` from the previous metadata and the agreed verdicts.
+
+    Pure and deterministic (see the module docstring for the rules). Returns a new dict; the
+    keys of ``extra`` that are not reputation's are copied unchanged. Returns the slashed keys
+    of this update under ``extra["slashed_now"]`` only if any (for logs and the reward log).
+    """
+    out = {k: v for k, v in dict(extra).items() if k not in ("reputation", "trust", "trust_round", "slashed_now")}
+    rep = dict(reputation_of(extra, policy))
+    trust = {k: [int(v[0]), int(v[1])] for k, v in dict(extra.get("trust", {})).items()
+             if isinstance(v, (list, tuple)) and len(v) == 2}
+    # slashes that ran out: the key starts over as a newcomer
+    for key in sorted(trust):
+        if trust[key][1] and trust[key][1] <= round:
+            trust.pop(key)
+            rep.pop(key, None)
+
+    def weight(key: str) -> float:
+        return rep.get(key, policy.newcomer)
+
+    def slashed(key: str) -> bool:
+        return key in trust and trust[key][1] > round
+
+    by_digest: dict[tuple[str, str], list[Verdict]] = {}
+    for v in verdicts:
+        by_digest.setdefault((v.digest, v.target), []).append(v)
+    gains: dict[str, int] = {}
+    slash: set[str] = set()
+    for (digest, target) in sorted(by_digest):
+        vs = by_digest[(digest, target)]
+        fails = {v.verifier for v in vs if not v.passed}
+        passes = {v.verifier for v in vs if v.passed}
+        both = fails & passes
+        slash |= both
+        fails = {k for k in fails - both if weight(k) > 0 and not slashed(k)}
+        passes = {k for k in passes - both if weight(k) > 0 and not slashed(k)}
+        if slashed(target):
+            continue
+        w_fail = sum(sorted(weight(k) for k in fails))
+        w_pass = sum(sorted(weight(k) for k in passes))
+        if len(fails) >= policy.min_fail_verifiers and w_fail > w_pass:
+            slash.add(target)
+            slash |= passes
+        elif fails and passes and w_pass > w_fail:
+            slash |= fails
+            gains[target] = gains.get(target, 0) + 1
+        elif passes and not fails:
+            gains[target] = gains.get(target, 0) + 1
+    for key in sorted(gains):
+        if key in slash or slashed(key):
+            continue
+        n = trust.get(key, [0, 0])[0] + gains[key]
+        cap = policy.max_reputation if n >= policy.warmup_passes else policy.newcomer_cap
+        rep[key] = _r(min(cap, weight(key) + gains[key] * policy.pass_gain))
+        trust[key] = [n, 0]
+    for key in sorted(slash):
+        rep[key] = 0.0
+        trust[key] = [0, round + policy.slash_rounds]
+    out["reputation"] = {k: _r(rep[k]) for k in sorted(rep)}
+    out["trust"] = {k: trust[k] for k in sorted(trust)}
+    out["trust_round"] = round
+    if slash:
+        out["slashed_now"] = sorted(slash)
+    return out
+
+
+def is_slashed(extra: Mapping, key: str) -> bool:
+    """True iff ``key`` is slashed in this metadata (weight 0 until its slash runs out)."""
+    t = extra.get("trust", {}).get(key) if isinstance(extra, Mapping) else None
+    r = extra.get("trust_round", 0) if isinstance(extra, Mapping) else 0
+    return bool(t) and int(t[1]) > int(r)

@@ -1,0 +1,253 @@
+"""The spot-checker: the verification hooks the round coordinator calls (see ``optim.coordinator``).
+
+* ``on_close(q, book, payloads, base)``: with private randomness (``random.SystemRandom``, seeded
+  by the OS, not derivable by others) pick each included update of another peer with probability
+  ``rate`` and recompute it on a worker thread (:func:`.recompute.recompute_update`); publish a
+  signed verdict as this peer's ``verdict.<region>`` record of round ``q``. The worker also scans
+  the verdicts of the last ``lag`` rounds and **re-checks every fail verdict** it can (it holds
+  the base and the payload), which is what confirms a failure or exposes a false accuser.
+* ``vote_verdicts(q)``: ids of the well-formed verdicts about round ``q - lag`` (the updates the
+  voter knows were announced, or any if it did not see that round).
+* ``next_extra(extra, q, ids)``: the verdict ids the swarm agreed on in round ``q-1``'s votes are
+  about round ``q - 1 - lag``; they are resolved (cache, else DHT) and fed to the pure
+  :func:`.reputation.update_reputation` for the base of round ``q + 2``.
+* ``reputation(extra)`` and ``rule`` (:class:`.robust.CenteredClip`).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import queue
+from typing import Any, Mapping
+
+from dai_swarm.canonical import sha256_hex
+from dai_swarm.errors import SwarmError
+from dai_swarm.logging import get_logger
+from dai_swarm.optim import codecs
+
+from .recompute import recompute_update, relative_distance
+from .reputation import ReputationPolicy, is_slashed, reputation_of, update_reputation
+from .robust import CenteredClip
+from .verdicts import Verdict, record_body, verdicts_from_record
+
+__all__ = ["DEFAULT_TAU", "SpotChecker"]
+
+logger = get_logger(__name__)
+events = get_logger("dai_swarm.events")
+
+#: relative-L2 tolerance; see benchmarks/results/tau_calibration.json (>= 10x the worst honest distance)
+DEFAULT_TAU = 1e-3
+
+
+class SpotChecker:
+    """Spot checks, verdicts and reputation for one peer (see the module docstring).
+
+    ``task`` is the run's task; ``rate`` the per-update check probability (manifest's
+    ``spot_check_rate``); ``tau`` the pass threshold on :func:`.recompute.relative_distance`;
+    ``lag`` how many rounds a verdict has to arrive before it is voted on. Call :meth:`bind` with
+    the round runtime before the first round.
+    """
+
+    def __init__(self, task: Any, rate: float, *, tau: float = DEFAULT_TAU, lag: int = 2,
+                 policy: ReputationPolicy = ReputationPolicy(), rule: Any = None, rng: random.Random | None = None):
+        self.task, self.rate, self.tau, self.lag, self.policy = task, float(rate), float(tau), int(lag), policy
+        self.rule = rule if rule is not None else CenteredClip()
+        self._rng = rng if rng is not None else random.SystemRandom()
+        self._lock = threading.Lock()
+        self._held: dict[int, dict] = {}  # round -> {"base", "anns", "payloads", "t"}
+        self._verdicts: dict[str, Verdict] = {}  # id -> verdict
+        self._checked: set[tuple[int, str]] = set()  # (round, digest) checked here
+        self._jobs: queue.Queue = queue.Queue()
+        self._closed = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="dai-swarm-verify", daemon=True)
+        self._worker.start()
+        self._model = None
+        self.rt: Any = None
+        self.stats = {"checks": 0, "rechecks": 0, "fails": 0, "verify_cpu_s": 0.0, "latency_s_sum": 0.0,
+                      "latency_s_max": 0.0, "invalid_verdicts": 0, "max_pass_distance": 0.0}
+
+    def bind(self, runtime: Any) -> None:
+        """Attach to a round runtime (run id, region, DHT, identity, manifest, codec, clock)."""
+        self.rt = runtime
+
+    # --- the hooks ----------------------------------------------------------------------------
+    def on_close(self, round: int, book: Any, payloads: Mapping[str, Mapping], base: Any) -> None:
+        """Keep what re-checks need, pick this round's spot checks, scan recent verdicts."""
+        if self.rt is None:
+            return
+        me = self.rt.identity.public_key_hex
+        anns = {a.digest: a for a, disc in book.included() if disc == 1.0}
+        now = time.time()
+        with self._lock:
+            self._held[round] = {"base": base.params, "anns": anns, "payloads": dict(payloads), "t": now}
+            for r in [r for r in self._held if r < round - self.lag - 1]:
+                del self._held[r]
+        for digest in sorted(anns):
+            a = anns[digest]
+            if a.peer != me and digest in payloads and self._rng.random() < self.rate:
+                self._jobs.put((self._safe_check, (round, a, False, now)))
+        self._jobs.put((self._scan, (round,)))
+
+    def vote_verdicts(self, round: int) -> list[str]:
+        """Ids of the valid verdicts about round ``round - lag`` seen so far."""
+        t = round - self.lag
+        if t < 0 or self.rt is None:
+            return []
+        self._read(t)
+        with self._lock:
+            held = self._held.get(t)
+            out = []
+            for vid, v in self._verdicts.items():
+                if v.round != t:
+                    continue
+                if held is not None:
+                    a = held["anns"].get(v.digest)
+                    if a is None or a.peer != v.target or a.steps != v.steps:
+                        continue  # about an update that round t did not include (replayed, made up)
+                out.append(vid)
+        return sorted(out)
+
+    def next_extra(self, extra: Mapping, round: int, verdicts: tuple[str, ...]) -> dict:
+        """Deterministic reputation update for base ``round + 2`` (see :mod:`.reputation`)."""
+        t = round - 1 - self.lag
+        found = self._resolve(t, verdicts) if verdicts else []
+        out = update_reputation(extra, round + 2, found, self.policy)
+        if out.get("slashed_now"):
+            events.info("base %d: slashed %s", round + 2, [k[:12] for k in out["slashed_now"]],
+                        extra={"event": "slash", "round": round + 2, "keys": out["slashed_now"]})
+        return out
+
+    def reputation(self, extra: Mapping) -> Mapping[str, float]:
+        """Aggregation and vote weight per public key (unknown keys: the newcomer weight)."""
+        return reputation_of(extra, self.policy)
+
+    def metrics(self, extra: Mapping | None = None) -> dict:
+        """This peer's reputation and slash status (from ``extra``) and its verification counters."""
+        out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.stats.items()}
+        n = self.stats["checks"] + self.stats["rechecks"]
+        out["latency_s_mean"] = round(self.stats["latency_s_sum"] / n, 4) if n else None
+        if extra is not None and self.rt is not None:
+            me = self.rt.identity.public_key_hex
+            out["reputation"] = reputation_of(extra, self.policy).get(me)
+            out["slashed"] = is_slashed(extra, me)
+        return out
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the worker: pending checks are dropped, a running one may finish (``timeout_s``)."""
+        self._closed.set()
+        self._jobs.put(None)
+        self._worker.join(timeout=timeout_s)
+
+    # --- verdict records ------------------------------------------------------------------------
+    def _kind(self) -> str:
+        return f"verdict.{self.rt.region}"
+
+    def _read(self, t: int) -> list[Verdict]:
+        try:
+            records = self.rt.dht.get_round_records(self.rt.run_id, self._kind(), t)
+        except Exception as e:  # DHT trouble: vote with what is cached
+            logger.debug("verdict read of round %d failed: %s", t, e)
+            return []
+        out = []
+        for rec in records:
+            try:
+                found, bad = verdicts_from_record(rec)
+            except SwarmError as e:
+                found, bad = [], 1
+                logger.debug("round %d: malformed verdict record from %s: %s", t, rec.signer[:12], e)
+            with self._lock:
+                self.stats["invalid_verdicts"] += bad
+                for v in found:
+                    self._verdicts.setdefault(v.id, v)
+            out.extend(found)
+        with self._lock:
+            for old in [k for k, x in self._verdicts.items() if x.round < t - 4 * self.lag - 4]:
+                del self._verdicts[old]
+        return out
+
+    def _resolve(self, t: int, ids: tuple[str, ...]) -> list[Verdict]:
+        with self._lock:
+            missing = [i for i in ids if i not in self._verdicts]
+        if missing:
+            self._read(t)
+        with self._lock:
+            found = [self._verdicts[i] for i in ids if i in self._verdicts]
+        if len(found) != len(ids):
+            logger.info("round %d: %d agreed verdict(s) unknown here; state may differ and re-sync",
+                        t, len(ids) - len(found))
+        return [v for v in found if v.round == t]
+
+    # --- the worker ---------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._closed.is_set():
+            job = self._jobs.get()
+            if job is None or self._closed.is_set():
+                return
+            fn, args = job
+            try:
+                fn(*args)
+            except Exception as e:  # never kill the worker
+                logger.warning("verification job failed: %r", e)
+
+    def _scan(self, round: int) -> None:
+        """Re-check the fail verdicts of recent rounds that this peer has not checked itself."""
+        me = self.rt.identity.public_key_hex
+        for t in range(max(0, round - self.lag), round):
+            for v in self._read(t):
+                if v.passed or v.target == me:
+                    continue
+                with self._lock:
+                    held = self._held.get(t)
+                    a = held["anns"].get(v.digest) if held else None
+                    done = (t, v.digest) in self._checked
+                if a is not None and not done and a.peer == v.target and a.steps == v.steps \
+                        and not self._closed.is_set():
+                    self._safe_check(t, a, True, time.time())
+
+    def _safe_check(self, t: int, ann: Any, recheck: bool, queued_at: float) -> None:
+        try:
+            self._check(t, ann, recheck, queued_at)
+        except Exception as e:  # never kill the worker; the check is simply lost
+            logger.warning("round %d: spot check of %s failed to run: %r", t, ann.digest[:12], e)
+
+    def _check(self, t: int, ann: Any, recheck: bool, queued_at: float) -> Verdict | None:
+        with self._lock:
+            held = self._held.get(t)
+            if held is None or (t, ann.digest) in self._checked or ann.digest not in held["payloads"]:
+                return None
+            self._checked.add((t, ann.digest))
+            base, payload = held["base"], held["payloads"][ann.digest]
+        rt = self.rt
+        cpu0 = time.thread_time()
+        if self._model is None:
+            self._model = self.task.build_model(rt.manifest.seed)
+        delta = recompute_update(self.task, base, rt.run_id, rt.manifest.seed, ann.peer, t, ann.steps,
+                                 model=self._model, raw=True)
+        blob = codecs.encode(delta, rt.codec, **rt.codec_params)
+        mine = codecs.decode(blob)
+        distance = relative_distance(payload, mine)
+        passed = distance <= self.tau
+        cpu = time.thread_time() - cpu0
+        latency = time.time() - queued_at
+        v = Verdict(round=t, verifier=rt.identity.public_key_hex, target=ann.peer, digest=ann.digest, passed=passed,
+                    distance=distance if distance != float("inf") else -1.0, recomputed=sha256_hex(blob),
+                    steps=ann.steps, latency_s=latency, recheck=recheck)
+        with self._lock:
+            self._verdicts[v.id] = v
+            mine = sorted((x for x in self._verdicts.values() if x.round == t and x.verifier == v.verifier),
+                          key=lambda x: (x.digest, x.id))
+        rt.dht.publish_round_record(rt.run_id, self._kind(), t, record_body(mine), ttl_s=max(60.0, 20 * rt.clock.round_s))
+        with self._lock:
+            self.stats["rechecks" if recheck else "checks"] += 1
+            self.stats["fails"] += 0 if passed else 1
+            self.stats["verify_cpu_s"] += cpu
+            self.stats["latency_s_sum"] += latency
+            self.stats["latency_s_max"] = max(self.stats["latency_s_max"], latency)
+            if passed:
+                self.stats["max_pass_distance"] = max(self.stats["max_pass_distance"], distance)
+        events.info("round %d: %s %s of %s (distance %.3g, %.2fs)", t, "re-check" if recheck else "check",
+                    "PASS" if passed else "FAIL", ann.peer[:12], distance, latency,
+                    extra={"event": "verdict", "round": t, "target": ann.peer, "pass": passed, "distance": distance})
+        return v
