@@ -134,6 +134,7 @@ class Coordinator:
         self.verdict_winners: dict[int, tuple[str, ...]] = {}
         self._candidates: dict[int, BaseState] = {}
         self.merger = CrossRegionMerger(self)
+        self.foreign_source: dict[int, str] = {}  # base round -> region whose state this region adopts
         self.first_round = 0
         self.error: SwarmError | None = None
         self.on_round_tallied: list[Callable[[RoundOutcome], None]] = []
@@ -176,15 +177,15 @@ class Coordinator:
             self._stop.wait(0.05)
 
     # --- records --------------------------------------------------------------------------------
-    def _kind(self, what: str) -> str:
-        return f"{what}.{self.ctx.region}"
+    def _kind(self, what: str, region: str | None = None) -> str:
+        return f"{what}.{region or self.ctx.region}"
 
     def _publish(self, what: str, round: int, body: dict) -> None:
         self.ctx.dht.publish_round_record(self.ctx.run_id, self._kind(what), round, body,
                                           ttl_s=max(60.0, 20 * self.ctx.clock.round_s))
 
-    def _records(self, what: str, round: int) -> list:
-        return self.ctx.dht.get_round_records(self.ctx.run_id, self._kind(what), round)
+    def _records(self, what: str, round: int, region: str | None = None) -> list:
+        return self.ctx.dht.get_round_records(self.ctx.run_id, self._kind(what, region), round)
 
     # --- announce -------------------------------------------------------------------------------
     def announce(self, round: int, base_hash: str, steps: int, samples: int, delta: Mapping[str, torch.Tensor]) -> str:
@@ -233,7 +234,7 @@ class Coordinator:
             book.mark_fetched(digest, False, type(e).__name__)
             logger.info("round %d: payload %s refused: %s", book.round, digest[:12], e)
         except SwarmError as e:
-            book.mark_fetched(digest, False, "unreachable")
+            book.mark_fetched(digest, False, type(e).__name__)
             logger.info("round %d: payload %s not fetched: %s", book.round, digest[:12], e)
 
     def _fetch_all(self, book: RoundBook, deadline: float) -> None:
@@ -287,6 +288,10 @@ class Coordinator:
         if base_q is None or base_next is None:
             logger.info("round %d: no base held (joining); skipping its close", q)
             return
+        if self.ctx.perturb_round == q:  # test hook: make this peer diverge from its region
+            logger.warning("round %d: perturbing the local base on request (DAI_SWARM_TEST_PERTURB_ROUND)", q)
+            base_next = BaseState.make(base_next.round, {n: t + 1e-3 for n, t in base_next.params.items()},
+                                       base_next.momentum, base_next.extra, base_next.anchor)
         limits = BookLimits(max_inner_steps=self.ctx.max_inner_steps, batch_size=self.ctx.batch_size,
                             max_payload_bytes=self.ctx.max_payload_bytes, codecs=frozenset([self.ctx.codec]))
         book = RoundBook(self.ctx.run_id, q, base_q.hash, limits=limits)
@@ -353,7 +358,11 @@ class Coordinator:
             outcome.agreed = result.decided
             if self.merger.is_sync_round(q + 2):
                 state = self.merger.merge(q, state)
-            self.bases.put(state)
+            if state is not None:
+                self.bases.put(state)
+            else:  # our region is off the global chain: adopt another region's merged state
+                state = self.resync(q + 2)
+                outcome.resynced = state is not None
         else:
             target = result.state_hash if result.decided else None
             outcome.agreed = False
@@ -386,7 +395,7 @@ class Coordinator:
     def state_offers(self, round: int) -> list:
         """(signer, state_hash, digest, size, p2p_id) of the state records of ``round``."""
         out = []
-        for rec in self._records("state", round):
+        for rec in self._records("state", round, self.foreign_source.get(round)):
             b = rec.body
             if isinstance(b.get("state_hash"), str) and isinstance(b.get("digest"), str) and \
                     isinstance(b.get("size"), int) and isinstance(b.get("p2p_id"), str):

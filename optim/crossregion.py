@@ -32,6 +32,7 @@ from . import codecs
 from .aggregate import weighted_mean
 from .exchange import fetch_from_any
 from .states import BaseState
+from dai_swarm.canonical import state_hash
 
 __all__ = ["CrossRegionMerger", "merge_region_deltas", "merged_base", "region_delta"]
 
@@ -62,6 +63,7 @@ def merged_base(state: BaseState, params) -> BaseState:
     """The merged base: ``params`` become the new anchor; momentum kept; sample count reset."""
     extra = dict(state.extra)
     extra["epoch_samples"] = 0
+    extra["merges"] = int(extra.get("merges", 0)) + 1
     return BaseState.make(state.round, params, state.momentum, extra, anchor=params)
 
 
@@ -77,20 +79,35 @@ class CrossRegionMerger:
         k = int(self.c.ctx.cross_region_period)
         return k > 0 and base_round >= 2 and base_round % k == 0
 
-    def merge(self, q: int, state: BaseState) -> BaseState:
-        """Merge this region's agreed base of round ``q+2`` with the other regions' deltas."""
+    def merge(self, q: int, state: BaseState) -> BaseState | None:
+        """Merge this region's agreed base of round ``q+2`` with the other regions' deltas.
+
+        Returns None when this region's anchor is not the one most regions share (it missed an
+        earlier merge): the coordinator then adopts another region's merged state instead.
+        """
         ctx, r = self.c.ctx, q + 2
         delta = region_delta(state)
         blob = codecs.encode(delta, ctx.codec, **ctx.codec_params)
         digest = ctx.store.put(blob, r)
         samples = int(state.extra.get("epoch_samples", 0))
+        anchor = f"{int(state.extra.get('merges', 0)):08d}:{state_hash(state.anchor)}"
         ctx.dht.publish_round_record(ctx.run_id, "xdelta", r, {
-            "region": ctx.region, "digest": digest, "size": len(blob), "samples": samples, "p2p_id": ctx.p2p_id},
-            ttl_s=max(60.0, 20 * ctx.clock.round_s))
+            "region": ctx.region, "digest": digest, "size": len(blob), "samples": samples, "p2p_id": ctx.p2p_id,
+            "anchor": anchor}, ttl_s=max(60.0, 20 * ctx.clock.round_s))
         wait = ctx.clock.tally_time(q) + MERGE_AT * ctx.clock.round_s - time.time()
         if wait > 0:
             time.sleep(wait)
-        chosen, providers, gateway = self._read(r, digest, samples)
+        chosen, providers, gateway, anchors = self._read(r, digest, samples, anchor)
+        majority = self._majority_anchor(anchors, anchor)
+        if majority != anchor:
+            # our region missed an earlier merge: deltas against different anchors cannot be mixed.
+            # Adopt the merged state of the (alphabetically first) region on the majority's anchor.
+            source = min(reg for reg, a in anchors.items() if a == majority)
+            self.c.foreign_source[r] = source
+            logger.warning("merge %d: region %s is off the global chain; adopting region %s's state",
+                           r, ctx.region, source)
+            return None
+        chosen = {reg: v for reg, v in chosen.items() if anchors.get(reg, anchor) == anchor}
         if len(chosen) <= 1:
             return self._finish(state, state.params)  # alone: the region's state is the merge
         deadline = ctx.clock.tally_time(q) + MERGE_END * ctx.clock.round_s
@@ -115,22 +132,32 @@ class CrossRegionMerger:
     def _finish(self, state: BaseState, params: dict) -> BaseState:
         return merged_base(state, params)
 
-    def _read(self, r: int, my_digest: str, my_samples: int):
+    @staticmethod
+    def _majority_anchor(anchors: dict, mine: str) -> str:
+        """The anchor every region should share: most merges behind it, then held by most regions,
+        then the smaller hash. The same answer in every region, so regions off the chain rejoin it."""
+        counts = Counter(anchors.values())
+        counts[mine] += 0
+        return max(counts, key=lambda a: (int(a.split(":")[0]), counts[a], [-ord(ch) for ch in a]))
+
+    def _read(self, r: int, my_digest: str, my_samples: int, my_anchor: str):
         """Per region: the (digest, size, samples) most of its members announced; providers."""
         ctx = self.c.ctx
         votes: dict[str, Counter] = {}
+        anchor_votes: dict[str, Counter] = {}
         providers: dict[str, list[tuple[str, str]]] = {}
         my_region_ids: list[str] = []
         for rec in ctx.dht.get_round_records(ctx.run_id, "xdelta", r):
             b = rec.body
             try:
                 key = (str(b["digest"]), int(b["size"]), int(b["samples"]))
-                region, pid = str(b["region"]), str(b["p2p_id"])
+                region, pid, anchor = str(b["region"]), str(b["p2p_id"]), str(b["anchor"])
             except (KeyError, TypeError, ValueError):
                 continue
             if len(key[0]) != 64 or key[1] <= 0 or key[1] > ctx.max_payload_bytes or key[2] < 0:
                 continue
             votes.setdefault(region, Counter())[key] += 1
+            anchor_votes.setdefault(region, Counter())[anchor] += 1
             providers.setdefault(key[0], []).append((pid, region))
             if region == ctx.region:
                 my_region_ids.append(pid)
@@ -146,7 +173,9 @@ class CrossRegionMerger:
             chosen[region] = best
         ids = sorted(set(my_region_ids) | {ctx.p2p_id})
         gateway = min(ids, key=lambda p: hashlib.sha256(f"{p}|{r}".encode()).digest())
-        return chosen, providers, gateway
+        anchors = {reg: max(c, key=lambda a: (c[a], [-ord(ch) for ch in a])) for reg, c in anchor_votes.items()}
+        anchors[ctx.region] = my_anchor
+        return chosen, providers, gateway, anchors
 
     def _fetch(self, r: int, chosen: dict, providers: dict, gateway: str, deadline: float) -> dict:
         from hivemind.p2p import PeerID

@@ -9,6 +9,7 @@ this peer's signed peer record (with live metrics) in the DHT. ``SwarmOptimizer.
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import time
 from typing import Any, Mapping
@@ -56,6 +57,9 @@ class RoundRuntime:
         self.max_inner_steps = manifest.max_inner_steps
         self.outer_lr, self.outer_momentum = manifest.outer_lr, manifest.outer_momentum
         self.delay_compensation = True
+        perturb = os.environ.get("DAI_SWARM_TEST_PERTURB_ROUND")
+        self.perturb_round = int(perturb) if perturb and perturb.isdigit() else None
+        self.finish_times: dict[int, float] = {}
         self.attack, self.evaluate = attack, evaluate
         self.verifier = verifier if verifier is not None else NullVerifier()
         n_params = sum(t.numel() for t in self.like.params.values())
@@ -111,7 +115,7 @@ class RoundRuntime:
             first = self._join(current, join_timeout_s or 3 * self.manifest.round_s)
         self._load_base(self.bases.get(first))
         self.round, self.steps = first, 0
-        self.coordinator.start(first_round=first)
+        self.coordinator.start(first_round=0 if first <= 1 else first)
         self._heartbeat.start()
         logger.info("peer %s (key %s) in region %s starts at round %d", self.p2p_id, self.identity.public_key_hex[:16],
                     self.region, first)
@@ -151,6 +155,7 @@ class RoundRuntime:
             self._finish_round(opt, now)
 
     def _finish_round(self, opt: Any, now: float) -> None:
+        self.finish_times[self.round] = now
         base = self.bases.get(self.round)
         if base is not None and self.steps > 0:
             with torch.no_grad():
@@ -222,6 +227,7 @@ class RoundRuntime:
     # --- metrics, heartbeat, shutdown -------------------------------------------------------------
     def _on_round(self, outcome: RoundOutcome) -> None:
         entry = {"round": outcome.round, "state_hash": outcome.state_hash, "updates": len(outcome.inclusion),
+                 "rejections": dict(outcome.rejections), "finished_at": self.finish_times.get(outcome.round),
                  "agreed": outcome.agreed, "resynced": outcome.resynced, "close_s": round(outcome.close_s, 3),
                  "samples": sum(outcome.contributors.values()), "time": time.time(),
                  "traffic": self.traffic.snapshot()}
@@ -239,9 +245,11 @@ class RoundRuntime:
         """Live figures for status records, the CLI and benchmarks."""
         last = self.history[-1] if self.history else {}
         return {"round": self.round, "steps": self.steps, "samples": self.samples_total,
-                "state_hash": last.get("state_hash"), "val_loss": last.get("val_loss"),
+                "state_hash": last.get("state_hash"), "round_closed": last.get("round"), "val_loss": last.get("val_loss"),
                 "traffic": self.traffic.snapshot(), "rounds_trained": self.rounds_trained,
-                "resyncs": sum(1 for h in self.history if h.get("resynced"))}
+                "resyncs": sum(1 for h in self.history if h.get("resynced")),
+                "counters": dict(self.counters), "dropped_records": dict(self.dht.counters),
+                "trust": self.verifier.metrics(getattr(self.bases.latest(), "extra", {})) if hasattr(self.verifier, "metrics") else None}
 
     def _refresh_peers(self) -> None:
         try:

@@ -1,0 +1,213 @@
+"""The round protocol with real `dai-swarm peer` processes and real hivemind DHTs on loopback.
+
+One swarm run exercises, at once: two regions with cross-region merges, a peer SIGKILLed
+mid-round, a peer joining mid-run (verified state download), a peer forced to diverge (it must
+detect its minority hash and re-sync), and a rogue that publishes bad update announcements and
+serves a payload that does not match its digest. Everything is asserted from the peers' own
+per-round history files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+
+import pytest
+import torch
+
+from swarm_run import by_round, cleanup, spawn_peer, wait_all
+
+pytestmark = pytest.mark.integration
+
+ROUND_S = 4.0
+UNTIL = 12
+PERTURB_ROUND = 7
+
+
+ROGUE_PLAN = {  # round -> what the rogue announces in region r0 in that round
+    5: "wrong_digest", 6: "stale_round", 8: "wrong_base", 9: "too_large", 10: "implausible_samples"}
+
+
+class Rogue(threading.Thread):
+    """A peer with a valid key that publishes one bad update announcement per round (ROGUE_PLAN),
+    serves a payload whose bytes do not hash to the announced digest, and tries to store a forged
+    record. Honest peers must refuse all of it, count it, and carry on."""
+
+    def __init__(self, initial_peers: list[str], run_id: str, t0: float):
+        super().__init__(daemon=True)
+        from dai_swarm.dht.node import SwarmDHT
+        from dai_swarm.identity import Identity
+        from dai_swarm.optim.exchange import PayloadServer, PayloadStore, Traffic
+        from dai_swarm.optim.netloop import NetLoop
+
+        self.run_id, self.t0, self.error, self.published = run_id, t0, None, {}
+        self.key = Identity.generate()
+        self.dht = SwarmDHT(self.key, initial_peers=initial_peers, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+        self.loop = NetLoop()
+        p2p = self.loop.run(self.dht.replicate_p2p(), 30)
+        store = PayloadStore()
+        self.wrong = b"not the announced bytes" * 10
+        self.fake_digest = hashlib.sha256(b"something else").hexdigest()
+        store._items[self.fake_digest] = (0, self.wrong)  # bytes served under a digest they do not hash to
+        self.loop.run(PayloadServer(p2p, run_id, store, Traffic()).start(), 30)
+
+    def run(self) -> None:
+        from dai_swarm.dht.envelope import seal
+        from dai_swarm.dht.keys import round_key
+        from dai_swarm.dht.records import RoundRecord
+        from dai_swarm.identity import Identity
+
+        try:
+            for q, kind in sorted(ROGUE_PLAN.items()):
+                while time.time() < self.t0 + (q + 0.1) * ROUND_S:
+                    time.sleep(0.05)
+                recs = self.dht.get_round_records(self.run_id, "state.r0", q)
+                if not recs:
+                    continue
+                good = dict(run_id=self.run_id, round=q, base_hash=recs[0].body["state_hash"],
+                            peer=self.key.public_key_hex, steps=4, samples=4 * 32, codec="int8",
+                            digest=self.fake_digest, size_bytes=len(self.wrong), region="r0",
+                            p2p_id=self.dht.peer_id)
+                body = {"wrong_digest": good, "stale_round": dict(good, round=q - 1),
+                        "wrong_base": dict(good, base_hash="cd" * 32), "too_large": dict(good, size_bytes=1 << 40),
+                        "implausible_samples": dict(good, samples=7)}[kind]
+                self.dht.publish_round_record(self.run_id, "update.r0", q, body, ttl_s=120)
+                self.published[q] = kind
+                if kind == "wrong_base":  # also try a forged record: tampered after signing
+                    key = round_key(self.run_id, "update.r0", q)
+                    data = seal(self.key, RoundRecord(kind="update.r0", round=q, body=dict(good, steps=5)),
+                                run_id=self.run_id, key=key, ttl_s=120)
+                    self.dht.store_raw(key, Identity.generate().public_key_hex,
+                                       data.replace(b'"steps":5', b'"steps":6'), time.time() + 120)
+        except Exception as e:  # reported by the test
+            self.error = e
+
+    def close(self) -> None:
+        self.loop.stop()
+        self.dht.shutdown()
+
+
+def test_two_regions_with_kill_join_divergence_and_rogue(tmp_path):
+    run_id = f"it-{os.getpid()}"
+    t0 = float(int(time.time()) + 25)
+    common = dict(run_id=run_id, task="regression", t0=t0, round_s=ROUND_S, until_round=UNTIL)
+    peers = []
+    try:
+        p0 = spawn_peer(str(tmp_path), "p0", region="r0", **common)
+        peers.append(p0)
+        boot = p0.addresses()
+        rogue = Rogue(boot, run_id, t0)
+        rogue.start()
+        for name, region, env in (("p1", "r0", None), ("p2", "r0", {"DAI_SWARM_TEST_PERTURB_ROUND": str(PERTURB_ROUND)}),
+                                  ("p3", "r1", None), ("p4", "r1", None)):
+            peers.append(spawn_peer(str(tmp_path), name, region=region, initial_peers=boot, env=env, **common))
+        p4 = peers[4]
+        # SIGKILL p4 in the middle of round 4
+        while time.time() < t0 + 4.5 * ROUND_S:
+            time.sleep(0.1)
+        p4.kill()
+        killed_at = time.time()
+        # a new peer joins region r1 during round 4; it must download and verify state
+        p5 = spawn_peer(str(tmp_path), "p5", region="r1", initial_peers=boot, **common)
+        peers.append(p5)
+        wait_all([p for p in peers if p is not p4], timeout_s=UNTIL * ROUND_S + 120)
+        rogue.join(10)
+    finally:
+        cleanup(peers)
+        if "rogue" in locals():
+            rogue.close()
+
+    hist = {p.name: p.history() for p in peers if p.name != "p4"}
+    rounds = {name: by_round(h) for name, h in hist.items()}
+    report = {}
+
+    # I1: peers of one region agree on every round both closed (except the forced divergence)
+    for region, names in (("r0", ["p0", "p1", "p2"]), ("r1", ["p3", "p5"])):
+        for r in range(2, UNTIL - 1):
+            hashes = {n: rounds[n][r]["state_hash"] for n in names if r in rounds[n]}
+            if region == "r0" and r == PERTURB_ROUND:
+                hashes.pop("p2", None)
+            assert len(set(hashes.values())) <= 1, (region, r, hashes)
+    # the diverged peer noticed it was in the minority and re-synced to the majority's state
+    p2_round = rounds["p2"][PERTURB_ROUND]
+    assert p2_round["agreed"] is False, p2_round
+    last = max(r for r in rounds["p0"] if r in rounds["p2"])
+    assert last > PERTURB_ROUND and rounds["p2"][last]["state_hash"] == rounds["p0"][last]["state_hash"]
+    report["p2_resynced_by_round"] = min(r for r in rounds["p2"] if r > PERTURB_ROUND
+                                         and rounds["p2"][r]["state_hash"] == rounds["p0"][r]["state_hash"])
+
+    # cross-region merges: regions hold identical parameters after a merge (same val loss)
+    merged = [r for r in range(2, UNTIL - 1) if (r + 2) % 3 == 0 and r in rounds["p0"] and r in rounds["p3"]
+              and rounds["p3"][r].get("val_loss") is not None]
+    assert merged
+    report["merged_rounds"] = merged
+    for r in merged:
+        assert rounds["p0"][r]["val_loss"] == pytest.approx(rounds["p3"][r]["val_loss"], rel=1e-6), r
+    cross = sum(h["status"]["traffic"]["received"]["cross"] for h in hist.values())
+    assert cross > 0
+
+    # I2: the SIGKILL cost survivors at most one round: their rounds kept finishing on time
+    for name in ("p0", "p1", "p3"):
+        times = sorted(v["finished_at"] for v in rounds[name].values() if v.get("finished_at"))
+        gaps = [b - a for a, b in zip(times, times[1:]) if a > killed_at - ROUND_S]
+        report[f"{name}_max_round_gap_s"] = round(max(gaps), 2)
+        assert max(gaps) <= 2 * ROUND_S, (name, gaps)
+
+    # I6: the joiner adopted verified state and contributed in the next rounds
+    joined = min(rounds["p5"])
+    assert rounds["p5"][joined]["state_hash"] == rounds["p3"][joined]["state_hash"]
+    assert any(rounds["p3"][r]["updates"] == 2 for r in rounds["p3"] if r > joined + 1), rounds["p3"]
+    report["joiner_first_round"] = joined
+
+    # bad input over the wire was refused, counted, and the run went on
+    assert rogue.error is None, rogue.error
+    assert len(rogue.published) >= 4, rogue.published
+    expected = {"wrong_digest": "DigestMismatch", "stale_round": "stale_round", "wrong_base": "wrong_base",
+                "too_large": "too_large", "implausible_samples": "implausible_samples"}
+    for q, kind in rogue.published.items():
+        if q not in rounds["p0"]:
+            continue
+        rej = rounds["p0"][q]["rejections"]
+        assert rej.get(expected[kind], 0) >= 1, (q, kind, rej)
+        assert rounds["p0"][q]["updates"] == 3, (q, rounds["p0"][q])
+    report["rogue"] = {q: rounds["p0"][q]["rejections"] for q in rogue.published if q in rounds["p0"]}
+    forged = sum(h["status"]["dropped_records"].get("forged", 0) for h in hist.values())
+    report["forged_records_refused_by_honest_nodes"] = forged
+    assert forged >= 1, [h["status"]["dropped_records"] for h in hist.values()]
+
+    # training works: the loss fell
+    losses = [rounds["p0"][r]["val_loss"] for r in sorted(rounds["p0"])]
+    assert losses[-1] < losses[0]
+    print("REPORT", report)
+
+
+def test_loss_matches_centralized_at_equal_samples(tmp_path):
+    """4 peers in one region on tinylm-small; compare with one process on the same samples."""
+    from benchmarks.centralized import run_centralized
+
+    run_id = f"eq-{os.getpid()}"
+    t0 = float(int(time.time()) + 25)
+    common = dict(run_id=run_id, task="tinylm-small", t0=t0, round_s=5.0, until_round=9, max_inner_steps=15,
+                  region="r0", cross_region_period=1000)
+    peers = []
+    try:
+        p0 = spawn_peer(str(tmp_path), "p0", **common)
+        peers.append(p0)
+        boot = p0.addresses()
+        for i in range(1, 4):
+            peers.append(spawn_peer(str(tmp_path), f"p{i}", initial_peers=boot, **common))
+        wait_all(peers, timeout_s=9 * 5.0 + 120)
+    finally:
+        cleanup(peers)
+    rounds = by_round(peers[0].history())
+    last = max(r for r in rounds if rounds[r].get("val_loss") is not None)
+    samples = sum(rounds[r]["samples"] for r in rounds if r <= last)
+    swarm_loss = rounds[last]["val_loss"]
+    torch.set_num_threads(1)
+    ref = run_centralized("tinylm-small", samples=samples, eval_every=samples)
+    ratio = swarm_loss / ref["final_val_loss"]
+    print(f"REPORT samples={samples} swarm={swarm_loss:.4f} centralized={ref['final_val_loss']:.4f} ratio={ratio:.4f}")
+    assert swarm_loss < rounds[min(rounds)]["val_loss"]
+    assert ratio < 1.25
