@@ -1,0 +1,315 @@
+"""Convergence under churn: N real dai_swarm peer processes vs three baselines, one sample budget.
+
+Runs, one after the other on this machine (so they do not share the CPUs):
+
+1. ``dai_swarm``: N ``dai-swarm peer`` processes under a churn schedule (exponential lifetimes
+   with replacement, or ``--schedule FILE``) with a Byzantine fraction running ``--attack KIND``;
+2. ``dai_swarm_clean``: the same without churn and without attackers;
+3. ``hivemind``: N ``hivemind.Optimizer`` workers (defaults; see :mod:`benchmarks.hivemind_baseline`)
+   under the same churn schedule (its Byzantine slots run honestly: it has no attack hooks);
+4. ``centralized``: :func:`benchmarks.centralized.run_centralized` on the same budget.
+
+Each swarm run trains for ``ceil(budget / (N x max_inner_steps x batch))`` rounds. Loss curves
+come from slot 0 (never churned, never Byzantine: the observer); bytes are sampled once a second
+for every process (see :mod:`benchmarks.churn_fleet` for how, loopback vs ``--wan``). Writes
+``churn.json``, ``churn.md`` and four PNGs to ``--out`` and prints the JSON and the table.
+
+    python -m benchmarks.churn --quick                       # CI smoke, < 3 minutes
+    python -m benchmarks.churn --task tinylm-small --peers 8 --churn 0.3 --byzantine 0.25 --attack sign_flip
+    python -m benchmarks.churn --wan --intra-mbit 100 --cross-mbit 10 --regions 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Any, Sequence
+
+from dai_swarm.errors import ConfigError
+from dai_swarm.testing import alive_count, exponential_churn_schedule, scripted_churn_schedule
+
+from . import churn_report
+from .churn_fleet import Fleet, LifeRecord
+
+__all__ = ["main", "run_hivemind", "run_swarm"]
+
+
+def _attack_available(kind: str) -> str | None:
+    """None if ``dai_swarm.testing.make_attack(kind)`` works, else why not."""
+    try:
+        from dai_swarm.testing import make_attack
+    except ImportError:
+        return "dai_swarm.testing.make_attack does not exist yet"
+    try:
+        make_attack(kind)
+    except Exception as e:  # noqa: BLE001 - reported to the user as is
+        return f"make_attack({kind!r}) failed: {e}"
+    return None
+
+
+def _host(net, slot: int) -> str:
+    return f"/ip4/{net.ip(slot)}/tcp/0" if net is not None else "/ip4/127.0.0.1/tcp/0"
+
+
+def run_swarm(args: argparse.Namespace, schedule, label: str, workdir: str, net=None) -> dict[str, Any]:
+    """Run dai_swarm peers on ``schedule``; returns curve, bytes samples, stalls, lives."""
+    t0 = math.ceil(time.time() + args.lead_s)
+    run_id = f"churn-{label}-{int(t0)}"
+
+    def argv(rec: LifeRecord, peers: list[str]) -> list[str]:
+        a = ["-m", "dai_swarm", "peer", "--run-id", run_id, "--task", args.task, "--round-s", str(args.round_s),
+             "--until-round", str(args.rounds), "--t0", str(t0), "--threads", "1", "--quiet",
+             "--max-inner-steps", str(args.max_inner_steps), "--codec", args.codec,
+             "--region", f"r{rec.life.slot % args.regions}", "--cross-region-period", str(args.cross_region_period),
+             "--history-file", rec.history_file, "--address-file", rec.address_file,
+             "--host-maddrs", _host(net, rec.life.slot)]
+        if rec.life.byzantine and args.attack:
+            a += ["--attack", args.attack]
+        return a + (["--initial-peers", *peers] if peers else [])
+
+    fleet = Fleet(workdir, schedule, t0, argv, python=sys.executable, wrap=net.wrap if net else None,
+                  counters=net.counters if net else None)
+    fleet.launch_initial()
+    observer = next(r for r in fleet.records if r.life.slot == 0)
+    done = fleet.run(lambda: observer.proc is not None and not observer.proc.alive(),
+                     deadline_s=(args.rounds + 4) * args.round_s + 60)
+    fleet.stop_all()
+    return {"label": label, "run_id": run_id, "t0": t0, "finished": done, "n_slots": args.peers,
+            **_swarm_figures(fleet, observer, args), "bytes": fleet.samples, "lives": fleet.summary()}
+
+
+def _swarm_figures(fleet: Fleet, observer: LifeRecord, args) -> dict[str, Any]:
+    try:
+        with open(observer.history_file) as f:
+            obs = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"observer wrote no history ({e}); see {observer.log_path}") from None
+    curve = {"samples": [0], "val_loss": [args.initial_loss], "t": [0.0], "round": [-1]}
+    total = 0
+    hist = sorted(obs["history"], key=lambda h: h["round"])
+    for h in hist:
+        total += int(h.get("samples") or 0)
+        if h.get("val_loss") is not None:
+            curve["samples"].append(total)
+            curve["val_loss"].append(h["val_loss"])
+            curve["t"].append(round(h["time"] - fleet.t0, 3))
+            curve["round"].append(h["round"] + 2)
+    rejections: dict[str, int] = {}
+    for h in hist:
+        for k, v in (h.get("rejections") or {}).items():
+            rejections[k] = rejections.get(k, 0) + int(v)
+    app = []
+    for r in fleet.records:
+        try:
+            with open(r.history_file) as f:
+                app.append(json.load(f)["status"].get("traffic"))
+        except (OSError, ValueError, KeyError):
+            pass
+    return {"curve": curve,
+            "stalls": {"empty_rounds": sum(1 for h in hist if not h.get("updates")),
+                       "disagreed_rounds": sum(1 for h in hist if h.get("agreed") is False),
+                       "resynced_rounds": sum(1 for h in hist if h.get("resynced")), "rounds": len(hist),
+                       "max_close_s": max((h.get("close_s") or 0 for h in hist), default=None)},
+            "slashes": sum(int(h.get("slashes") or 0) for h in hist) if any("slashes" in h for h in hist) else None,
+            "rejections": rejections, "updates_per_round": [h.get("updates") for h in hist],
+            "observer_app_traffic": obs["status"].get("traffic"),
+            "app_traffic_of_clean_exits": app}
+
+
+def run_hivemind(args: argparse.Namespace, schedule, workdir: str, net=None) -> dict[str, Any]:
+    """Run hivemind.Optimizer workers on ``schedule`` (Byzantine flags ignored)."""
+    t0 = math.ceil(time.time() + args.lead_s)
+    run_id = f"churn-hm-{int(t0)}"
+
+    def argv(rec: LifeRecord, peers: list[str]) -> list[str]:
+        a = ["-m", "benchmarks.hivemind_baseline", "--task", args.task, "--run-id", run_id, "--t0", str(t0),
+             "--target-batch-size", str(args.hivemind_target_batch_size), "--until-samples", str(args.samples),
+             "--data-seed", str(1000 + int(rec.name.split("-")[1])), "--log-file", rec.history_file,
+             "--address-file", rec.address_file, "--threads", "1", "--host-maddrs", _host(net, rec.life.slot)]
+        if rec.life.slot == 0:
+            a.append("--evaluate")
+        return a + (["--initial-peers", *peers] if peers else [])
+
+    fleet = Fleet(workdir, schedule, t0, argv, python=sys.executable, wrap=net.wrap if net else None,
+                  counters=net.counters if net else None)
+    fleet.launch_initial()
+    observer = next(r for r in fleet.records if r.life.slot == 0)
+    limit = args.hivemind_limit_s or max(120.0, 2.0 * args.rounds * args.round_s)
+    done = fleet.run(lambda: observer.proc is not None and not observer.proc.alive(), deadline_s=limit)
+    fleet.stop_all()
+    curve = {"samples": [0], "val_loss": [args.initial_loss], "t": [0.0], "epoch": [0]}
+    rows = []
+    try:
+        with open(observer.history_file) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        pass
+    for row in rows:
+        if row.get("event") == "epoch" and row.get("val_loss") is not None and row["epoch"] > 0:
+            curve["samples"].append(row["epoch"] * args.hivemind_target_batch_size)
+            curve["val_loss"].append(row["val_loss"])
+            curve["t"].append(round(row["t"] - t0, 3))
+            curve["epoch"].append(row["epoch"])
+    return {"label": "hivemind", "run_id": run_id, "t0": t0, "finished": done, "time_limit_s": limit,
+            "n_slots": args.peers, "curve": curve, "bytes": fleet.samples, "lives": fleet.summary(),
+            "settings": {"target_batch_size": args.hivemind_target_batch_size, "batch_size_per_step": "task batch",
+                         "optimizer": "task inner optimizer (AdamW)", "everything else": "hivemind 1.1.12 defaults"},
+            "observer_log_tail": _tail(observer.log_path)}
+
+
+def _tail(path: str, n: int = 1500) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-n:]
+    except OSError:
+        return ""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.churn", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="examples:\n" + "\n".join(__doc__.rstrip().split("\n")[-3:]))
+    p.add_argument("--task", default="tinylm", help="task (default tinylm; tinylm-small for short runs)")
+    p.add_argument("--peers", type=int, default=8, help="peer slots N (default 8)")
+    p.add_argument("--samples", type=int, default=None, help="sample budget (default: 12 rounds of a full swarm)")
+    p.add_argument("--round-s", type=float, default=6.0, help="dai_swarm round length (default 6)")
+    p.add_argument("--max-inner-steps", type=int, default=20, help="inner steps per peer per round (default 20)")
+    p.add_argument("--codec", default="int8", help="dai_swarm update codec (default int8)")
+    p.add_argument("--regions", type=int, default=1, help="regions, slots round-robin (default 1)")
+    p.add_argument("--cross-region-period", type=int, default=3)
+    p.add_argument("--churn", type=float, default=0.3, help="expected departures per slot over the run (default 0.3)")
+    p.add_argument("--join-delay-s", type=float, default=2.0, help="a replacement joins this long after a departure")
+    p.add_argument("--schedule", default=None, metavar="FILE", help="scripted schedule (JSON list of lives)")
+    p.add_argument("--byzantine", type=float, default=0.25, help="fraction of Byzantine slots (default 0.25)")
+    p.add_argument("--attack", default="sign_flip", help="attack kind for dai-swarm peer --attack")
+    p.add_argument("--seed", type=int, default=0, help="schedule seed")
+    p.add_argument("--lead-s", type=float, default=30.0, help="start-up time before round 0 (default 30)")
+    p.add_argument("--hivemind-target-batch-size", type=int, default=None,
+                   help="default: samples of one full dai_swarm round (N x steps x batch)")
+    p.add_argument("--hivemind-limit-s", type=float, default=None, help="time limit of the hivemind run")
+    p.add_argument("--target-loss", type=float, default=None,
+                   help="default: 80%% of the centralized run's loss reduction")
+    p.add_argument("--skip", nargs="*", default=[], choices=("clean", "hivemind"), help="leave out baselines")
+    p.add_argument("--wan", action="store_true", help="network namespaces + tbf caps (root; benchmarks.wan)")
+    p.add_argument("--intra-mbit", type=float, default=100.0, help="WAN: per-peer cap inside a region")
+    p.add_argument("--cross-mbit", type=float, default=10.0, help="WAN: per-peer cap across regions")
+    p.add_argument("--quick", action="store_true", help="CI smoke: tiny settings, asserts sanity only")
+    p.add_argument("--out", default="out/churn", help="output folder (default out/churn)")
+    return p
+
+
+def _apply_quick(args: argparse.Namespace) -> None:
+    args.task, args.peers, args.round_s, args.max_inner_steps, args.lead_s = "tinylm-small", 3, 4.0, 8, 20.0
+    args.samples = args.samples or 3 * 8 * 16 * 6
+    args.churn, args.byzantine, args.join_delay_s = 0.5, 0.0, 1.0
+    args.skip = sorted(set(args.skip) | {"clean"})
+    args.hivemind_limit_s = args.hivemind_limit_s or 30.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns 0, or 1 when ``--quick`` sanity checks fail."""
+    args = _parser().parse_args(argv)
+    if args.quick:
+        _apply_quick(args)
+    if args.byzantine > 0 and args.attack:
+        why = _attack_available(args.attack)
+        if why:
+            print(f"error: --byzantine {args.byzantine} needs --attack {args.attack}: {why}. "
+                  "Run with --byzantine 0 until the attack catalogue exists.", file=sys.stderr)
+            return 2
+    from dai_swarm.tasks import load_task
+
+    from .centralized import run_centralized
+
+    task = load_task(args.task)
+    per_round = args.peers * args.max_inner_steps * task.batch_size
+    args.samples = args.samples or 12 * per_round
+    args.rounds = math.ceil(args.samples / per_round) + 2  # the last two rounds' states are never evaluated
+    args.hivemind_target_batch_size = args.hivemind_target_batch_size or per_round
+    args.initial_loss = float(task.evaluate(task.build_model(0))["loss"])
+    duration = args.rounds * args.round_s
+    if args.schedule:
+        with open(args.schedule) as f:
+            schedule = scripted_churn_schedule(json.load(f))
+    else:
+        schedule = exponential_churn_schedule(args.peers, duration, args.churn, seed=args.seed,
+                                              byzantine=args.byzantine, join_delay_s=args.join_delay_s)
+    clean = exponential_churn_schedule(args.peers, duration, 0.0)
+    os.makedirs(args.out, exist_ok=True)
+    work = os.path.join(args.out, "work")
+    net = None
+    if args.wan:
+        from .wan import WanNet, netns_available
+
+        ok, why = netns_available()
+        if not ok:
+            print(f"error: --wan needs network namespaces, unavailable here: {why}", file=sys.stderr)
+            return 2
+        net = WanNet(args.peers, [i % args.regions for i in range(args.peers)], args.intra_mbit, args.cross_mbit)
+        net.up()
+    started = time.time()
+    results: dict[str, dict] = {}
+    try:
+        log = lambda msg: print(f"[{time.time() - started:6.0f} s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+        log(f"dai_swarm: {args.peers} peers, {args.rounds} rounds of {args.round_s} s, churn {args.churn}, "
+            f"byzantine {args.byzantine} ({args.attack})")
+        results["dai_swarm"] = run_swarm(args, schedule, "churn", os.path.join(work, "dai_swarm"), net)
+        if "clean" not in args.skip:
+            log("dai_swarm without churn or attackers")
+            results["dai_swarm_clean"] = run_swarm(args, clean, "clean", os.path.join(work, "clean"), net)
+        if "hivemind" not in args.skip:
+            log(f"hivemind.Optimizer, target_batch_size {args.hivemind_target_batch_size}")
+            results["hivemind"] = run_hivemind(args, schedule, os.path.join(work, "hivemind"), net)
+        log("centralized")
+        cen = run_centralized(task, args.samples, max(task.batch_size, args.samples // 16), threads=1,
+                              label=args.task)
+        results["centralized"] = {"label": "centralized", "n_slots": 1, "bytes": [],
+                                  "curve": {"samples": cen["samples"], "val_loss": cen["val_loss"], "t": cen["wall_s"]}}
+    finally:
+        if net is not None:
+            net.down()
+    cen_curve = results["centralized"]["curve"]
+    target = args.target_loss if args.target_loss is not None else \
+        cen_curve["val_loss"][0] - 0.8 * (cen_curve["val_loss"][0] - cen_curve["val_loss"][-1])
+    report = {"benchmark": "churn", "command": "python -m benchmarks.churn " + " ".join(argv or sys.argv[1:]),
+              "settings": {k: v for k, v in vars(args).items()}, "wall_s": round(time.time() - started, 1),
+              "network": net.describe() if net else {"mode": "loopback", "byte_counting": "p2pd /proc/<pid>/io "
+                                                     "(rchar + wchar) / 2 per peer (see benchmarks.churn_fleet)"},
+              "schedule": [vars(p) for p in schedule], "departures": sum(1 for p in schedule if p.stop_s is not None),
+              "alive_scheduled": [[t, alive_count(schedule, t)] for t in range(0, int(duration) + 1, 2)],
+              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "python": platform.python_version()},
+              "systems": results}
+    report["comparison"] = churn_report.compare(results, target)
+    report["plots"] = churn_report.plots(report, args.out)
+    table = churn_report.markdown(report)
+    with open(os.path.join(args.out, "churn.json"), "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    with open(os.path.join(args.out, "churn.md"), "w") as f:
+        f.write(table + "\n")
+    print(json.dumps(report["comparison"], default=str))
+    print()
+    print(table)
+    print(f"\nwrote {args.out}/churn.json, churn.md and {len(report['plots'])} PNGs in {report['wall_s']} s")
+    if args.quick:
+        return 0 if _sane(report) else 1
+    return 0
+
+
+def _sane(report: dict) -> bool:
+    """--quick: dai_swarm's loss is finite and falls; the JSON has every system's figures."""
+    c = report["systems"]["dai_swarm"]["curve"]["val_loss"]
+    ok = len(c) >= 3 and all(math.isfinite(v) for v in c) and c[-1] < c[0]
+    ok = ok and all(k in report["comparison"]["systems"] for k in report["systems"])
+    if not ok:
+        print("quick sanity check FAILED: dai_swarm loss curve " + str(c), file=sys.stderr)
+    return ok
+
+
+if __name__ == "__main__":
+    sys.exit(main())

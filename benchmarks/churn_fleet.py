@@ -1,0 +1,216 @@
+"""A fleet of real peer processes driven by a churn schedule, with byte and liveness sampling.
+
+:class:`Fleet` starts one process per :class:`~dai_swarm.testing.PeerLife` when its start time
+comes, SIGKILLs it (with its p2pd daemon) when its stop time comes, and samples once a second:
+peers alive, and bytes on the wire. It is used for both systems of the churn benchmark (dai_swarm
+peers and hivemind.Optimizer workers), so their bytes are counted the same way:
+
+* WAN mode (:class:`benchmarks.wan.WanNet`): each slot's host-side veth counters, exact.
+* loopback: every peer's network I/O goes through its p2pd daemon (libp2p), which relays each
+  byte once between the TCP socket and the Python process over a unix socket; the fleet reads
+  ``rchar + wchar`` of every p2pd process from ``/proc/<pid>/io`` and counts half of it as the
+  bytes that peer sent plus received. That includes libp2p's framing and encryption overhead
+  and excludes TCP/IP headers; it is the same measure for both systems.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from dai_swarm.dht import _proc
+from dai_swarm.dht.address_file import read_address_file
+from dai_swarm.testing import PeerLife, PeerProcess
+
+__all__ = ["Fleet", "LifeRecord", "p2pd_io_bytes"]
+
+
+def p2pd_io_bytes(pid: int) -> int | None:
+    """``rchar + wchar`` summed over the p2pd daemons below ``pid`` (None if none is found yet)."""
+    total, found = 0, False
+    for child in _proc.descendants(pid):
+        try:
+            with open(f"/proc/{child}/comm") as f:
+                if f.read().strip() != "p2pd":
+                    continue
+            with open(f"/proc/{child}/io") as f:
+                fields = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        except OSError:
+            continue
+        total += int(fields.get("rchar", 0)) + int(fields.get("wchar", 0))
+        found = True
+    return total if found else None
+
+
+@dataclass
+class LifeRecord:
+    """One scheduled peer process and what the fleet saw of it."""
+
+    life: PeerLife
+    name: str
+    workdir: str
+    proc: PeerProcess | None = None
+    launched_at: float | None = None
+    ended_at: float | None = None
+    killed: bool = False
+    io_bytes: int = 0  # loopback: last p2pd (rchar + wchar) / 2 seen
+
+    @property
+    def history_file(self) -> str:
+        """Where the process writes its JSON history (dai_swarm peers) or progress log."""
+        return os.path.join(self.workdir, f"{self.name}.json")
+
+    @property
+    def address_file(self) -> str:
+        """Where the process writes its multiaddrs."""
+        return os.path.join(self.workdir, f"{self.name}.addr")
+
+    @property
+    def log_path(self) -> str:
+        """stdout/stderr of the process."""
+        return os.path.join(self.workdir, f"{self.name}.log")
+
+
+@dataclass
+class Fleet:
+    """Runs ``schedule`` (times relative to ``t0``, Unix seconds) with argv from ``build_argv``.
+
+    ``build_argv(record, initial_peers)`` returns the command (without ``python``); ``wrap`` (WAN
+    mode) turns (argv, slot) into the namespaced command; ``counters(slot)`` returns exact
+    ``{"sent", "received"}`` for a slot (WAN mode) or is None (loopback: p2pd I/O).
+    """
+
+    workdir: str
+    schedule: Sequence[PeerLife]
+    t0: float
+    build_argv: Callable[[LifeRecord, list[str]], list[str]]
+    python: str = "python"
+    wrap: Callable[[list[str], int], list[str]] | None = None
+    counters: Callable[[int], dict] | None = None
+    samples: list[dict] = field(default_factory=list)
+    records: list[LifeRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        os.makedirs(self.workdir, exist_ok=True)
+        self.records = [LifeRecord(life, f"s{life.slot}-{i}", self.workdir) for i, life in enumerate(self.schedule)]
+        self._base_counters = {slot: self.counters(slot) for slot in {r.life.slot for r in self.records}} \
+            if self.counters else {}
+
+    # --- processes ------------------------------------------------------------------------------
+    def initial_peers(self) -> list[str]:
+        """Multiaddrs of the live peers that wrote address files (slot order), at most 3 peers' worth."""
+        out: list[str] = []
+        for r in sorted(self.records, key=lambda r: r.life.slot):
+            if r.proc is not None and r.proc.alive() and len(out) < 3:
+                out += read_address_file(r.address_file)[:2]
+        return out
+
+    def launch(self, record: LifeRecord, initial_peers: list[str]) -> None:
+        """Start ``record``'s process now."""
+        argv = [self.python, *self.build_argv(record, initial_peers)]
+        if self.wrap is not None:
+            argv = self.wrap(argv, record.life.slot)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        with open(record.log_path, "wb") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)
+        record.proc = PeerProcess(proc, record.address_file, record.log_path, argv)
+        record.launched_at = time.time()
+
+    def launch_initial(self, ready_timeout_s: float = 120.0) -> None:
+        """Start the lives due at t <= 0: slot 0 first (it creates the run), then the others."""
+        first = [r for r in self.records if r.life.start_s <= 0]
+        if not first:
+            return
+        first.sort(key=lambda r: r.life.slot)
+        self.launch(first[0], [])
+        first[0].proc.wait_ready(ready_timeout_s)
+        peers = read_address_file(first[0].address_file)
+        for r in first[1:]:
+            self.launch(r, peers)
+
+    def tick(self) -> None:
+        """Launch and kill what is due, then take one sample."""
+        now = time.time() - self.t0
+        for r in self.records:
+            if r.proc is None and r.life.start_s > 0 and now >= r.life.start_s:
+                self.launch(r, self.initial_peers())
+            elif r.proc is not None and r.ended_at is None:
+                if r.life.stop_s is not None and now >= r.life.stop_s and r.proc.alive():
+                    self._sample_io(r)
+                    r.proc.kill()
+                    r.killed = True
+                    r.ended_at = time.time()
+                elif not r.proc.alive():
+                    r.ended_at = time.time()
+        self.sample()
+
+    def _sample_io(self, r: LifeRecord) -> None:
+        value = p2pd_io_bytes(r.proc.pid)
+        if value is not None:
+            r.io_bytes = max(r.io_bytes, value // 2)
+
+    def sample(self) -> dict:
+        """Record (time since t0, peers alive, bytes so far) and return it."""
+        alive = 0
+        for r in self.records:
+            if r.proc is not None and r.ended_at is None and r.proc.alive():
+                alive += 1
+                if self.counters is None:
+                    self._sample_io(r)
+        point = {"t": time.time() - self.t0, "alive": alive}
+        if self.counters is not None:
+            sent = received = 0
+            for slot, base in self._base_counters.items():
+                c = self.counters(slot)
+                sent += max(0, c["sent"] - base["sent"])
+                received += max(0, c["received"] - base["received"])
+            point.update(sent=sent, received=received, traffic=sent + received)
+        else:
+            point["traffic"] = sum(r.io_bytes for r in self.records)
+        self.samples.append(point)
+        return point
+
+    def run(self, until: Callable[[], bool], deadline_s: float, period_s: float = 1.0) -> bool:
+        """Tick every ``period_s`` until ``until()`` or ``deadline_s`` after t0; True if ``until`` held."""
+        while time.time() - self.t0 < deadline_s:
+            self.tick()
+            if until():
+                return True
+            time.sleep(period_s)
+        return False
+
+    def all_done(self) -> bool:
+        """True once every scheduled life was launched and has exited."""
+        return all(r.proc is not None and not r.proc.alive() for r in self.records)
+
+    def stop_all(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM every live process (SIGKILL after ``timeout_s``), then take a last sample."""
+        live = [r for r in self.records if r.proc is not None and r.proc.alive()]
+        trees = {}
+        for r in live:
+            self._sample_io(r)
+            trees[r.name] = _proc.descendants(r.proc.pid)
+            r.proc.proc.send_signal(15)
+        deadline = time.time() + timeout_s
+        for r in live:
+            try:
+                r.proc.proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                r.proc.kill()
+            r.ended_at = r.ended_at or time.time()
+            sockets = [s for p in trees[r.name] for s in _proc.daemon_sockets(p)]
+            _proc.terminate_pids(trees[r.name], grace_s=2.0)  # daemons a clean exit left behind
+            _proc.remove_files(sockets)
+        self.sample()
+
+    def summary(self) -> list[dict]:
+        """One dict per life: slot, name, Byzantine, scheduled and actual times, killed, bytes."""
+        return [{"slot": r.life.slot, "name": r.name, "byzantine": r.life.byzantine, "start_s": r.life.start_s,
+                 "stop_s": r.life.stop_s, "launched": None if r.launched_at is None else round(r.launched_at - self.t0, 2),
+                 "ended": None if r.ended_at is None else round(r.ended_at - self.t0, 2), "killed": r.killed,
+                 "exit_code": None if r.proc is None else r.proc.proc.returncode, "io_bytes": r.io_bytes}
+                for r in self.records]

@@ -1,0 +1,165 @@
+"""Figures of the churn benchmark: curves from raw run data, P1-P3 ratios, markdown table, PNG plots.
+
+Every system's result is a dict with ``curve`` (aligned lists ``samples``, ``val_loss``, ``t``:
+seconds since training started), ``bytes`` (samples of the fleet: ``t``, ``alive``, ``traffic``
+= bytes sent + received by all its peers so far) and ``n_slots``. Bytes per peer = traffic / n_slots.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+__all__ = ["at_samples", "compare", "markdown", "plots", "reach", "traffic_at"]
+
+
+def at_samples(curve: dict, samples: float) -> float | None:
+    """Validation loss of ``curve`` at ``samples`` (linear interpolation; None outside its range)."""
+    xs, ys = curve["samples"], curve["val_loss"]
+    for i in range(1, len(xs)):
+        if xs[i - 1] <= samples <= xs[i]:
+            if xs[i] == xs[i - 1]:
+                return ys[i]
+            w = (samples - xs[i - 1]) / (xs[i] - xs[i - 1])
+            return ys[i - 1] + w * (ys[i] - ys[i - 1])
+    return ys[0] if xs and samples == xs[0] else None
+
+
+def reach(curve: dict, target: float) -> dict | None:
+    """First point of ``curve`` at or below ``target``: ``{"t", "samples", "val_loss"}``, or None."""
+    for s, v, t in zip(curve["samples"], curve["val_loss"], curve["t"]):
+        if v is not None and v <= target:
+            return {"t": t, "samples": s, "val_loss": v}
+    return None
+
+
+def traffic_at(samples: Sequence[dict], t: float) -> float | None:
+    """Total bytes of a fleet at time ``t`` (linear interpolation of its samples)."""
+    pts = [(p["t"], p["traffic"]) for p in samples]
+    if not pts:
+        return None
+    if t <= pts[0][0]:
+        return float(pts[0][1])
+    for (t0, b0), (t1, b1) in zip(pts, pts[1:]):
+        if t0 <= t <= t1:
+            return b0 + (b1 - b0) * ((t - t0) / (t1 - t0) if t1 > t0 else 1.0)
+    return float(pts[-1][1])
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def compare(results: dict[str, dict], target_loss: float) -> dict[str, Any]:
+    """P1-P3 and per-system figures at ``target_loss``."""
+    cen = results["centralized"]
+    per: dict[str, dict] = {}
+    for name, r in results.items():
+        c = r["curve"]
+        hit = reach(c, target_loss)
+        row = {"final_samples": c["samples"][-1], "final_val_loss": c["val_loss"][-1],
+               "wall_s": c["t"][-1], "reached_target": hit is not None,
+               "time_to_target_s": hit["t"] if hit else None, "samples_to_target": hit["samples"] if hit else None}
+        if r.get("bytes"):
+            n = r["n_slots"]
+            total = r["bytes"][-1]["traffic"]
+            row["bytes_per_peer_total"] = total / n
+            row["bytes_per_peer_to_target"] = traffic_at(r["bytes"], hit["t"]) / n if hit else None
+        if name != "centralized":
+            ref = at_samples(cen["curve"], c["samples"][-1])
+            row["centralized_loss_at_equal_samples"] = ref
+            row["loss_ratio_vs_centralized"] = _ratio(c["val_loss"][-1], ref)
+        per[name] = row
+    dai, hm = per.get("dai_swarm"), per.get("hivemind")
+    out: dict[str, Any] = {"target_loss": target_loss, "systems": per}
+    out["P1_loss_ratio"] = dai and dai["loss_ratio_vs_centralized"]
+    if dai and hm:
+        out["P2_bytes_ratio"] = _ratio(dai.get("bytes_per_peer_to_target"), hm.get("bytes_per_peer_to_target"))
+        out["P3_time_ratio"] = _ratio(dai["time_to_target_s"], hm["time_to_target_s"])
+        if not hm["reached_target"]:
+            out["note"] = ("hivemind.Optimizer did not reach the target loss within its run; P2/P3 ratios are "
+                           "undefined. Its figures over the whole run: see systems.hivemind")
+    return out
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if abs(v) >= 1e5:
+            return f"{v / 1e6:.2f} M"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def markdown(report: dict) -> str:
+    """The side-by-side table and the P1-P3 lines."""
+    cmp = report["comparison"]
+    lines = [f"target loss {cmp['target_loss']:.4f} (val, nats/byte)", "",
+             "| system | samples | final val loss | ÷ centralized @ equal samples | wall s | reached target | "
+             "s to target | bytes/peer to target | bytes/peer total | stalls | slashes |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for name, row in cmp["systems"].items():
+        extra = report["systems"][name]
+        lines.append(f"| {name} | {row['final_samples']} | {_fmt(row['final_val_loss'])} | "
+                     f"{_fmt(row.get('loss_ratio_vs_centralized'))} | {_fmt(row['wall_s'], 3)} | "
+                     f"{_fmt(row['reached_target'])} | {_fmt(row['time_to_target_s'], 3)} | "
+                     f"{_fmt(row.get('bytes_per_peer_to_target'))} | {_fmt(row.get('bytes_per_peer_total'))} | "
+                     f"{_fmt(extra.get('stalls', {}).get('empty_rounds'))} | {_fmt(extra.get('slashes'))} |")
+    lines += ["", f"- P1 val loss ÷ centralized at equal samples (target ≤ 1.02): {_fmt(cmp.get('P1_loss_ratio'))}",
+              f"- P2 bytes/peer to target, dai_swarm ÷ hivemind (target ≤ 0.01): {_fmt(cmp.get('P2_bytes_ratio'))}",
+              f"- P3 wall-clock to target, dai_swarm ÷ hivemind (target ≤ 0.8): {_fmt(cmp.get('P3_time_ratio'))}"]
+    if cmp.get("note"):
+        lines.append(f"- {cmp['note']}")
+    return "\n".join(lines)
+
+
+def plots(report: dict, out_dir: str) -> list[str]:
+    """Write loss_vs_samples.png, loss_vs_time.png, bytes.png, peers_alive.png; return their paths."""
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = report["systems"]
+    target = report["comparison"]["target_loss"]
+    paths = []
+
+    def save(fig, ax, name, xlabel, ylabel):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+
+    for key, name, xlabel in (("samples", "loss_vs_samples.png", "samples (dataset items in the canonical state)"),
+                              ("t", "loss_vs_time.png", "seconds since training started")):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for label, r in systems.items():
+            ax.plot(r["curve"][key], r["curve"]["val_loss"], marker=".", label=label)
+        ax.axhline(target, color="grey", ls="--", label="target loss")
+        ax.set_title(f"validation loss vs {'samples' if key == 'samples' else 'wall-clock'}")
+        save(fig, ax, name, xlabel, "validation loss (nats/byte)")
+    for key, name, ylabel in (("traffic", "bytes.png", "MB per peer (sent + received)"),
+                              ("alive", "peers_alive.png", "peer processes alive")):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for label, r in systems.items():
+            pts = r.get("bytes") or []
+            if pts:
+                scale = 1e6 * r["n_slots"] if key == "traffic" else 1
+                ax.plot([p["t"] for p in pts], [p[key] / scale for p in pts], label=label)
+        if key == "traffic":
+            ax.set_yscale("log")
+        ax.set_title("bytes on the wire per peer" if key == "traffic" else "live peers")
+        save(fig, ax, name, "seconds since training started", ylabel)
+    return paths
