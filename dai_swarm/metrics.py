@@ -14,7 +14,8 @@ a slow scraper never blocks training and a slow DHT never blocks a scrape. The d
      "samples_per_s", "state_hash", "val_loss", "rounds_trained", "resyncs",
      "traffic": {"sent": {"intra", "cross"}, "received": {...}},
      "peers": [{"peer_id", "region", "round", "state_hash", "val_loss", "samples", "age_s", "self"}],
-     "regions": {"eu": 2, ...}, "agreement": {"round", "state_hash", "agree", "total"} | null,
+     "regions": {"eu": 2, ...}, "agreement": {"round", "state_hash", "agree", "total", "region"} | null,
+     "region_agreement": {"eu": {...} | null, ...},
      "history": [{"round", "updates", "state_hash", "agreed", "val_loss", "samples", "swarm_samples", ...}],
      "reputation"?, "rewards"?, "verification_latency_s"?, "slashes"?, "verdicts"?}
 
@@ -66,10 +67,14 @@ def _slim_history(history: list[Mapping]) -> list[dict]:
     return out
 
 
-def _agreement(peers: list[dict]) -> dict | None:
-    """Among peers that report a state hash, the most common (round, hash) of the newest round."""
+def _agreement(peers: list[dict], region: str | None = None) -> dict | None:
+    """Among peers (of ``region``) that report a state hash: the majority hash and how many share it.
+
+    Regions hold different states between cross-region merges, so agreement is per region. The
+    round compared is the one most peers report (a peer a round behind is not counted as dissent).
+    """
     reported = [(p["round_closed"], p["state_hash"]) for p in peers
-                if p.get("state_hash") and p.get("round_closed") is not None]
+                if p.get("state_hash") and p.get("round_closed") is not None and region in (None, p["region"])]
     if not reported:
         return None
     newest = max(r for r, _ in reported)
@@ -78,7 +83,7 @@ def _agreement(peers: list[dict]) -> dict | None:
     at = max(rounds, key=lambda r: (rounds[r], r == newest, r))
     hashes = Counter(h for r, h in reported if r == at)
     top, agree = hashes.most_common(1)[0]
-    return {"round": at, "state_hash": top, "agree": agree, "total": sum(hashes.values())}
+    return {"round": at, "state_hash": top, "agree": agree, "total": sum(hashes.values()), "region": region}
 
 
 def _add_trust(doc: dict, m: Mapping, history: list[Mapping], extra: Mapping) -> None:
@@ -152,7 +157,8 @@ def swarm_collector(swarm: Any) -> Callable[[], dict]:
         peers.sort(key=lambda p: (p["region"], p["peer_id"]))
         doc["peers"] = peers
         doc["regions"] = dict(sorted(Counter(p["region"] for p in peers).items()))
-        doc["agreement"] = _agreement(peers)
+        doc["agreement"] = _agreement(peers, doc["region"])
+        doc["region_agreement"] = {r: _agreement(peers, r) for r in doc["regions"]}
         _add_trust(doc, m, history, getattr(rt.bases.latest(), "extra", None) or {})
         return doc
 
@@ -207,7 +213,7 @@ def render_prometheus(doc: Mapping[str, Any]) -> str:
             [({}, last.get("updates"))])
     agreement = doc.get("agreement")
     if agreement and agreement.get("total"):
-        add("dai_swarm_state_agreement_ratio", "gauge", "Share of reporting peers on the majority state hash.",
+        add("dai_swarm_state_agreement_ratio", "gauge", "Share of this region's reporting peers on its majority state hash.",
             [({}, agreement["agree"] / agreement["total"])])
     add("dai_swarm_dropped_records_total", "counter", "DHT records dropped by the validator, by reason.",
         [({"reason": k}, v) for k, v in sorted((doc.get("dropped_records") or {}).items()) if k != "accepted"])

@@ -67,9 +67,10 @@ function drawBytes(svg, history) {
 function renderPeers(doc) {
   const byRegion = {};
   for (const p of doc.peers || []) (byRegion[p.region] = byRegion[p.region] || []).push(p);
-  const majority = doc.agreement ? doc.agreement.state_hash : null;
+  const ra = doc.region_agreement || {};
   const parts = [];
   for (const region of Object.keys(byRegion).sort()) {
+    const majority = ra[region] ? ra[region].state_hash : null;
     const rows = byRegion[region].map((p) => {
       const cls = p.state_hash && majority ? (p.state_hash === majority ? "agree" : "disagree") : "";
       return `<tr class="peer${p.self ? " self" : ""}" data-peer-id="${esc(p.peer_id)}"><td class="mono" title="${esc(p.peer_id)}">${esc(tail(p.peer_id, 12))}${p.self ? " (this peer)" : ""}</td>` +
@@ -93,7 +94,7 @@ function render(doc) {
   const ag = doc.agreement;
   $("agreement").textContent = ag ? `${ag.agree}/${ag.total}` : "–";
   $("agreement").className = "value " + (ag ? (ag.agree === ag.total ? "agree" : "disagree") : "");
-  $("agreement-hash").textContent = ag ? `round ${ag.round} · ${short(ag.state_hash, 12)}` : "no closed round yet";
+  $("agreement-hash").textContent = ag ? `${ag.region} · round ${ag.round} · ${short(ag.state_hash, 12)}` : "no closed round yet";
   $("peer-count").textContent = (doc.peers || []).length;
   $("region-count").textContent = Object.entries(doc.regions || {}).map(([r, n]) => `${r}: ${n}`).join(" · ");
   const t = doc.traffic || {};
