@@ -1,0 +1,113 @@
+"""Simulated peers: identity, region, compute speed, latency factor, attack, life span; churn.
+
+Peer keys are 64-hex strings derived from the seed (they are peer ids for the round book, the
+votes, batch assignment, verdicts and reputation, exactly like real ed25519 public keys). Attacks
+come from :func:`dai_swarm.testing.make_attack` when it exists; until then the stand-ins below
+implement the same three hooks the coordinator calls (``tamper``, ``tamper_blob``,
+``claimed_steps``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from dai_swarm.canonical import sha256_hex
+from dai_swarm.errors import ConfigError
+
+from .config import SimConfig
+
+__all__ = ["Scale", "SignFlip", "SimPeer", "draw_peer", "make_attack", "peer_key"]
+
+
+class SignFlip:
+    """Publishes ``-Δ`` instead of its update (stand-in until dai_swarm.testing ships attacks)."""
+
+    kind = "sign_flip"
+
+    def tamper(self, tensors: Mapping[str, torch.Tensor], round: int) -> dict:
+        """Negate every tensor."""
+        return {n: torch.neg(t) for n, t in tensors.items()}
+
+    def tamper_blob(self, blob: bytes, round: int) -> bytes:
+        """Leave the encoded bytes alone."""
+        return blob
+
+    def claimed_steps(self, steps: int) -> int:
+        """Claim the steps actually done."""
+        return steps
+
+
+class Scale(SignFlip):
+    """Publishes ``factor * Δ`` (default 10)."""
+
+    kind = "scale"
+
+    def __init__(self, factor: float = 10.0):
+        self.factor = float(factor)
+
+    def tamper(self, tensors: Mapping[str, torch.Tensor], round: int) -> dict:
+        """Scale every tensor by ``factor``."""
+        return {n: torch.mul(t, self.factor) for n, t in tensors.items()}
+
+
+def make_attack(kind: str) -> Any:
+    """The attack object for ``kind``: dai_swarm.testing's if it has one, else a local stand-in."""
+    try:
+        from dai_swarm.testing import make_attack as real
+    except ImportError:
+        real = None
+    if real is not None:
+        return real(kind)
+    if kind in ("sign_flip", "signflip", "flip"):
+        return SignFlip()
+    if kind == "scale":
+        return Scale()
+    raise ConfigError(f"unknown attack kind {kind!r} (sign_flip, scale)")
+
+
+def peer_key(seed: int, idx: int) -> str:
+    """The deterministic 64-hex key of simulated peer ``idx``."""
+    return sha256_hex(f"dai_swarm.sim.peer|{seed}|{idx}".encode())
+
+
+@dataclass
+class SimPeer:
+    """One simulated peer. ``region`` is geographic (link classes); ``proto`` its protocol region
+    (== region when clustered, ``"flat"`` otherwise). ``bases`` maps round -> state hash held and
+    ``ready`` round -> instant that base became available here; ``verdicts`` round -> the verdict
+    ids this peer's tally of that round agreed on."""
+
+    idx: int
+    key: str
+    region: str
+    proto: str
+    speed: float
+    lat: float
+    attack: Any = None
+    joined_at: float = -math.inf
+    left_at: float = math.inf
+    crashed: bool = False
+    bases: dict[int, str] = field(default_factory=dict)
+    ready: dict[int, float] = field(default_factory=dict)
+    verdicts: dict[int, tuple] = field(default_factory=dict)
+
+    def alive(self, t: float) -> bool:
+        """True if the peer is in the swarm at instant ``t``."""
+        return self.joined_at <= t < self.left_at
+
+
+def draw_peer(cfg: SimConfig, rng: random.Random, idx: int, region: str, joined_at: float,
+              byzantine: bool | None = None) -> SimPeer:
+    """A new peer of ``region`` with speed and latency factor drawn from ``rng``; it attacks if
+    ``byzantine`` (None: with probability ``cfg.byzantine``)."""
+    speed = math.exp(rng.gauss(math.log(cfg.speed_median), cfg.speed_sigma)) if cfg.speed_sigma > 0 \
+        else cfg.speed_median
+    lat = math.exp(rng.gauss(0.0, 0.2))
+    byz = rng.random() < cfg.byzantine if byzantine is None else byzantine
+    return SimPeer(idx, peer_key(cfg.seed, idx), region, region if cfg.exchange == "clustered" else "flat",
+                   speed, lat, make_attack(cfg.attack) if byz else None, joined_at)
