@@ -18,7 +18,7 @@ import torch
 
 from dai_swarm._version import __version__
 from dai_swarm.dht.records import PeerRecord, RunManifest
-from dai_swarm.errors import ConfigError, SwarmError
+from dai_swarm.errors import SwarmError
 from dai_swarm.logging import get_logger
 from dai_swarm.verification.assignment import assign
 
@@ -107,10 +107,13 @@ class RoundRuntime:
         self._refresh_peers()
         now = time.time()
         current = max(0, self.clock.round_at(now))
+        mates = [pid for pid, region in self.region_of.items() if region == self.region and pid != self.p2p_id]
         if current <= 1:
             self.bases.put(self.like.at_round(0))
             self.bases.put(self.like.at_round(1))
             first = current
+        elif not mates:
+            first = self._found(current, "no other peer of this region is online")
         else:
             first = self._join(current, join_timeout_s or 3 * self.manifest.round_s)
         self._load_base(self.bases.get(first))
@@ -133,8 +136,15 @@ class RoundRuntime:
                     logger.info("joined at round %d with verified state %s", r, state.hash[:12])
                     return r
             time.sleep(0.25)
-        raise ConfigError(f"could not download a verified state of run {self.run_id!r} within {timeout_s:.0f}s; "
-                          "are other peers of this region online?")
+        return self._found(current, f"no verified state could be downloaded within {timeout_s:.0f}s")
+
+    def _found(self, current: int, why: str) -> int:
+        """Start this region's chain from θ0 at round ``current``; the next cross-region merge
+        brings it onto the run's global chain (see optim/crossregion.py)."""
+        logger.warning("%s: starting region %s from the initial state at round %d", why, self.region, current)
+        self.bases.put(self.like.at_round(current))
+        self.bases.put(self.like.at_round(current + 1))
+        return current
 
     # --- training side ------------------------------------------------------------------------
     def batch_indices(self) -> list[int]:
@@ -273,7 +283,10 @@ class RoundRuntime:
             self._stop.wait(period)
 
     def shutdown(self) -> None:
-        """Stop threads and the payload server; the DHT belongs to the caller."""
+        """Stop threads and the payload server; the DHT belongs to the caller. Idempotent."""
+        if getattr(self, "_shut", False):
+            return
+        self._shut = True
         self._stop.set()
         self.coordinator.stop()
         if self._heartbeat.is_alive():
