@@ -72,7 +72,9 @@ function renderPeers(doc) {
   for (const region of Object.keys(byRegion).sort()) {
     const majority = ra[region] ? ra[region].state_hash : null;
     const rows = byRegion[region].map((p) => {
-      const cls = p.state_hash && majority ? (p.state_hash === majority ? "agree" : "disagree") : "";
+      const at = ra[region] ? ra[region].round : null;
+      const cls = !p.state_hash || !majority ? "" : p.state_hash === majority ? "agree"
+        : p.round_closed !== undefined && p.round_closed !== null && p.round_closed < at ? "behind" : "disagree";
       return `<tr class="peer${p.self ? " self" : ""}" data-peer-id="${esc(p.peer_id)}"><td class="mono" title="${esc(p.peer_id)}">${esc(tail(p.peer_id, 12))}${p.self ? " (this peer)" : ""}</td>` +
         `<td>${p.round ?? "–"}</td><td class="mono ${cls}">${esc(short(p.state_hash))}</td><td>${num(p.val_loss)}</td>` +
         `<td>${p.samples ?? "–"}</td><td>${p.reputation ?? "–"}</td><td>${num(p.age_s, 1)} s</td></tr>`;
