@@ -57,6 +57,7 @@ class LifeRecord:
     ended_at: float | None = None
     killed: bool = False
     io_bytes: int = 0  # loopback: last p2pd (rchar + wchar) / 2 seen
+    retries: int = 0
 
     @property
     def history_file(self) -> str:
@@ -90,6 +91,8 @@ class Fleet:
     python: str = "python"
     wrap: Callable[[list[str], int], list[str]] | None = None
     counters: Callable[[int], dict] | None = None
+    max_retries: int = 2
+    retry_window_s: float = 60.0
     samples: list[dict] = field(default_factory=list)
     records: list[LifeRecord] = field(default_factory=list)
 
@@ -145,7 +148,12 @@ class Fleet:
                     r.killed = True
                     r.ended_at = time.time()
                 elif not r.proc.alive():
-                    r.ended_at = time.time()
+                    if r.proc.proc.returncode != 0 and r.retries < self.max_retries and \
+                            time.time() - r.launched_at < self.retry_window_s:
+                        r.retries += 1  # failed start-up (e.g. bootstrap peer not reachable yet): try again
+                        self.launch(r, self.initial_peers())
+                    else:
+                        r.ended_at = time.time()
         self.sample()
 
     def _sample_io(self, r: LifeRecord) -> None:
@@ -212,5 +220,6 @@ class Fleet:
         return [{"slot": r.life.slot, "name": r.name, "byzantine": r.life.byzantine, "start_s": r.life.start_s,
                  "stop_s": r.life.stop_s, "launched": None if r.launched_at is None else round(r.launched_at - self.t0, 2),
                  "ended": None if r.ended_at is None else round(r.ended_at - self.t0, 2), "killed": r.killed,
-                 "exit_code": None if r.proc is None else r.proc.proc.returncode, "io_bytes": r.io_bytes}
+                 "exit_code": None if r.proc is None else r.proc.proc.returncode, "io_bytes": r.io_bytes,
+                 "retries": r.retries}
                 for r in self.records]

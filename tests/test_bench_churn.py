@@ -1,0 +1,59 @@
+"""Smoke test of the churn benchmark: ``python -m benchmarks.churn --quick`` on real peer processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dai_swarm.errors import ConfigError
+from dai_swarm.testing import alive_count, exponential_churn_schedule, scripted_churn_schedule
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_exponential_schedule_is_deterministic_and_keeps_slot_zero():
+    a = exponential_churn_schedule(8, 100.0, 0.3, seed=3, byzantine=0.25, join_delay_s=2.0)
+    assert a == exponential_churn_schedule(8, 100.0, 0.3, seed=3, byzantine=0.25, join_delay_s=2.0)
+    assert all(p.stop_s is None and not p.byzantine for p in a if p.slot == 0)
+    assert {p.slot for p in a if p.byzantine} and len({p.slot for p in a if p.byzantine}) == 2
+    for t in (0.0, 50.0, 99.0):
+        assert 1 <= alive_count(a, t) <= 8
+    assert len(exponential_churn_schedule(4, 10.0, 0.0)) == 4
+
+
+def test_scripted_schedule_rejects_overlaps_and_bad_times():
+    ok = scripted_churn_schedule([{"slot": 0}, {"slot": 1, "stop_s": 5}, {"slot": 1, "start_s": 6}])
+    assert [p.slot for p in ok] == [0, 1, 1]
+    with pytest.raises(ConfigError):
+        scripted_churn_schedule([{"slot": 1, "stop_s": 5}, {"slot": 1, "start_s": 4}])
+    with pytest.raises(ConfigError):
+        scripted_churn_schedule([{"slot": 1, "start_s": 5, "stop_s": 5}])
+    with pytest.raises(ConfigError):
+        scripted_churn_schedule([{"start_s": 1}])
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(290)
+def test_quick_run_produces_complete_report(tmp_path):
+    out = tmp_path / "churn"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.churn", "--quick", "--out", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=280)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads((out / "churn.json").read_text())
+    curve = report["systems"]["dai_swarm"]["curve"]
+    assert len(curve["val_loss"]) >= 3 and all(math.isfinite(v) for v in curve["val_loss"])
+    assert curve["val_loss"][-1] < curve["val_loss"][0]
+    assert curve["samples"] == sorted(curve["samples"]) and curve["samples"][-1] > 0
+    assert report["systems"]["dai_swarm"]["bytes"][-1]["traffic"] > 0
+    assert report["departures"] >= 1
+    cmp = report["comparison"]
+    assert set(cmp["systems"]) == {"dai_swarm", "centralized"}
+    assert cmp["P1_loss_ratio"] is not None and cmp["P1_loss_ratio"] > 0
+    for name in ("loss_vs_samples.png", "loss_vs_time.png", "bytes.png", "peers_alive.png"):
+        assert (out / name).stat().st_size > 1000
+    assert "| dai_swarm |" in (out / "churn.md").read_text()
