@@ -97,5 +97,5 @@ def test_two_terminal_walkthrough_as_written(tmp_path):
     assert one.returncode == 0, one_err[-3000:]
     assert "dashboard and metrics: http://127.0.0.1:" in one_out
     shared = set(_hashes(one_err)) & set(_hashes(two.stderr))
-    assert shared, "the two peers report at least one common round"
+    assert shared, f"the two peers report at least one common round:\n{one_err[-1500:]}\n{two.stderr[-1500:]}"
     assert all(_hashes(one_err)[r] == _hashes(two.stderr)[r] for r in shared), "same state hash for shared rounds"
