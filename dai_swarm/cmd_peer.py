@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     swarm = Swarm(args.task, args.run_id, initial_peers=args.initial_peers, region=args.region,
                   identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s, codec=args.codec,
                   t0=args.t0, seed=args.seed, max_inner_steps=args.max_inner_steps, attack=attack,
-                  cross_region_period=args.cross_region_period)
+                  cross_region_period=args.cross_region_period, ledger=args.ledger)
     logger.info("peer id %s, public key %s, region %s", swarm.dht.peer_id, swarm.identity.public_key_hex,
                 swarm.region)
     print("--initial-peers " + " ".join(swarm.initial_peers), flush=True)

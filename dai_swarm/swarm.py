@@ -54,6 +54,7 @@ class Swarm:
     ``"auto"`` (RTT clustering). ``identity``: an :class:`Identity`, a key path, or None
     (ephemeral). The run settings (``round_s`` ... ``t0``) are used only when this peer creates the
     run; a joiner takes them from the signed manifest. ``attack`` is for tests and benchmarks.
+    ``ledger`` is the path of this peer's reward log (written as rounds close; None: no log).
     ``verifier``: the verification hooks (default: a :class:`SpotChecker` at the manifest's
     ``spot_check_rate``; ``False``: none, plain averaging and no reputation).
     """
@@ -64,7 +65,7 @@ class Swarm:
                  outer_lr: float = 0.6, outer_momentum: float = 0.9, max_inner_steps: int = 10_000,
                  cross_region_period: int = 5, spot_check_rate: float = 0.2, seed: int = 0,
                  t0: float | None = None, attack: Any = None, evaluate: bool = True, verifier: Any = None,
-                 manifest_wait_s: float = 3.0, start_timeout_s: float = 30.0):
+                 ledger: str | None = None, manifest_wait_s: float = 3.0, start_timeout_s: float = 30.0):
         self.task = load_task(task) if isinstance(task, str) else task
         if not isinstance(self.task, Task):
             raise ConfigError(f"task must be a dai_swarm.Task or a task spec, got {type(task).__name__}")
@@ -87,7 +88,7 @@ class Swarm:
             if verifier is None:  # spot checks, verdicts, reputation and the robust rule (SPEC §7)
                 verifier = SpotChecker(self.task, self.manifest.spot_check_rate)
             self.runtime = RoundRuntime(self.task, self.dht, self.identity, self.manifest, self.region,
-                                        attack=attack, evaluate=evaluate, verifier=verifier or None)
+                                        attack=attack, evaluate=evaluate, verifier=verifier or None, ledger=ledger)
             for hooked in (verifier, attack):
                 if hasattr(hooked, "bind"):
                     hooked.bind(self.runtime)

@@ -70,6 +70,10 @@ class NullVerifier:
         """Aggregation and vote weight per public key, read from replicated metadata."""
         return extra.get("reputation", {})
 
+    def verifier_counts(self, round: int, verdict_ids: tuple[str, ...]) -> dict[str, int]:
+        """Verifications per verifier among the agreed verdict ids (for the reward split)."""
+        return {}
+
 
 def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch.Tensor]], base_next: BaseState,
                       base_q: BaseState | None, verifier: Any, verdicts: tuple[str, ...], *, outer_lr: float,
@@ -111,6 +115,7 @@ class RoundOutcome:
     resynced: bool = False
     rejections: dict = field(default_factory=dict)
     contributors: dict = field(default_factory=dict)  # peer -> samples
+    regions: dict = field(default_factory=dict)  # peer -> region it announced
     close_s: float = 0.0
 
 
@@ -374,6 +379,7 @@ class Coordinator:
             if book is not None:
                 outcome.inclusion = book.inclusion() if book.ready else outcome.inclusion
                 outcome.contributors = {a.peer: a.samples for a, _ in book.included()} if book.ready else {}
+                outcome.regions = {a.peer: a.region for a, _ in book.included()} if book.ready else {}
         for d in list(self.payloads):
             if book is not None and d in book.digests():
                 self.payloads.pop(d, None)

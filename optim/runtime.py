@@ -21,8 +21,11 @@ from dai_swarm.dht.records import PeerRecord, RunManifest
 from dai_swarm.errors import SwarmError
 from dai_swarm.logging import get_logger
 from dai_swarm.verification.assignment import assign
+from dai_swarm.verification.reputation import is_slashed
 
 from . import codecs
+from dai_swarm.rewards import Contributor, RewardLog, compute_round_record
+
 from .clock import RoundClock
 from .coordinator import Coordinator, NullVerifier, RoundOutcome
 from .exchange import PayloadServer, PayloadStore, Traffic
@@ -32,6 +35,12 @@ from .states import BaseState, BaseStore
 __all__ = ["RoundRuntime"]
 
 logger = get_logger(__name__)
+
+
+def _slashed(extra: Mapping) -> set[str]:
+    """Public keys slashed in a replicated state (empty without verification)."""
+    trust = extra.get("trust", {}) if isinstance(extra, Mapping) else {}
+    return {key for key in trust if is_slashed(extra, key)}
 
 
 class RoundRuntime:
@@ -44,7 +53,7 @@ class RoundRuntime:
 
     def __init__(self, task: Any, dht: Any, identity: Any, manifest: RunManifest, region: str, *,
                  model: torch.nn.Module | None = None, attack: Any = None, verifier: Any = None,
-                 evaluate: bool = True, max_payload_bytes: int = 256 << 20):
+                 evaluate: bool = True, max_payload_bytes: int = 256 << 20, ledger: str | None = None):
         self.task, self.dht, self.identity, self.manifest, self.region = task, dht, identity, manifest, region
         self.run_id = manifest.run_id
         self.model = model if model is not None else task.build_model(manifest.seed)
@@ -88,6 +97,8 @@ class RoundRuntime:
         self.rounds_trained = 0
         self._stop = threading.Event()
         self._eval_model: torch.nn.Module | None = None
+        self.ledger = RewardLog(ledger, identity) if ledger else None
+        self.ledger_errors = 0
         self._heartbeat = threading.Thread(target=self._heartbeat_main, name="dai-swarm-heartbeat", daemon=True)
 
     # --- context used by the coordinator ----------------------------------------------------------
@@ -119,6 +130,8 @@ class RoundRuntime:
         self._load_base(self.bases.get(first))
         self.round, self.steps = first, 0
         self.coordinator.start(first_round=0 if first <= 1 else first)
+        if self.ledger is not None:
+            self.ledger.append("join", {"peer": self.identity.public_key_hex, "round": first, "region": self.region})
         self._heartbeat.start()
         logger.info("peer %s (key %s) in region %s starts at round %d", self.p2p_id, self.identity.public_key_hex[:16],
                     self.region, first)
@@ -249,7 +262,45 @@ class RoundRuntime:
                 for n, p in self._eval_model.named_parameters():
                     p.copy_(state.params[n])
             entry["val_loss"] = float(self.task.evaluate(self._eval_model)["loss"])
+        if self.ledger is not None and state is not None:
+            entry["ledger"] = self._write_round_record(outcome, state)
         self.history.append(entry)
+
+    def _write_round_record(self, outcome: RoundOutcome, state: BaseState) -> dict | None:
+        """Append round ``outcome.round``'s canonical reward record (a deterministic function of the
+        agreed state) and publish the round-chain head so peers can compare their logs."""
+        try:
+            prev = self.bases.get(outcome.round + 1)
+            rep = self.verifier.reputation(state.extra)
+            contributors = [Contributor(peer, int(samples), float(min(1.0, max(0.0, rep.get(peer, 1.0)))),
+                                        outcome.regions.get(peer) or None)
+                            for peer, samples in sorted(outcome.contributors.items())]
+            ids = self.coordinator.verdict_winners.get(outcome.round - 1, ())
+            before = _slashed(prev.extra) if prev is not None else set()
+            body = compute_round_record(outcome.round, contributors, self._verifier_counts(outcome.round - 1, ids),
+                                        sorted(_slashed(state.extra) - before), state.hash)
+            self.ledger.append_round(body).wait(10.0)
+            head = {"round_chain_head": self.ledger.round_chain_head, "rounds": self.ledger.rounds}
+            self.dht.publish_round_record(self.run_id, f"loghead.{self.region}", outcome.round, head,
+                                          ttl_s=max(60.0, 20 * self.manifest.round_s))
+            return head
+        except Exception as e:  # the log must never stop training; the error is counted and logged
+            self.ledger_errors += 1
+            logger.warning("round %d: reward log append failed: %r", outcome.round, e)
+            return None
+
+    def _verifier_counts(self, round: int, ids: tuple[str, ...]) -> dict[str, int]:
+        """Verifications per verifier among the verdict ids the swarm agreed on for ``round``."""
+        counts = getattr(self.verifier, "verifier_counts", None)
+        if counts is not None:
+            return counts(round, ids)
+        known = getattr(self.verifier, "_verdicts", {})
+        out: dict[str, int] = {}
+        for i in ids:
+            v = known.get(i)
+            if v is not None:
+                out[v.verifier] = out.get(v.verifier, 0) + 1
+        return out
 
     def metrics(self) -> dict:
         """Live figures for status records, the CLI and benchmarks."""
@@ -258,7 +309,8 @@ class RoundRuntime:
                 "state_hash": last.get("state_hash"), "round_closed": last.get("round"), "val_loss": last.get("val_loss"),
                 "traffic": self.traffic.snapshot(), "rounds_trained": self.rounds_trained,
                 "resyncs": sum(1 for h in self.history if h.get("resynced")),
-                "counters": dict(self.counters), "dropped_records": dict(self.dht.counters),
+                "counters": dict(self.counters), "ledger_errors": self.ledger_errors,
+                "ledger_rounds": self.ledger.rounds if self.ledger is not None else None, "dropped_records": dict(self.dht.counters),
                 "trust": self.verifier.metrics(getattr(self.bases.latest(), "extra", {})) if hasattr(self.verifier, "metrics") else None}
 
     def _refresh_peers(self) -> None:
@@ -296,3 +348,10 @@ class RoundRuntime:
         except Exception:
             pass
         self.netloop.stop()
+        if self.ledger is not None:
+            try:
+                self.ledger.append("leave", {"peer": self.identity.public_key_hex, "round": self.round,
+                                             "region": self.region}).wait(5.0)
+                self.ledger.close()
+            except Exception as e:
+                logger.warning("closing the reward log failed: %r", e)
