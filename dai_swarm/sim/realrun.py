@@ -1,0 +1,132 @@
+"""Real multi-process runs on this host, for calibrating the simulator and the 32-peer scale test.
+
+:func:`run_real_swarm` starts ``dai-swarm peer`` processes on loopback with a shared ``--t0`` (the
+first peer starts the swarm, the others join through its address), samples each peer's memory
+(PSS of the peer process and its daemon children, from ``/proc/<pid>/smaps_rollup``) while they
+run, waits for them to leave at ``--until-round`` and returns their ``--history-file`` contents.
+:func:`per_round` turns the histories into per-round figures comparable with a simulation row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from statistics import median
+
+from dai_swarm.dht import _proc
+
+__all__ = ["pss_kib", "per_round", "run_real_swarm"]
+
+
+def pss_kib(pid: int) -> int:
+    """PSS in KiB of ``pid`` and all its descendants (0 for processes already gone)."""
+    total = 0
+    for p in [pid, *_proc.descendants(pid)]:
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
+def run_real_swarm(workdir: str, *, peers: int, regions: int, round_s: float, until_round: int,
+                   task: str = "regression", k: int = 3, max_inner_steps: int = 4, lead_s: float = 30.0,
+                   run_id: str = "calib", extra_args: tuple = (), sample_s: float = 5.0) -> dict:
+    """Run ``peers`` real peer processes until round ``until_round``; returns histories and memory."""
+    os.makedirs(workdir, exist_ok=True)
+    t0 = int(time.time() + lead_s)
+    common = [sys.executable, "-m", "dai_swarm", "peer", "--run-id", run_id, "--task", task, "--round-s", str(round_s),
+              "--until-round", str(until_round), "--t0", str(t0), "--host-maddrs", "/ip4/127.0.0.1/tcp/0",
+              "--threads", "1", "--quiet", "--cross-region-period", str(k), "--max-inner-steps", str(max_inner_steps),
+              *extra_args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    procs, logs = [], []
+    addr = os.path.join(workdir, "p0.addr")
+
+    def spawn(i: int, initial: list[str]) -> None:
+        log = open(os.path.join(workdir, f"p{i}.log"), "wb")
+        args = [*common, "--region", f"r{i % regions}", "--history-file", os.path.join(workdir, f"p{i}.json")]
+        if i == 0:
+            args += ["--address-file", addr]
+        if initial:
+            args += ["--initial-peers", *initial]
+        procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                      start_new_session=True))
+        logs.append(log)
+
+    spawn(0, [])
+    deadline = time.time() + lead_s
+    while not os.path.exists(addr) and time.time() < deadline:
+        time.sleep(0.2)
+    initial = [line.strip() for line in open(addr) if line.strip()][:1] if os.path.exists(addr) else []
+    for i in range(1, peers):
+        spawn(i, initial)
+    pss: dict[int, int] = {}
+    try:
+        end = t0 + (until_round + 3) * round_s + 120
+        while any(p.poll() is None for p in procs) and time.time() < end:
+            if time.time() > t0 + round_s:
+                for i, p in enumerate(procs):
+                    if p.poll() is None:
+                        pss[i] = max(pss.get(i, 0), pss_kib(p.pid))
+            time.sleep(sample_s)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        for log in logs:
+            log.close()
+    histories = {}
+    for i in range(peers):
+        path = os.path.join(workdir, f"p{i}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                histories[i] = json.load(f)
+    return {"t0": t0, "round_s": round_s, "peers": peers, "regions": regions, "histories": histories,
+            "pss_kib": pss, "exit_codes": [p.returncode for p in procs]}
+
+
+def per_round(run: dict) -> list[dict]:
+    """Per round: bytes received per link class (summed over peers), completion after end(r),
+    and whether every peer of each region reported the same state hash."""
+    t0, T = run["t0"], run["round_s"]
+    rows: dict[int, dict] = {}
+    for i, h in run["histories"].items():
+        prev = None
+        region = h["status"].get("region", f"r{int(i) % run['regions']}")
+        for e in h["history"]:
+            q = e["round"]
+            recv = e["traffic"]["received"]
+            row = rows.setdefault(q, {"round": q, "bytes": {"intra": 0, "cross": 0}, "completion": [],
+                                      "hashes": {}, "peers": 0, "updates": []})
+            if prev is not None and prev["round"] == q - 1:
+                for link in ("intra", "cross"):
+                    row["bytes"][link] += recv.get(link, 0) - prev["traffic"]["received"].get(link, 0)
+            row["completion"].append(e["time"] - (t0 + (q + 1) * T))
+            row["hashes"].setdefault(region, set()).add(e["state_hash"])
+            row["peers"] += 1
+            row["updates"].append(e["updates"])
+            prev = e
+    out = []
+    for q in sorted(rows):
+        r = rows[q]
+        out.append({"round": q, "bytes": r["bytes"], "peers": r["peers"],
+                    "completion_median_s": round(median(r["completion"]), 3),
+                    "completion_max_s": round(max(r["completion"]), 3),
+                    "updates_median": median(r["updates"]),
+                    "regions_in_agreement": sum(1 for s in r["hashes"].values() if len(s) == 1),
+                    "regions": len(r["hashes"])})
+    return out
