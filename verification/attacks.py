@@ -208,7 +208,7 @@ def _raw_frame(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple] 
         raw = t.numpy().tobytes()
         entries.append((n, DTYPE_CODES[torch.float32], list((shapes or {}).get(n, t.shape)), len(raw),
                         zstandard.ZstdCompressor().compress(raw)))
-    return build_frame(1, b"", entries)
+    return build_frame(1, b"{}", entries)
 
 
 class _NaN(Attack):
@@ -246,7 +246,7 @@ class _Oversized(Attack):
 
         self.rounds_attacked.append(round)
         size = 1 << 30
-        return build_frame(1, b"", [("bomb", DTYPE_CODES[torch.float32], [size // 4], size, zstd_bomb(size))])
+        return build_frame(1, b"{}", [("bomb", DTYPE_CODES[torch.float32], [size // 4], size, zstd_bomb(size))])
 
 
 class _VerdictAttack(Attack):
