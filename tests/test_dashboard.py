@@ -64,7 +64,7 @@ def test_dashboard_loads_updates_and_shows_a_joining_peer(tmp_path):
     procs = []
     with testing.SocketGuard():
         try:
-            procs.append(_peer(tmp_path, "a", time.time() + 40, "eu", []))  # margin: start-up is slow on a loaded machine
+            procs.append(_peer(tmp_path, "a", time.time() + 15, "eu", []))
             url = testing.wait_until(lambda: _url(tmp_path, "a"), 90, what="peer a's dashboard URL")
             seeds = (tmp_path / "a.addr").read_text().split()
             # curl: the metrics endpoint is valid Prometheus text exposition
