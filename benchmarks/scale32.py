@@ -39,12 +39,14 @@ def main(argv=None) -> int:
                          lead_s=args.lead_s, run_id="scale32")
     rows = per_round(run)
     pss = sorted(run["pss_kib"].values())
+    main_only = sorted(run["pss_main_kib"].values())
     report = {
         "peers": args.peers, "regions": args.regions, "round_s": args.round_s, "histories": len(run["histories"]),
         "exit_codes": run["exit_codes"],
         "pss_mib": {"median": round(median(pss) / 1024, 1), "min": round(pss[0] / 1024, 1),
                     "max": round(pss[-1] / 1024, 1), "total": round(sum(pss) / 1024, 1), "sampled": len(pss)}
         if pss else None,
+        "pss_main_process_mib_median": round(median(main_only) / 1024, 1) if main_only else None,
         "rounds": rows,
         "all_rounds_agree": bool(rows) and all(r["regions_in_agreement"] == r["regions"] for r in rows),
     }

@@ -108,3 +108,19 @@ def test_clustered_exchange_moves_far_fewer_cross_region_bytes_than_flat():
     assert flat["bytes"]["cross"] > 3 * clustered["bytes"]["cross"]
     assert clustered["stalled_rounds"] == 0 and flat["stalled_rounds"] == 0
     assert math.isfinite(clustered["val_loss_last"] or 0.0)
+
+
+def test_per_round_reads_real_histories():
+    from dai_swarm.sim.realrun import per_round
+
+    def entry(q, t, intra, h):
+        return {"round": q, "time": t, "state_hash": h, "updates": 2,
+                "traffic": {"received": {"intra": intra, "cross": 0}, "sent": {"intra": 0, "cross": 0}}}
+
+    run = {"t0": 100.0, "round_s": 10.0, "regions": 1, "histories": {
+        0: {"status": {"region": "r0"}, "history": [entry(0, 115.5, 100, "a"), entry(1, 125.0, 350, "b")]},
+        1: {"status": {"region": "r0"}, "history": [entry(0, 116.0, 0, "a"), entry(1, 126.0, 50, "c")]}}}
+    rows = per_round(run)
+    assert rows[0]["completion_median_s"] == 5.75 and rows[0]["regions_in_agreement"] == 1
+    assert rows[1]["bytes"] == {"intra": 300, "cross": 0}  # (350-100) + (50-0)
+    assert rows[1]["regions_in_agreement"] == 0 and rows[1]["completion_max_s"] == 6.0

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from dai_swarm.errors import ConfigError
+from dai_swarm.verification.spotcheck import DEFAULT_TAU
 
 __all__ = ["LinkSpec", "SimConfig"]
 
@@ -48,7 +49,8 @@ class SimConfig:
     ``churn`` x ``peers`` departures over the run (``crash_share`` of them crashes, the rest clean
     leaves), each replaced by a joiner ``rejoin_delay_s`` later on average. ``byzantine`` is the
     fraction of peers (initial and joiners) running ``attack``. ``check_prob`` is the chance that an
-    included update is spot-checked (by two verifiers, the rules' ``min_fail_verifiers``).
+    included update is spot-checked (by two verifiers, the rules' ``min_fail_verifiers``) with the
+spot checker's pass threshold ``tau`` on the relative L2 distance.
     ``region_links`` overrides ``(intra, cross)`` link specs per region name.
     """
 
@@ -76,7 +78,7 @@ class SimConfig:
     byzantine: float = 0.0
     attack: str = "sign_flip"
     check_prob: float = 0.2
-    tau: float = 1e-3
+    tau: float = DEFAULT_TAU
     close_frac: float = 0.3
     tally_frac: float = 0.55
     margin_s: float | None = None

@@ -2,9 +2,9 @@
 
 Peer keys are 64-hex strings derived from the seed (they are peer ids for the round book, the
 votes, batch assignment, verdicts and reputation, exactly like real ed25519 public keys). Attacks
-come from :func:`dai_swarm.testing.make_attack` when it exists; until then the stand-ins below
-implement the same three hooks the coordinator calls (``tamper``, ``tamper_blob``,
-``claimed_steps``).
+come from :func:`dai_swarm.testing.make_attack` (the catalogue in
+:mod:`dai_swarm.verification.attacks`); the stand-ins below, with the same hooks the runtime calls
+(``tamper``, ``tamper_blob``, ``claimed_steps``), are used only if that is unavailable.
 """
 
 from __future__ import annotations
@@ -55,14 +55,26 @@ class Scale(SignFlip):
         return {n: torch.mul(t, self.factor) for n, t in tensors.items()}
 
 
-def make_attack(kind: str) -> Any:
-    """The attack object for ``kind``: dai_swarm.testing's if it has one, else a local stand-in."""
+def make_attack(kind: str, seed: int = 0) -> Any:
+    """The attack object for ``kind``: dai_swarm.testing's if it has one, else a local stand-in.
+
+    An attack's private generator (noise attacks) is re-seeded from ``seed`` so the simulation
+    stays deterministic. Kinds that need a live runtime (copy, replay, forged verdicts) act
+    through ``bind(runtime)``, which the simulator does not call: they behave honestly here.
+    """
     try:
         from dai_swarm.testing import make_attack as real
     except ImportError:
         real = None
     if real is not None:
-        return real(kind)
+        try:
+            attack = real(kind)
+        except Exception:  # that module names its kinds differently: fall back to the stand-ins
+            attack = None
+        if attack is not None:
+            if isinstance(getattr(attack, "gen", None), torch.Generator):
+                attack.gen = torch.Generator().manual_seed(int(seed))
+            return attack
     if kind in ("sign_flip", "signflip", "flip"):
         return SignFlip()
     if kind == "scale":
@@ -110,4 +122,4 @@ def draw_peer(cfg: SimConfig, rng: random.Random, idx: int, region: str, joined_
     lat = math.exp(rng.gauss(0.0, 0.2))
     byz = rng.random() < cfg.byzantine if byzantine is None else byzantine
     return SimPeer(idx, peer_key(cfg.seed, idx), region, region if cfg.exchange == "clustered" else "flat",
-                   speed, lat, make_attack(cfg.attack) if byz else None, joined_at)
+                   speed, lat, make_attack(cfg.attack, cfg.seed * 1_000_003 + idx) if byz else None, joined_at)

@@ -2,7 +2,8 @@
 
 :func:`run_real_swarm` starts ``dai-swarm peer`` processes on loopback with a shared ``--t0`` (the
 first peer starts the swarm, the others join through its address), samples each peer's memory
-(PSS of the peer process and its daemon children, from ``/proc/<pid>/smaps_rollup``) while they
+(PSS of the peer process and its daemon children, from ``/proc/<pid>/smaps_rollup``; the
+peak total per peer, with the peer process's own share at that sample) while they
 run, waits for them to leave at ``--until-round`` and returns their ``--history-file`` contents.
 :func:`per_round` turns the histories into per-round figures comparable with a simulation row.
 """
@@ -22,19 +23,21 @@ from dai_swarm.dht import _proc
 __all__ = ["pss_kib", "per_round", "run_real_swarm"]
 
 
-def pss_kib(pid: int) -> int:
-    """PSS in KiB of ``pid`` and all its descendants (0 for processes already gone)."""
-    total = 0
-    for p in [pid, *_proc.descendants(pid)]:
-        try:
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-                        break
-        except OSError:
-            continue
-    return total
+def _pss_one(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pss_kib(pid: int) -> tuple[int, int]:
+    """(PSS of ``pid`` and all its descendants, PSS of ``pid`` alone) in KiB; 0 once gone."""
+    own = _pss_one(pid)
+    return own + sum(_pss_one(c) for c in _proc.descendants(pid)), own
 
 
 def run_real_swarm(workdir: str, *, peers: int, regions: int, round_s: float, until_round: int,
@@ -70,13 +73,16 @@ def run_real_swarm(workdir: str, *, peers: int, regions: int, round_s: float, un
     for i in range(1, peers):
         spawn(i, initial)
     pss: dict[int, int] = {}
+    pss_main: dict[int, int] = {}
     try:
         end = t0 + (until_round + 3) * round_s + 120
         while any(p.poll() is None for p in procs) and time.time() < end:
             if time.time() > t0 + round_s:
                 for i, p in enumerate(procs):
                     if p.poll() is None:
-                        pss[i] = max(pss.get(i, 0), pss_kib(p.pid))
+                        total, own = pss_kib(p.pid)
+                        if total > pss.get(i, 0):
+                            pss[i], pss_main[i] = total, own
             time.sleep(sample_s)
     finally:
         for p in procs:
@@ -96,7 +102,7 @@ def run_real_swarm(workdir: str, *, peers: int, regions: int, round_s: float, un
             with open(path) as f:
                 histories[i] = json.load(f)
     return {"t0": t0, "round_s": round_s, "peers": peers, "regions": regions, "histories": histories,
-            "pss_kib": pss, "exit_codes": [p.returncode for p in procs]}
+            "pss_kib": pss, "pss_main_kib": pss_main, "exit_codes": [p.returncode for p in procs]}
 
 
 def per_round(run: dict) -> list[dict]:

@@ -54,8 +54,9 @@ class RoundSteps:
             if steps < 1:
                 continue
             base = self.states[p.bases[q]]
+            tb = getattr(p.attack, "tamper_batch", None) if p.attack is not None else None
             delta = recompute_update(self.task, base.params, cfg.run_id, cfg.seed, p.key, q, steps, raw=True,
-                                     model=self.model)
+                                     model=self.model, tamper_batch=tb)
             claimed = steps
             if p.attack is not None:
                 delta = p.attack.tamper(dict(delta), q)
