@@ -10,7 +10,7 @@ and markdown tables and writes ``benchmarks/results/detection.json`` and ``detec
    detection ``q = c * (1 - (1 - p)^V)`` (``q = p*c`` for one verifier), 95% Wilson interval.
 2. **Honest verifications**: a real 8-peer regression swarm in one process, authors train with 1
    torch thread and verifiers recompute with 2: every distance, the largest vs τ, false slashes.
-3. **Overhead**: CPU time of verification vs training in that run.
+3. **Overhead**: CPU time of verification vs training, 200 inner steps per update (1 thread).
 4. **Loss** with 25% Byzantine (2 of 8, sign flip / ALIE): spot checks + CenteredClip vs plain
    averaging without checks, vs no attack.
 """
@@ -86,6 +86,21 @@ def honest_and_overhead(task, rounds: int, n_peers: int = 8, p: float = 0.2, ste
             "p": p, "peers": n_peers, "rounds": rounds, "steps": steps, "wall_s": round(time.time() - t, 1)}
 
 
+def overhead(task, rounds: int = 6, n_peers: int = 8, p: float = 0.2, steps: int = 200) -> dict:
+    """Verification vs training CPU time at a realistic step count (regression peers run hundreds
+    of inner steps per round), authors and verifiers both on 1 thread."""
+    run = training_run(task, n_peers=n_peers, attackers={}, rounds=rounds, steps=steps, p=p, rng=random.Random(9))
+    per_check = run["verify_cpu_s"] / max(1, run["checks"])
+    per_update = run["train_cpu_s"] / (n_peers * rounds)
+    received = run["train_cpu_s"] * (n_peers - 1) / n_peers
+    return {"p": p, "peers": n_peers, "rounds": rounds, "steps": steps, "checks": run["checks"],
+            "fraction_checked_per_verifier": round(run["checks"] / (n_peers * (n_peers - 1) * rounds), 4),
+            "train_cpu_s": round(run["train_cpu_s"], 3), "verify_cpu_s": round(run["verify_cpu_s"], 3),
+            "check_cost_vs_training_one_update": round(per_check / per_update, 4),
+            "verify_vs_training_of_received_updates": round(run["verify_cpu_s"] / received, 4),
+            "verify_vs_own_training": round(run["verify_cpu_s"] / (run["train_cpu_s"] / n_peers), 4)}
+
+
 def loss(task, rounds: int, steps: int = 10, n_peers: int = 8) -> dict:
     """Final val loss: no attack vs 25% Byzantine with checks + CenteredClip vs plain averaging."""
     out = {"peers": n_peers, "byzantine": 2, "rounds": rounds, "steps": steps}
@@ -138,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     task = load_task("regression")
     result = {"detection": detection(args.trials), "honest": honest_and_overhead(task, args.honest_rounds),
+              "overhead": overhead(task, rounds=2 if args.quick else 6, steps=50 if args.quick else 200),
               "loss": loss(task, args.loss_rounds)}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "detection.json"), "w") as f:
@@ -154,6 +170,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n| honest checks | false slashes | max honest distance | τ | overhead vs received training |"
           f"\n|---|---|---|---|---|\n| {h['honest_verifications']} | {h['false_slashes']} | "
           f"{h['max_honest_distance']:.3g} | {h['tau']} | {h['overhead_vs_received_training']} |")
+    o = result["overhead"]
+    print(f"\n| p | checked fraction | one check vs one update's training | verify / training of received updates |"
+          f" verify / own training |\n|---|---|---|---|---|\n| {o['p']} | {o['fraction_checked_per_verifier']} | "
+          f"{o['check_cost_vs_training_one_update']} | {o['verify_vs_training_of_received_updates']} | "
+          f"{o['verify_vs_own_training']} |")
     lo = result["loss"]
     print("\n| attack (2 of 8) | checks + CenteredClip | CenteredClip only | plain mean | no attack |\n|---|---|---|---|---|")
     for kind in ("sign_flip", "alie"):
