@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-__all__ = ["at_samples", "compare", "markdown", "plots", "reach", "traffic_at"]
+__all__ = ["at_samples", "compare", "markdown", "plots", "reach", "rebuild", "traffic_at"]
 
 
 def at_samples(curve: dict, samples: float) -> float | None:
@@ -76,6 +76,15 @@ def compare(results: dict[str, dict], target_loss: float) -> dict[str, Any]:
     if dai and hm:
         out["P2_bytes_ratio"] = _ratio(dai.get("bytes_per_peer_to_target"), hm.get("bytes_per_peer_to_target"))
         out["P3_time_ratio"] = _ratio(dai["time_to_target_s"], hm["time_to_target_s"])
+        # the loss both swarms reached: the worse of their final losses
+        common = max(dai["final_val_loss"], hm["final_val_loss"])
+        at = {}
+        for name in ("dai_swarm", "hivemind"):
+            r, hit = results[name], reach(results[name]["curve"], common)
+            at[name] = {"t": hit and hit["t"], "bytes_per_peer": hit and traffic_at(r["bytes"], hit["t"]) / r["n_slots"]}
+        out["common_target"] = {"loss": common, **at,
+                                "P2_bytes_ratio": _ratio(at["dai_swarm"]["bytes_per_peer"], at["hivemind"]["bytes_per_peer"]),
+                                "P3_time_ratio": _ratio(at["dai_swarm"]["t"], at["hivemind"]["t"])}
         if not hm["reached_target"]:
             out["note"] = ("hivemind.Optimizer did not reach the target loss within its run; P2/P3 ratios are "
                            "undefined. Its figures over the whole run: see systems.hivemind")
@@ -113,6 +122,11 @@ def markdown(report: dict) -> str:
     lines += ["", f"- P1 val loss ÷ centralized at equal samples (target ≤ 1.02): {_fmt(cmp.get('P1_loss_ratio'))}",
               f"- P2 bytes/peer to target, dai_swarm ÷ hivemind (target ≤ 0.01): {_fmt(cmp.get('P2_bytes_ratio'))}",
               f"- P3 wall-clock to target, dai_swarm ÷ hivemind (target ≤ 0.8): {_fmt(cmp.get('P3_time_ratio'))}"]
+    ct = cmp.get("common_target")
+    if ct:
+        lines.append(f"- at the loss both swarms reached ({ct['loss']:.4f}): bytes/peer dai_swarm ÷ hivemind "
+                     f"{_fmt(ct['P2_bytes_ratio'])}, wall-clock dai_swarm ÷ hivemind {_fmt(ct['P3_time_ratio'])} "
+                     f"({_fmt(ct['dai_swarm']['t'], 3)} s vs {_fmt(ct['hivemind']['t'], 3)} s)")
     if cmp.get("note"):
         lines.append(f"- {cmp['note']}")
     return "\n".join(lines)
@@ -163,3 +177,22 @@ def plots(report: dict, out_dir: str) -> list[str]:
         ax.set_title("bytes on the wire per peer" if key == "traffic" else "live peers")
         save(fig, ax, name, "seconds since training started", ylabel)
     return paths
+
+
+def rebuild(out_dir: str, target_loss: float | None = None) -> str:
+    """Recompute comparison, table and plots from ``out_dir/churn.json`` (no new runs); returns the table."""
+    import json
+    import os
+
+    path = os.path.join(out_dir, "churn.json")
+    with open(path) as f:
+        report = json.load(f)
+    target = report["comparison"]["target_loss"] if target_loss is None else target_loss
+    report["comparison"] = compare(report["systems"], target)
+    report["plots"] = plots(report, out_dir)
+    table = markdown(report)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    with open(os.path.join(out_dir, "churn.md"), "w") as f:
+        f.write(table + "\n")
+    return table
