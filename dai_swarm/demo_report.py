@@ -242,7 +242,7 @@ def finish(peers: Sequence[Any], events: list[dict], args: Any, out: str, workdi
     at_equal = _interp(reference["samples"], reference["val_loss"], xs[-1]) if reference and xs else None
     summary = {
         "ok": agree, "out": out, "task": args.task, "until_round": until_round,
-        "peers": rows, "events": events, "final_round": final_round, "final_hashes_agree": agree,
+        "peer_processes": rows, "events": events, "final_round": final_round, "final_hashes_agree": agree,
         "final_hashes": {k: sorted(v) for k, v in sorted(final_hashes.items())},
         "swarm": {"samples": xs[-1] if xs else 0, "val_loss": ys[-1] if ys else None, "curve_from": ref_peer.name},
         "centralized": None if reference is None else {

@@ -47,7 +47,7 @@ def test_demo_trains_with_churn_and_writes_its_outputs(tmp_path):
     assert summary["final_hashes_agree"] and summary["interrupted"] is False
     kinds = [e["event"] for e in summary["events"]]
     assert "kill" in kinds and "join" in kinds
-    fates = {p["peer"]: p["fate"] for p in summary["peers"]}
+    fates = {p["peer"]: p["fate"] for p in summary["peer_processes"]}
     assert fates["peer1"].startswith("SIGKILL") and "peer3" in fates
     assert summary["swarm"]["samples"] > 0 and summary["centralized"]["val_loss"] > 0
     assert (out_dir / "loss_vs_samples.png").read_bytes()[:4] == b"\x89PNG"
