@@ -1,0 +1,123 @@
+"""The spot-checker hooks end to end on an in-memory DHT: checks, re-checks, votes, next_extra."""
+
+from __future__ import annotations
+
+import random
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dai_swarm.optim import codecs
+from dai_swarm.optim.book import UpdateAnnouncement
+from dai_swarm.tasks import load_task
+from dai_swarm.verification.recompute import recompute_update
+from dai_swarm.verification.reputation import is_slashed
+from dai_swarm.verification.spotcheck import SpotChecker
+
+torch.set_num_threads(1)
+KEYS = [f"{i + 1:02x}" * 32 for i in range(4)]
+BASE_HASH = "ee" * 32
+
+
+class MemoryDHT:
+    """Round records by (kind, round), one per signer (like the real DHT's subkeys)."""
+
+    def __init__(self):
+        self.records: dict = {}
+
+    def signer_view(self, signer):
+        dht = self
+
+        class View:
+            def publish_round_record(self, run_id, kind, round, body, ttl_s=0.0):
+                dht.records.setdefault((kind, round), {})[signer] = SimpleNamespace(round=round, signer=signer,
+                                                                                    body=dict(body))
+                return True
+
+            def get_round_records(self, run_id, kind, round):
+                return [dht.records[(kind, round)][s] for s in sorted(dht.records.get((kind, round), {}))]
+        return View()
+
+
+class Book:
+    def __init__(self, anns):
+        self.anns = anns
+
+    def included(self):
+        return tuple((a, 1.0) for a in self.anns)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return load_task("regression")
+
+
+def _checker(task, dht, key, rate):
+    sc = SpotChecker(task, rate, rng=random.Random(1))
+    sc.bind(SimpleNamespace(identity=SimpleNamespace(public_key_hex=key), region="a", run_id="run",
+                            dht=dht.signer_view(key), manifest=SimpleNamespace(seed=0), codec="int8",
+                            codec_params={}, clock=SimpleNamespace(round_s=2.0)))
+    return sc
+
+
+def _drain(checkers, timeout_s=60.0):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and any(not c._jobs.empty() for c in checkers):
+        time.sleep(0.05)
+    time.sleep(0.3)
+
+
+def test_cheater_is_failed_rechecked_voted_and_slashed(task):
+    dht = MemoryDHT()
+    base = {n: p.detach().clone() for n, p in task.build_model(0).named_parameters()}
+    payloads, anns = {}, []
+    for i, key in enumerate(KEYS):
+        delta = recompute_update(task, base, "run", 0, key, 4, 5, raw=True)
+        if i == 3:
+            delta = {n: -t for n, t in delta.items()}  # the cheater
+        blob = codecs.encode(delta, "int8")
+        digest = f"{i + 10:02x}" * 32
+        payloads[digest] = codecs.decode(blob)
+        anns.append(UpdateAnnouncement("run", 4, BASE_HASH, key, 5, 5 * task.batch_size, "int8", digest, len(blob)))
+    state = SimpleNamespace(params=base)
+    checkers = [_checker(task, dht, KEYS[0], 1.0)] + [_checker(task, dht, k, 0.0) for k in KEYS[1:]]
+    try:
+        for c in checkers:
+            c.on_close(4, Book(anns), payloads, state)
+        _drain(checkers)
+        for c in checkers:  # the next close scans round 4's verdicts and re-checks the fail
+            c.on_close(5, Book([]), {}, state)
+        _drain(checkers)
+        votes = [c.vote_verdicts(6) for c in checkers]
+        assert votes[0] == votes[1] == votes[2] and len(votes[0]) >= 3 + 2
+        # a peer that never saw the content fetches it from the DHT; every peer computes the same extra
+        fresh = _checker(task, dht, "ff" * 32, 0.0)
+        extras = [c.next_extra({"keep": 1}, 7, tuple(votes[0])) for c in checkers + [fresh]]
+        assert all(e == extras[0] for e in extras)
+        assert is_slashed(extras[0], KEYS[3]) and extras[0]["keep"] == 1
+        assert not any(is_slashed(extras[0], k) for k in KEYS[:3])
+        m = checkers[0].metrics(extras[0])
+        assert m["checks"] == 3 and m["fails"] == 1 and m["max_pass_distance"] == 0.0 and m["slashed"] is False
+    finally:
+        for c in checkers:
+            c.close()
+
+
+def test_votes_ignore_verdicts_about_updates_not_included(task):
+    dht = MemoryDHT()
+    c = _checker(task, dht, KEYS[0], 0.0)
+    ann = UpdateAnnouncement("run", 2, BASE_HASH, KEYS[1], 5, 5 * task.batch_size, "int8", "aa" * 32, 10)
+    c.on_close(2, Book([ann]), {}, SimpleNamespace(params={}))
+    forger = dht.signer_view(KEYS[2])
+    ok = {"round": 2, "verifier": KEYS[2], "target": KEYS[1], "digest": "aa" * 32, "pass": True, "distance": 0.0,
+          "recomputed": "bb" * 32, "steps": 5, "latency_s": 0.1, "recheck": False}
+    made_up = dict(ok, digest="cc" * 32)
+    wrong_steps = dict(ok, steps=9)
+    forged = dict(ok, verifier=KEYS[3])
+    forger.publish_round_record("run", "verdict.a", 2, {"verdicts": [ok, made_up, wrong_steps, forged]})
+    ids = c.vote_verdicts(4)
+    assert len(ids) == 1
+    assert c.stats["invalid_verdicts"] == 1
+    c.close()
