@@ -7,9 +7,13 @@ and the relative L2 error. Methods: ``memcpy`` (a tensor clone each way), our ``
 ``decode`` with each codec (frame, CRC and zstd included), and hivemind's Float16Compression,
 Uniform8BitQuantization and BlockwiseQuantization (``compress`` + ``extract``; protobuf
 serialisation not timed, bytes = the tensor buffer). Prints JSON and a markdown table; writes
-``codecs.json`` and ``codecs.png`` under ``--out``.
+``codecs.json`` and ``codecs.png`` under ``--out``. ``--baseline-rev REV`` also runs the codecs as
+they were at git revision REV (loaded side by side as a separate package), interleaved with
+the rest, for before/after tables from one run. The 1-minute load average is recorded before
+and after (the machine may be shared).
 
     python -m benchmarks.codecs --threads 1
+    python -m benchmarks.codecs --threads 1 --baseline-rev 2df0922 --no-tinylm
     python -m benchmarks.codecs --numel 1000000 --repeats 3 --no-tinylm
 """
 
@@ -18,7 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import importlib.util
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -33,6 +41,7 @@ OURS = [
     ("none", "none", {}),
     ("fp16", "fp16", {}),
     ("int8 (bs 4096)", "int8", {"blocksize": 4096}),
+    ("int8 (bs 4096, zstd always)", "int8", {"blocksize": 4096, "zstd": "always"}),
     ("int8 (bs 256)", "int8", {"blocksize": 256}),
     ("topk 1% fp16", "topk", {"fraction": 0.01}),
     ("topk 1% int8", "topk", {"fraction": 0.01, "values": "int8"}),
@@ -67,7 +76,26 @@ def pseudo_gradient(numel: int, steps: int = 3, seed: int = 0) -> tuple[torch.Te
     return diff[:numel].clone(), label
 
 
-def measure(x: torch.Tensor, repeats: int) -> list[dict[str, Any]]:
+def load_baseline(rev: str) -> Any:
+    """Import ``optim/codecs`` as of git revision ``rev`` as a separate package; return the module."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = subprocess.run(["git", "-C", root, "ls-tree", "--name-only", rev, "optim/codecs/"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    pkg = os.path.join(tempfile.mkdtemp(prefix="codecs-baseline-"), "codecs_baseline")
+    os.makedirs(pkg)
+    for f in files:
+        data = subprocess.run(["git", "-C", root, "show", f"{rev}:{f}"], capture_output=True, check=True).stdout
+        with open(os.path.join(pkg, os.path.basename(f)), "wb") as fh:
+            fh.write(data)
+    spec = importlib.util.spec_from_file_location("codecs_baseline", os.path.join(pkg, "__init__.py"),
+                                                  submodule_search_locations=[pkg])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["codecs_baseline"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def measure(x: torch.Tensor, repeats: int, baseline: Any = None, baseline_rev: str = "") -> list[dict[str, Any]]:
     """Run every method on ``x`` and return one result row per method.
 
     Repeats are interleaved round-robin across methods, so that load from other processes on a
@@ -81,6 +109,12 @@ def measure(x: torch.Tensor, repeats: int) -> list[dict[str, Any]]:
     for label, codec, params in OURS:
         methods.append((f"ours {label}", lambda c=codec, p=params: encode({"w": x}, c, **p), decode, len,
                         lambda out: out["w"]))
+    if baseline is not None:
+        for label, codec, params in OURS:
+            if "zstd" in params:
+                continue
+            methods.append((f"before ({baseline_rev}) {label}", lambda c=codec, p=params: baseline.encode({"w": x}, c, **p),
+                            baseline.decode, len, lambda out: out["w"]))
     info = CompressionInfo.from_tensor(x)
     for comp in (Float16Compression(), Uniform8BitQuantization(), BlockwiseQuantization()):
         methods.append((f"hivemind {type(comp).__name__}", lambda c=comp: c.compress(x, info), comp.extract,
@@ -164,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     ap.add_argument("--no-tinylm", action="store_true", help="skip the tinylm pseudo-gradient input")
     ap.add_argument("--out", default="out/bench")
+    ap.add_argument("--baseline-rev", default="", help="also time optim/codecs as of this git revision")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
@@ -171,21 +206,25 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_tinylm:
         pg, label = pseudo_gradient(args.numel)
         inputs.append((label, pg))
+    baseline = load_baseline(args.baseline_rev) if args.baseline_rev else None
     results: dict[str, Any] = {
+        "loadavg_1min_before": round(os.getloadavg()[0], 2),
         "numel": args.numel, "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
         "codec_versions": codec_versions(), "inputs": [],
     }
     for label, x in inputs:
-        rows = measure(x, args.repeats)
+        rows = measure(x, args.repeats, baseline, args.baseline_rev)
         results["inputs"].append({"label": label, "rows": rows, "targets": _targets(rows)})
+    results["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "codecs.json"), "w") as f:
         json.dump(results, f, indent=2)
     plot(results, os.path.join(args.out, "codecs.png"))
     print(json.dumps(results, indent=2))
     for inp in results["inputs"]:
-        print(f"\n### {inp['label']} ({args.numel:,} values, {results['torch_threads']} thread(s))\n")
+        print(f"\n### {inp['label']} ({args.numel:,} values, {results['torch_threads']} thread(s), best of "
+              f"{args.repeats}, load {results['loadavg_1min_before']} -> {results['loadavg_1min_after']})\n")
         print(_table(inp["rows"]))
         print("\ntargets:", json.dumps(inp["targets"]))
     return 0

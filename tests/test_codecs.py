@@ -282,7 +282,7 @@ def test_per_call_caps_stop_a_zstd_bomb_before_decompressing():
 def test_codec_versions_name_the_quantiser():
     v = codec_versions()
     assert v["bitsandbytes"] != "missing" and v["zstandard"] != "missing"
-    assert list(v) == sorted(v) and v["frame"] == "1"
+    assert list(v) == sorted(v) and v["frame"] == "2"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -294,3 +294,75 @@ def test_cuda_round_trip_matches_cpu_bytes():
         y = decode(blob_gpu, device="cuda")["w"]
         assert y.is_cuda
         assert torch.allclose(y.cpu(), decode(blob_cpu)["w"], atol=1e-6, rtol=0)
+
+
+def test_direct_int8_kernel_gives_the_public_api_bytes():
+    from dai_swarm.optim.codecs.codec_int8 import blockwise_quantize, dequantize_from, quantize_into
+
+    g = torch.Generator().manual_seed(11)
+    for n in (1, 63, 4096, 70_001):
+        x = torch.randn(n, generator=g) * torch.exp(2 * torch.randn(n, generator=g))
+        for bs in (64, 4096):
+            for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                xd = x.clamp(-6e4, 6e4).to(dtype)
+                absmax, codes = blockwise_quantize(xd, bs)
+                raw = quantize_into(xd, bs)
+                assert raw is not None
+                assert torch.equal(raw, torch.cat([absmax.view(torch.uint8), codes.reshape(-1)]))
+            out = dequantize_from(memoryview(raw.numpy()), n, bs)
+            assert torch.equal(out, _bnb_dequant(absmax, codes, bs))
+
+
+def _bnb_dequant(absmax, codes, bs):
+    from dai_swarm.optim.codecs.codec_int8 import blockwise_dequantize
+
+    return blockwise_dequantize(absmax, codes, bs)
+
+
+@pytest.mark.parametrize("codec", ["none", "fp16", "int8", "topk"])
+def test_zstd_policy_changes_bytes_never_values(codec):
+    g = torch.Generator().manual_seed(4)
+    ts = {"big": torch.randn(200_000, generator=g), "small": torch.randn(50, generator=g).half()}
+    outs = {z: encode(ts, codec, zstd=z) for z in ("auto", "always", "never")}
+    dec = {z: decode(b) for z, b in outs.items()}
+    for z in outs:
+        for name in ts:
+            assert torch.equal(dec[z][name], dec["always"][name])
+    assert outs["auto"] == encode(dict(reversed(list(ts.items()))), codec)  # deterministic default
+    with pytest.raises(CodecError):
+        encode(ts, codec, zstd="sometimes")
+
+
+def test_auto_policy_stores_incompressible_and_compresses_redundant_streams():
+    x = torch.randn(100_000, generator=torch.Generator().manual_seed(1))
+    stored = encode({"w": x}, "none")
+    assert len(stored) > 400_000  # fp32 noise: stored raw
+    assert len(encode({"w": torch.zeros(100_000)}, "none")) < 2000  # zeros: compressed
+    assert len(encode({"w": x}, "int8")) == len(encode({"w": x}, "int8", zstd="never"))
+
+
+def test_stored_stream_frames_are_checked():
+    ok = torch.randn(8).numpy().tobytes()
+    assert torch.equal(decode(build_frame(1, b"{}", [("a", 0, [8], 32, ok, 0)]))["a"], torch.frombuffer(bytearray(ok), dtype=torch.float32))
+    with pytest.raises(PayloadCorrupt, match="stored stream"):
+        decode(build_frame(1, b"{}", [("a", 0, [8], 32, ok[:28], 0)]))
+    with pytest.raises(PayloadCorrupt, match="stage"):
+        decode(build_frame(1, b"{}", [("a", 0, [8], 32, ok, 7)]))
+    nan = torch.tensor([1.0, float("nan")]).numpy().tobytes()
+    with pytest.raises(NonFiniteValues):
+        decode(build_frame(1, b"{}", [("a", 0, [2], 8, nan, 0)]))
+    params = ('{"blocksize":64,"codebook_crc":%d}' % codebook_crc()).encode()
+    for scale in (float("nan"), float("inf")):
+        raw = torch.tensor([scale]).numpy().tobytes() + bytes(8)
+        with pytest.raises(NonFiniteValues):
+            decode(build_frame(3, params, [("a", 0, [8], 12, raw, 0)]))
+    big = torch.tensor([1e5]).numpy().tobytes() + bytes([255]) * 8  # fine as fp32, Inf as fp16
+    assert float(decode(build_frame(3, params, [("a", 0, [8], 12, big, 0)]))["a"][0]) == 1e5
+    with pytest.raises(NonFiniteValues):
+        decode(build_frame(3, params, [("a", 1, [8], 12, big, 0)]))
+
+
+def test_version_1_frames_are_refused():
+    blob = encode({"a": torch.randn(64)}, "none")
+    with pytest.raises(UnknownCodec, match="version 1"):
+        decode(fix_crc(blob[:4] + bytes([1]) + blob[5:]))

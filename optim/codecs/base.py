@@ -15,6 +15,7 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from dai_swarm.errors import CodecError, NonFiniteValues, PayloadCorrupt, UnknownCodec
@@ -74,6 +75,10 @@ class Codec(ABC):
     codec_id: ClassVar[int]
     #: dtypes this codec accepts; ``None`` means every dtype in :data:`DTYPE_CODES`.
     dtypes: ClassVar[frozenset[torch.dtype] | None] = FLOAT_DTYPES
+    #: True if :meth:`encode_tensor` itself refuses NaN/Inf input (the frame then skips its check).
+    checks_input_finite: ClassVar[bool] = False
+    #: True if the decode methods themselves refuse NaN/Inf output (the frame then skips its check).
+    checks_output_finite: ClassVar[bool] = False
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """Validate ``params`` and return them complete (defaults filled in), JSON-serialisable.
@@ -101,6 +106,20 @@ class Codec(ABC):
         ``raw`` is writable and owned by the caller; a codec may return a view of it. Raises
         :class:`PayloadCorrupt` if the stream's content is inconsistent.
         """
+
+    def decode_stored(
+        self, view: memoryview, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, **params: Any
+    ) -> torch.Tensor:
+        """Like :meth:`decode_tensor`, from a read-only view of a stream stored without zstd.
+
+        ``view`` points into the caller's frame: a codec must not keep it nor return a view of it.
+        The default copies it into a fresh tensor and calls :meth:`decode_tensor`; codecs that
+        can read it in place override this to save the copy.
+        """
+        raw = torch.empty(len(view), dtype=torch.uint8)
+        if len(view):
+            raw.numpy()[:] = np.frombuffer(view, dtype=np.uint8)
+        return self.decode_tensor(raw, shape, dtype, device, **params)
 
     @abstractmethod
     def max_raw_size(self, numel: int, dtype: torch.dtype, **params: Any) -> int:

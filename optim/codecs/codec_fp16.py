@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from dai_swarm.errors import NonFiniteValues
@@ -12,6 +14,8 @@ from .base import Codec, check_finite, register
 from .codec_none import as_bytes
 
 __all__ = ["Fp16Codec"]
+
+_FP16_MAX = 65504.0
 
 
 @register
@@ -24,15 +28,32 @@ class Fp16Codec(Codec):
 
     name = "fp16"
     codec_id = 2
+    checks_input_finite = True
 
     def encode_tensor(self, t: torch.Tensor, **params: Any) -> memoryview:
-        """Round to fp16 and return the bytes."""
+        """Check the input once (NaN/Inf, and whether any value can round past 65504), round, return the bytes."""
+        if t.numel() == 0:
+            return memoryview(b"")
+        lo, hi = torch.aminmax(t.reshape(-1))
+        lo, hi = float(lo), float(hi)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise NonFiniteValues("tensor holds NaN or Inf values")
         half = t.detach().to(dtype=torch.float16).to("cpu").contiguous()
-        try:
-            check_finite(half, "fp16-rounded tensor")
-        except NonFiniteValues:
-            raise NonFiniteValues("tensor holds values outside the fp16 range (|x| > 65504)") from None
+        if max(-lo, hi) > _FP16_MAX:  # only then can rounding have produced an Inf
+            try:
+                check_finite(half, "fp16-rounded tensor")
+            except NonFiniteValues:
+                raise NonFiniteValues("tensor holds values outside the fp16 range (|x| > 65504)") from None
         return as_bytes(half)
+
+    def decode_stored(
+        self, view: memoryview, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, **params: Any
+    ) -> torch.Tensor:
+        """Widen in one pass from the frame's bytes for float32/float64 (exact), else copy first."""
+        if dtype in (torch.float32, torch.float64) and view.nbytes == 2 * math.prod(shape):
+            wide = np.frombuffer(view, dtype=np.float16).astype(np.float32 if dtype == torch.float32 else np.float64)
+            return torch.from_numpy(wide).reshape(shape).to(device)
+        return super().decode_stored(view, shape, dtype, device, **params)
 
     def decode_tensor(
         self, raw: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, **params: Any

@@ -11,7 +11,7 @@ import struct
 import zlib
 from typing import Sequence
 
-from .frame import FORMAT_VERSION, MAGIC, ZSTD_LEVEL
+from .frame import FORMAT_VERSION, MAGIC, STAGE_ZSTD, ZSTD_LEVEL
 
 __all__ = ["MUTATION_KINDS", "build_frame", "fix_crc", "mutate", "zstd_bomb"]
 
@@ -22,7 +22,7 @@ _EXTREMES = (0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 1 << 40, (1
 def build_frame(
     codec_id: int,
     params: bytes,
-    entries: Sequence[tuple[str, int, Sequence[int], int, bytes]],
+    entries: Sequence[tuple],
     *,
     magic: bytes = MAGIC,
     version: int = FORMAT_VERSION,
@@ -32,13 +32,15 @@ def build_frame(
 ) -> bytes:
     """Assemble a frame from parts, without any validation (to craft hostile frames).
 
-    ``entries`` are ``(name, dtype_code, shape, raw_len, zstd_stream)``; ``total_raw`` and
-    ``n_tensors`` default to the honest values.
+    ``entries`` are ``(name, dtype_code, shape, raw_len, stream)`` with a zstd ``stream``, or
+    ``(name, dtype_code, shape, raw_len, stream, stage)`` to set the stage byte (0 = stored);
+    ``total_raw`` and ``n_tensors`` default to the honest values.
     """
     table = b""
-    for name, dcode, shape, raw_len, stream in entries:
+    for name, dcode, shape, raw_len, stream, *rest in entries:
+        stage = rest[0] if rest else STAGE_ZSTD
         b = name.encode()
-        table += struct.pack("<H", len(b)) + b + struct.pack("<BB", dcode, len(shape))
+        table += struct.pack("<H", len(b)) + b + struct.pack("<BBB", dcode, len(shape), stage)
         table += struct.pack(f"<{len(shape)}Q", *shape) + struct.pack("<QQ", raw_len, len(stream))
     if total_raw is None:
         total_raw = sum(e[3] for e in entries)
