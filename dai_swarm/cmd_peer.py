@@ -29,7 +29,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                "  dai-swarm peer --run-id mine --task mypkg.tasks:MyTask --region eu --identity ~/.dai_swarm/id.pem",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-id", required=True, help="name of the run to join or create")
-    p.add_argument("--task", default="tinylm", help="built-in task name or module:attr (default: tinylm)")
+    p.add_argument("--task", default=None,
+                   help="built-in task name or module:attr (default: the run's task when joining, tinylm when "
+                        "starting a new run)")
     p.add_argument("--initial-peers", nargs="*", default=[], metavar="MADDR",
                    help="multiaddrs of any peers of the swarm (none: start a new swarm)")
     p.add_argument("--region", default="auto", help="region name, or auto (RTT clustering; default)")
@@ -86,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if args.attack:
         from .testing import make_attack
         attack = make_attack(args.attack)
-    swarm = Swarm(args.task, args.run_id, initial_peers=args.initial_peers, region=args.region,
+    task = args.task if args.task or args.initial_peers else "tinylm"
+    swarm = Swarm(task, args.run_id, initial_peers=args.initial_peers, region=args.region,
                   identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s, codec=args.codec,
                   t0=args.t0, seed=args.seed, max_inner_steps=args.max_inner_steps, attack=attack,
                   cross_region_period=args.cross_region_period, ledger=args.ledger)

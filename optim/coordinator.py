@@ -423,6 +423,9 @@ class Coordinator:
             return None
         target = target_hash or maj.state_hash
         good = [o for o in offers if o[1] == target and o[0] != self.ctx.identity.public_key_hex]
+        live = set(getattr(self.ctx, "region_of", {}) or ())
+        if live and any(o[4] in live for o in good):  # skip donors whose peer record expired (gone)
+            good = [o for o in good if o[4] in live]
         if not good:
             return None
         by_digest: dict[str, list] = {}
