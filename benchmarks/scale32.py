@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     main_only = sorted(run["pss_main_kib"].values())
     report = {
         "peers": args.peers, "regions": args.regions, "round_s": args.round_s, "histories": len(run["histories"]),
-        "exit_codes": run["exit_codes"],
+        "exit_codes": run["exit_codes"], "aborted_low_memory": run["aborted_low_memory"],
+        "min_mem_available_mib": round(run["min_mem_available_kib"] / 1024),
         "pss_mib": {"median": round(median(pss) / 1024, 1), "min": round(pss[0] / 1024, 1),
                     "max": round(pss[-1] / 1024, 1), "total": round(sum(pss) / 1024, 1), "sampled": len(pss)}
         if pss else None,
@@ -54,11 +55,13 @@ def main(argv=None) -> int:
     with open(f"{args.out}.json", "w") as fh:
         json.dump(report, fh, indent=1, sort_keys=True)
     print(json.dumps(report, indent=1))
-    print("| round | peers reporting | regions agreeing | median updates | done after end(r), median / max s |")
-    print("|---|---|---|---|---|")
+    print("| round | peers reporting | regions agreeing | on majority hash per region | median updates | "
+          "done after end(r), median / max s |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['round']} | {r['peers']} | {r['regions_in_agreement']}/{r['regions']} | {r['updates_median']} | "
-              f"{r['completion_median_s']:.2f} / {r['completion_max_s']:.2f} |")
+        maj = ", ".join(f"{g} {a}/{b}" for g, (a, b) in r["majority"].items())
+        print(f"| {r['round']} | {r['peers']} | {r['regions_in_agreement']}/{r['regions']} | {maj} | "
+              f"{r['updates_median']} | {r['completion_median_s']:.2f} / {r['completion_max_s']:.2f} |")
     return 0
 
 

@@ -16,11 +16,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from statistics import median
 
 from dai_swarm.dht import _proc
 
-__all__ = ["pss_kib", "per_round", "run_real_swarm"]
+__all__ = ["mem_available_kib", "pss_kib", "per_round", "run_real_swarm"]
 
 
 def _pss_one(pid: int) -> int:
@@ -40,10 +41,27 @@ def pss_kib(pid: int) -> tuple[int, int]:
     return own + sum(_pss_one(c) for c in _proc.descendants(pid)), own
 
 
+def mem_available_kib() -> int:
+    """``MemAvailable`` of this host in KiB (from /proc/meminfo; a large number if unreadable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 1 << 40
+
+
 def run_real_swarm(workdir: str, *, peers: int, regions: int, round_s: float, until_round: int,
                    task: str = "regression", k: int = 3, max_inner_steps: int = 4, lead_s: float = 30.0,
-                   run_id: str = "calib", extra_args: tuple = (), sample_s: float = 5.0) -> dict:
-    """Run ``peers`` real peer processes until round ``until_round``; returns histories and memory."""
+                   run_id: str = "calib", extra_args: tuple = (), sample_s: float = 5.0,
+                   min_free_kib: int = 1_500_000) -> dict:
+    """Run ``peers`` real peer processes until round ``until_round``; returns histories and memory.
+
+    If the host's available memory drops below ``min_free_kib`` the peers are stopped early
+    (``aborted_low_memory`` in the result) rather than pushing the shared machine into swap.
+    """
     os.makedirs(workdir, exist_ok=True)
     t0 = int(time.time() + lead_s)
     common = [sys.executable, "-m", "dai_swarm", "peer", "--run-id", run_id, "--task", task, "--round-s", str(round_s),
@@ -74,9 +92,14 @@ def run_real_swarm(workdir: str, *, peers: int, regions: int, round_s: float, un
         spawn(i, initial)
     pss: dict[int, int] = {}
     pss_main: dict[int, int] = {}
+    aborted, min_avail = False, mem_available_kib()
     try:
         end = t0 + (until_round + 3) * round_s + 120
         while any(p.poll() is None for p in procs) and time.time() < end:
+            min_avail = min(min_avail, mem_available_kib())
+            if min_avail < min_free_kib:
+                aborted = True
+                break
             if time.time() > t0 + round_s:
                 for i, p in enumerate(procs):
                     if p.poll() is None:
@@ -102,12 +125,14 @@ def run_real_swarm(workdir: str, *, peers: int, regions: int, round_s: float, un
             with open(path) as f:
                 histories[i] = json.load(f)
     return {"t0": t0, "round_s": round_s, "peers": peers, "regions": regions, "histories": histories,
-            "pss_kib": pss, "pss_main_kib": pss_main, "exit_codes": [p.returncode for p in procs]}
+            "pss_kib": pss, "pss_main_kib": pss_main, "aborted_low_memory": aborted,
+            "min_mem_available_kib": min_avail, "exit_codes": [p.returncode for p in procs]}
 
 
 def per_round(run: dict) -> list[dict]:
     """Per round: bytes received per link class (summed over peers), completion after end(r),
-    and whether every peer of each region reported the same state hash."""
+    whether every peer of each region reported the same state hash, and per region
+    ``[peers on the most common hash, peers reporting]``."""
     t0, T = run["t0"], run["round_s"]
     rows: dict[int, dict] = {}
     for i, h in run["histories"].items():
@@ -122,7 +147,7 @@ def per_round(run: dict) -> list[dict]:
                 for link in ("intra", "cross"):
                     row["bytes"][link] += recv.get(link, 0) - prev["traffic"]["received"].get(link, 0)
             row["completion"].append(e["time"] - (t0 + (q + 1) * T))
-            row["hashes"].setdefault(region, set()).add(e["state_hash"])
+            row["hashes"].setdefault(region, []).append(e["state_hash"])
             row["peers"] += 1
             row["updates"].append(e["updates"])
             prev = e
@@ -133,6 +158,7 @@ def per_round(run: dict) -> list[dict]:
                     "completion_median_s": round(median(r["completion"]), 3),
                     "completion_max_s": round(max(r["completion"]), 3),
                     "updates_median": median(r["updates"]),
-                    "regions_in_agreement": sum(1 for s in r["hashes"].values() if len(s) == 1),
-                    "regions": len(r["hashes"])})
+                    "regions_in_agreement": sum(1 for s in r["hashes"].values() if len(set(s)) == 1),
+                    "regions": len(r["hashes"]),
+                    "majority": {g: [Counter(s).most_common(1)[0][1], len(s)] for g, s in sorted(r["hashes"].items())}})
     return out
