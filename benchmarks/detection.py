@@ -101,24 +101,37 @@ def overhead(task, rounds: int = 6, n_peers: int = 8, p: float = 0.2, steps: int
             "verify_vs_own_training": round(run["verify_cpu_s"] / (run["train_cpu_s"] / n_peers), 4)}
 
 
-def loss(task, rounds: int, steps: int = 10, n_peers: int = 8) -> dict:
-    """Final val loss: no attack vs 25% Byzantine with checks + CenteredClip vs plain averaging."""
-    out = {"peers": n_peers, "byzantine": 2, "rounds": rounds, "steps": steps}
-    base = training_run(task, n_peers=n_peers, attackers={}, rounds=rounds, steps=steps, p=0.2)
-    out["no_attack"] = base["val_loss"][-1]
-    out["curves"] = {"no_attack": base["val_loss"]}
+def loss(task, rounds: int, steps: int = 10, n_peers: int = 8, seeds: int = 4) -> dict:
+    """Val loss (mean of the last 10 rounds, averaged over ``seeds`` runs with different batches):
+    no attack vs 25% Byzantine with checks + CenteredClip, CenteredClip only, plain averaging."""
+    def final(curve: list[float]) -> float:
+        tail = curve[-10:]
+        return sum(tail) / len(tail)
+
+    def runs(**kw) -> tuple[float, list[float], dict]:
+        vals, first, slashed = [], None, {}
+        for s in range(seeds):
+            r = training_run(task, n_peers=n_peers, rounds=rounds, steps=steps, p=0.2, run_id=f"sim{s}",
+                             rng=random.Random(s), **kw)
+            vals.append(final(r["val_loss"]))
+            first = first or r["val_loss"]
+            slashed.update({f"seed{s}/{k}": v for k, v in r["slashed_round"].items()})
+        return sum(vals) / len(vals), first, slashed
+
+    out = {"peers": n_peers, "byzantine": 2, "rounds": rounds, "steps": steps, "seeds": seeds,
+           "measure": "val loss, mean of the last 10 rounds, averaged over seeds"}
+    clean, curve, _ = runs(attackers={})
+    clean_plain, _, _ = runs(attackers={}, verify=False, robust=False)
+    out.update({"no_attack": clean, "no_attack_plain_mean": clean_plain, "curves": {"no_attack": curve}})
     for kind in ("sign_flip", "alie"):
         att = {n_peers - 2: kind, n_peers - 1: kind}
-        ours = training_run(task, n_peers=n_peers, attackers=att, rounds=rounds, steps=steps, p=0.2)
-        clip = training_run(task, n_peers=n_peers, attackers=att, rounds=rounds, steps=steps, p=0.2, verify=False)
-        plain = training_run(task, n_peers=n_peers, attackers=att, rounds=rounds, steps=steps, p=0.2, verify=False,
-                             robust=False)
-        out[kind] = {"checks_and_centered_clip": ours["val_loss"][-1], "centered_clip_only": clip["val_loss"][-1],
-                     "plain_mean": plain["val_loss"][-1], "slashed_round": ours["slashed_round"],
-                     "ratio_vs_no_attack": round(ours["val_loss"][-1] / out["no_attack"], 4),
-                     "plain_ratio_vs_no_attack": round(plain["val_loss"][-1] / out["no_attack"], 4)}
-        out["curves"].update({f"{kind}/ours": ours["val_loss"], f"{kind}/clip_only": clip["val_loss"],
-                              f"{kind}/plain": plain["val_loss"]})
+        ours, c1, slashed = runs(attackers=att)
+        clip, c2, _ = runs(attackers=att, verify=False)
+        plain, c3, _ = runs(attackers=att, verify=False, robust=False)
+        out[kind] = {"checks_and_centered_clip": ours, "centered_clip_only": clip, "plain_mean": plain,
+                     "slashed_round": slashed, "ratio_vs_no_attack": round(ours / clean, 4),
+                     "plain_ratio_vs_no_attack": round(plain / clean, 4)}
+        out["curves"].update({f"{kind}/ours": c1, f"{kind}/clip_only": c2, f"{kind}/plain": c3})
     return out
 
 
@@ -133,7 +146,7 @@ def _plot(result: dict, path: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("round")
     ax.set_ylabel("val loss (regression)")
-    ax.set_title("8 peers, 2 Byzantine: spot checks + CenteredClip vs plain mean")
+    ax.set_title("8 peers, 2 Byzantine (seed 0): spot checks + CenteredClip vs plain mean")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -144,12 +157,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=400)
     ap.add_argument("--honest-rounds", type=int, default=95)
-    ap.add_argument("--loss-rounds", type=int, default=40)
+    ap.add_argument("--loss-rounds", type=int, default=50)
     ap.add_argument("--quick", action="store_true", help="small sizes (for tests)")
     ap.add_argument("--out", default=OUT_DIR)
     args = ap.parse_args(argv)
     if args.quick:
-        args.trials, args.honest_rounds, args.loss_rounds = 50, 4, 6
+        args.trials, args.honest_rounds, args.loss_rounds = 50, 4, 12
     torch.set_num_threads(1)
     task = load_task("regression")
     result = {"detection": detection(args.trials), "honest": honest_and_overhead(task, args.honest_rounds),

@@ -3,8 +3,11 @@
 An attacker that has not been caught yet still has a weight; the rule bounds what it can do.
 :class:`CenteredClip` (Karimireddy et al., 2021) starts from the weighted coordinate-wise median
 and iterates ``v <- v + sum_i w_i * (x_i - v) * min(1, tau / ||x_i - v||)``: each update moves the
-centre by at most ``w_i * tau``. The radius ``tau`` is ``radius_factor`` times the weighted median
-distance of the updates from the starting centre, so the rule needs no tuning per model.
+centre by at most ``w_i * tau``. The radius ``tau`` is ``radius_factor`` (default 3) times the
+weighted median distance of the updates from the starting centre, so the rule needs no tuning per
+model; with 3, honest updates are rarely clipped (measured: no loss cost on the regression task,
+where a radius of 1x cost ~3%), while a far outlier moves the centre by at most ``3 * w_i`` median
+distances per iteration.
 
 Determinism (I1): all arithmetic is numpy float64 on one flattened vector in sorted-name order
 (elementwise ops and ``np.sum``'s single-threaded pairwise sums), independent of torch's thread
@@ -42,7 +45,7 @@ class CenteredClip:
     Zero-weight updates (slashed peers) take no part at all.
     """
 
-    def __init__(self, iterations: int = 5, radius_factor: float = 1.0):
+    def __init__(self, iterations: int = 5, radius_factor: float = 3.0):
         if iterations < 1 or not (radius_factor > 0 and math.isfinite(radius_factor)):
             raise ConfigError("iterations >= 1 and a finite radius_factor > 0 are required")
         self.iterations, self.radius_factor = int(iterations), float(radius_factor)

@@ -100,7 +100,7 @@ def training_run(task: Any, *, n_peers: int, attackers: dict[int, str], rounds: 
                  verify: bool = True, robust: bool = True, codec: str = "int8", seed: int = 0,
                  outer_lr: float = 0.6, outer_momentum: float = 0.9, author_threads: int = 1,
                  verifier_threads: int = 1, rng: random.Random | None = None, run_id: str = "sim",
-                 policy: ReputationPolicy = ReputationPolicy(), tau: float = 1e-2) -> dict:
+                 policy: ReputationPolicy = ReputationPolicy(), tau: float = 1e-2, rule: Any = None) -> dict:
     """Train a simulated swarm; returns val losses, slash rounds, honest distances and CPU times."""
     rng = rng or random.Random(seed)
     model = task.build_model(seed)
@@ -111,7 +111,7 @@ def training_run(task: Any, *, n_peers: int, attackers: dict[int, str], rounds: 
     pending: dict[int, list[Verdict]] = {}
     out = {"val_loss": [], "slashed_round": {}, "honest_distances": [], "false_slashes": 0, "train_cpu_s": 0.0,
            "verify_cpu_s": 0.0, "checks": 0, "honest_checks": 0}
-    rule = CenteredClip() if robust else None
+    rule = (rule or CenteredClip()) if robust else None
     eval_model = task.build_model(seed)
     for r in range(rounds):
         if verify and r - PROTOCOL_LAG in pending:
