@@ -57,6 +57,8 @@ def test_peers_write_identical_round_records(tmp_path):
     lines[idx] = lines[idx].replace('"samples":', '"samples":1', 1)
     with open(b, "w") as f:
         f.writelines(lines)
-    assert _cli("verify", b)["ok"] is False
-    d2 = _cli("diff", a, b)
-    assert d2["rc"] != 0, d2
+    v = _cli("verify", b)
+    assert v["ok"] is False and v["first_bad"] == idx, (v, idx)
+    d2 = subprocess.run([sys.executable, "-m", "dai_swarm", "ledger", "diff", a, b], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+    assert d2.returncode != 0 and f"record {idx}" in d2.stderr, d2.stderr

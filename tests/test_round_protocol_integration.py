@@ -177,9 +177,19 @@ def test_two_regions_with_kill_join_divergence_and_rogue(tmp_path):
     report["forged_records_refused_by_honest_nodes"] = forged
     assert forged >= 1, [h["status"]["dropped_records"] for h in hist.values()]
 
-    # training works: the loss fell
+    # training works: the loss fell; compare with one process trained on the same number of samples
+    from dai_swarm.reference import run_centralized
+
     losses = [rounds["p0"][r]["val_loss"] for r in sorted(rounds["p0"])]
     assert losses[-1] < losses[0]
+    last = max(r for r in rounds["p0"] if rounds["p0"][r].get("val_loss") is not None)
+    samples = sum(rounds[n][r]["samples"] for n in ("p0", "p3") for r in rounds[n] if r <= last)
+    torch.set_num_threads(1)
+    ref = run_centralized("regression", samples=samples, eval_every=samples)
+    swarm_loss = (rounds["p0"][last]["val_loss"] + rounds["p3"][last]["val_loss"]) / 2
+    report["loss_vs_centralized"] = {"samples": samples, "swarm": round(swarm_loss, 5),
+                                     "centralized": round(ref["final_val_loss"], 5),
+                                     "ratio": round(swarm_loss / ref["final_val_loss"], 3)}
     print("REPORT", report)
 
 
