@@ -160,14 +160,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--loss-rounds", type=int, default=50)
     ap.add_argument("--quick", action="store_true", help="small sizes (for tests)")
     ap.add_argument("--out", default=OUT_DIR)
+    ap.add_argument("--parts", nargs="+", default=["detection", "honest", "overhead", "loss"],
+                    help="run only these parts; the others are kept from an existing detection.json")
     args = ap.parse_args(argv)
     if args.quick:
         args.trials, args.honest_rounds, args.loss_rounds = 50, 4, 12
     torch.set_num_threads(1)
     task = load_task("regression")
-    result = {"detection": detection(args.trials), "honest": honest_and_overhead(task, args.honest_rounds),
-              "overhead": overhead(task, rounds=2 if args.quick else 12, steps=50 if args.quick else 200),
-              "loss": loss(task, args.loss_rounds)}
+    parts = {"detection": lambda: detection(args.trials), "honest": lambda: honest_and_overhead(task, args.honest_rounds),
+             "overhead": lambda: overhead(task, rounds=2 if args.quick else 12, steps=50 if args.quick else 200),
+             "loss": lambda: loss(task, args.loss_rounds)}
+    path = os.path.join(args.out, "detection.json")
+    result = json.load(open(path)) if os.path.exists(path) and set(args.parts) != set(parts) else {}
+    for name in parts:
+        if name in args.parts:
+            result[name] = parts[name]()
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "detection.json"), "w") as f:
         json.dump(result, f, indent=1)

@@ -49,7 +49,10 @@ def detection_trial(rng: random.Random, *, n_honest: int, n_attackers: int, p: f
                     lag: int = PROTOCOL_LAG, policy: ReputationPolicy = ReputationPolicy(),
                     recheck: bool = True) -> list[int | None]:
     """One simulated run; returns, per attacker, the first round whose aggregation it no longer
-    weighs in (slashed), or None if it was never slashed within ``rounds``."""
+    weighs in (slashed), or None if it was never slashed within ``rounds``.
+
+    Honest updates are spot-checked (and pass) like any other, so honest verifiers build
+    reputation; colluding attackers vouch (pass) for a partner that an honest peer failed."""
     honest = [_key(i) for i in range(n_honest)]
     bad = [_key(n_honest + j) for j in range(n_attackers)]
     extra: dict = {}
@@ -62,6 +65,9 @@ def detection_trial(rng: random.Random, *, n_honest: int, n_attackers: int, p: f
             if a not in caught and is_slashed(extra, a):
                 caught[a] = r
         verdicts = []
+        for i, h in enumerate(honest):  # honest updates are checked too (that is how verifiers earn weight)
+            verdicts += [Verdict(r, o, h, _digest(i, r), True, 0.0, _DUMMY, 1) for o in honest
+                         if o != h and rng.random() < p]
         for j, a in enumerate(bad):
             d = _digest(n_honest + j, r)
             cheated = rng.random() < cheat
