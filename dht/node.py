@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import stat
+import threading
 import time
 from functools import partial
 from typing import Iterable, Sequence
@@ -104,6 +105,7 @@ class SwarmDHT:
         announce = [validate_maddr(m) for m in announce_maddrs] if announce_maddrs else None
         _check_p2p_identity(identity.p2p_identity_path)
         self._read_drops: collections.Counter = collections.Counter()
+        self._pipe_lock = threading.Lock()
         validators = [SwarmRecordValidator()] if validate else []
         before = _proc.hivemind_sockets()
         self._dht = _DHTProcess(
@@ -155,7 +157,7 @@ class SwarmDHT:
     @property
     def visible_maddrs(self) -> list[str]:
         """Multiaddrs (with ``/p2p/<peer id>``) other peers can use as ``--initial-peers``."""
-        return [str(m) for m in self._dht.get_visible_maddrs()]
+        return [str(m) for m in self._call(partial(hivemind.DHT._get_visible_maddrs, latest=False))]
 
     async def replicate_p2p(self) -> P2P:
         """A hivemind ``P2P`` sharing this node's daemon, for payload exchange; await it in your loop."""
@@ -163,12 +165,12 @@ class SwarmDHT:
 
     def ping(self, peer_id: str, timeout_s: float = 3.0, echoes: int = 3) -> float | None:
         """Median RTT in seconds of ``echoes`` 8-byte echoes to ``peer_id`` over P2P; None if unreachable."""
-        return self._dht.run_coroutine(partial(_proc.ping_peer, peer_id=peer_id, timeout_s=timeout_s, echoes=echoes))
+        return self._call(partial(_proc.ping_peer, peer_id=peer_id, timeout_s=timeout_s, echoes=echoes))
 
     @property
     def counters(self) -> dict[str, int]:
         """Records dropped by reason (forged, expired, malformed, oversized), by the DHT and on read."""
-        stored = self._dht.run_coroutine(_proc.validator_counters)
+        stored = self._call(_proc.validator_counters)
         out = {reason: int(stored.get(reason, 0)) + int(self._read_drops.get(reason, 0)) for reason in REASONS}
         out["accepted"] = int(stored.get("accepted", 0))
         return out
@@ -178,15 +180,29 @@ class SwarmDHT:
         data = seal(self.identity, record, run_id=run_id, ttl_s=ttl_s)
         signed = open_envelope(data)
         return bool(
-            self._dht.store(signed.key, data, expiration_time=signed.expiration, subkey=self.identity.public_key_hex)
+            self._store(signed.key, data, expiration_time=signed.expiration, subkey=self.identity.public_key_hex)
         )
+
+    def _store(self, key: str, value: bytes, *, expiration_time: float, subkey: str) -> bool:
+        """``hivemind.DHT.store`` with the request sent under the pipe lock (threads share one pipe)."""
+        with self._pipe_lock:
+            future = self._dht.store(key, value, expiration_time=expiration_time, subkey=subkey, return_future=True)
+        return future.result()
+
+    def _call(self, coro):
+        """``hivemind.DHT.run_coroutine`` with the request sent under the pipe lock."""
+        with self._pipe_lock:
+            future = self._dht.run_coroutine(coro, return_future=True)
+        return future.result()
 
     def store_raw(self, key: str, subkey: str, value: bytes, expiration: float) -> bool:
         """Store arbitrary bytes under ``key``/``subkey`` (tests and attack simulations only)."""
-        return bool(self._dht.store(key, value, expiration_time=expiration, subkey=subkey))
+        return bool(self._store(key, value, expiration_time=expiration, subkey=subkey))
 
     def _read(self, key: str, expected_type: str, run_id: str) -> list[SignedRecord]:
-        found = self._dht.get(key, latest=True)
+        with self._pipe_lock:  # hivemind's DHT pipe is not safe for concurrent senders
+            future = self._dht.get(key, latest=True, return_future=True)
+        found = future.result()
         if found is None:
             return []
         if not isinstance(found.value, dict):

@@ -97,6 +97,7 @@ class RoundRuntime:
         self.rounds_trained = 0
         self._stop = threading.Event()
         self._eval_model: torch.nn.Module | None = None
+        self._loaded: BaseState | None = None
         self.ledger = RewardLog(ledger, identity) if ledger else None
         self.ledger_errors = 0
         self._heartbeat = threading.Thread(target=self._heartbeat_main, name="dai-swarm-heartbeat", daemon=True)
@@ -179,7 +180,9 @@ class RoundRuntime:
 
     def _finish_round(self, opt: Any, now: float) -> None:
         self.finish_times[self.round] = now
-        base = self.bases.get(self.round)
+        # the base this round's steps started from; bases[round] may have been replaced meanwhile
+        # (re-sync, merge adoption), and a delta against another base would be garbage
+        base = self._loaded if self._loaded is not None and self._loaded.round == self.round else None
         if base is not None and self.steps > 0:
             with torch.no_grad():
                 delta = {n: base.params[n] - p.detach().to("cpu", torch.float32) for n, p in self.model.named_parameters()}
@@ -230,6 +233,7 @@ class RoundRuntime:
         return self.bases.latest() or self.like
 
     def _load_base(self, state: BaseState) -> None:
+        self._loaded = state
         with torch.no_grad():
             for n, p in self.model.named_parameters():
                 p.copy_(state.params[n].to(p.device, p.dtype))
