@@ -308,7 +308,11 @@ class Coordinator:
         vote = Vote(self.ctx.run_id, q, self.ctx.identity.public_key_hex, inclusion, state.hash)
         self.my_votes[q] = vote
         verdicts = sorted(set(self.ctx.verifier.vote_verdicts(q)))
-        self._publish("vote", q, {"inclusion": list(inclusion), "state_hash": state.hash, "verdicts": verdicts})
+        if q == 0 or (q - 1) in self.verdict_winners:
+            self._publish("vote", q, {"inclusion": list(inclusion), "state_hash": state.hash, "verdicts": verdicts})
+        else:  # a joiner did not see round q-1's verdict tally, so its replicated metadata may differ:
+            # it computes a candidate but lets the informed peers decide, and adopts their state
+            logger.info("round %d: not voting (joined after round %d's tally)", q, q - 1)
         try:
             self.ctx.verifier.on_close(q, book, {d: self.payloads[d] for d in inclusion if d in self.payloads}, base_q)
         except Exception as e:  # verification trouble never blocks the round
@@ -371,7 +375,17 @@ class Coordinator:
         else:
             target = result.state_hash if result.decided else None
             outcome.agreed = False
-            state = self.resync(q + 2, target) if target else None
+            state = None
+            give_up = time.time() + min(2.0, 0.25 * self.ctx.clock.round_s)
+            while target and state is None:  # the majority publishes its state at about this time
+                try:
+                    state = self.resync(q + 2, target)
+                except SwarmError as e:
+                    logger.info("round %d: re-sync failed: %s", q, e)
+                if state is None and time.time() >= give_up:
+                    break
+                if state is None:
+                    time.sleep(0.2)
             outcome.resynced = state is not None
         if state is not None:
             outcome.state_hash = state.hash
