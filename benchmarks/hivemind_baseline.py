@@ -23,22 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import time
 from typing import Sequence
 
+from dai_swarm.dht.address_file import write_atomic
+
 __all__ = ["main"]
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     task = load_task(args.task)
     dht = hivemind.DHT(initial_peers=args.initial_peers, host_maddrs=args.host_maddrs, start=True)
     if args.address_file:
-        _write_atomic(args.address_file, "\n".join(str(m) for m in dht.get_visible_maddrs()) + "\n")
+        write_atomic(args.address_file, "\n".join(str(m) for m in dht.get_visible_maddrs()) + "\n")
     model = task.build_model(args.seed)
     # hivemind hands the factory param-group dicts; rebuild the task's optimiser from its groups
     ref = task.inner_optimizer(model.parameters())

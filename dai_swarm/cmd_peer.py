@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
 import time
 
+from .dht.address_file import write_atomic
 from .logging import get_logger, setup_logging
 
 logger = get_logger(__name__)
@@ -57,15 +57,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run a peer until ``--rounds`` are done or a signal arrives."""
     setup_logging()
@@ -97,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 swarm.region)
     print("--initial-peers " + " ".join(swarm.initial_peers), flush=True)
     if args.address_file:
-        _write_atomic(args.address_file, "\n".join(swarm.initial_peers) + "\n")
+        write_atomic(args.address_file, "\n".join(swarm.initial_peers) + "\n")
     metrics_server = None
     if args.metrics_port is not None:
         from .metrics import MetricsServer, swarm_collector
@@ -140,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         history = list(rt.history)
         swarm.shutdown()
         if args.history_file:
-            _write_atomic(args.history_file, json.dumps({"status": summary, "history": history,
+            write_atomic(args.history_file, json.dumps({"status": summary, "history": history,
                                                          "start_round": start_round}, default=str))
         _print_summary(summary, history)
     return 0

@@ -12,18 +12,18 @@ import time
 
 from ..errors import BootstrapError, ConfigError
 
-__all__ = ["read_address_file", "wait_for_address_file", "write_address_file"]
+__all__ = ["read_address_file", "wait_for_address_file", "write_address_file", "write_atomic"]
 
 
-def write_address_file(path: str, maddrs: list[str]) -> None:
-    """Atomically write ``maddrs`` (one per line) to ``path``."""
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise ConfigError(f"cannot write address file {path!r}: directory {directory!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".addr-")
+        raise ConfigError(f"cannot write {path!r}: directory {directory!r} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write("\n".join(maddrs) + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -31,6 +31,11 @@ def write_address_file(path: str, maddrs: list[str]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_address_file(path: str, maddrs: list[str]) -> None:
+    """Atomically write ``maddrs`` (one per line) to ``path``."""
+    write_atomic(path, "\n".join(maddrs) + "\n")
 
 
 def read_address_file(path: str) -> list[str]:
