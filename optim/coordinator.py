@@ -376,7 +376,7 @@ class Coordinator:
             target = result.state_hash if result.decided else None
             outcome.agreed = False
             state = None
-            give_up = time.time() + min(2.0, 0.25 * self.ctx.clock.round_s)
+            give_up = self._resync_deadline(q)
             while target and state is None:  # the majority publishes its state at about this time
                 try:
                     state = self.resync(q + 2, target)
@@ -390,6 +390,11 @@ class Coordinator:
         if state is not None:
             outcome.state_hash = state.hash
             self._publish_state(state)
+            if outcome.agreed and self.merger.is_sync_round(q + 2):
+                confirmed = self._confirm_merge(q, state)
+                if confirmed is not state:
+                    state, outcome.resynced = confirmed, True
+                    outcome.state_hash = state.hash
             if book is not None:
                 outcome.inclusion = book.inclusion() if book.ready else outcome.inclusion
                 outcome.contributors = {a.peer: a.samples for a, _ in book.included()} if book.ready else {}
@@ -421,6 +426,42 @@ class Coordinator:
                     isinstance(b.get("size"), int) and isinstance(b.get("p2p_id"), str):
                 out.append((rec.signer, b["state_hash"], b["digest"], b["size"], b["p2p_id"]))
         return out
+
+    def _resync_deadline(self, q: int) -> float:
+        """How long a minority peer keeps trying to re-sync the base of ``q+2`` at round ``q``'s
+        tally: until just before round ``q+2`` starts (the base is not needed earlier), at least 1 s.
+        A peer that still has no base then catches up when its trainer needs it."""
+        clock = self.ctx.clock
+        return max(time.time() + 1.0, clock.start(q + 2) - 0.05 * clock.round_s)
+
+    def _confirm_merge(self, q: int, state: BaseState) -> BaseState:
+        """After a cross-region merge, compare the merged base of ``q+2`` with the region's state
+        records: a peer that merged a different set of region deltas (one arrived late) re-syncs to
+        the reputation-weighted majority before round ``q+2`` starts, instead of one round later."""
+        deadline = self._resync_deadline(q)
+        region_of = getattr(self.ctx, "region_of", {}) or {}
+        mates = sum(1 for reg in region_of.values() if reg == self.ctx.region)
+        while time.time() < deadline and not self._stop.is_set():
+            offers = self.state_offers(q + 2)
+            if mates and len(offers) >= mates and all(o[1] == state.hash for o in offers):
+                break  # every live peer of the region published the same merged state
+            try:
+                maj = majority_state_hash([(s, h) for s, h, _, _, _ in offers], self.ctx.reputation())
+            except MalformedRecord:
+                maj = None
+            if maj is not None and maj.state_hash != state.hash and len(maj.holders) >= 2 and \
+                    self.ctx.identity.public_key_hex in maj.dissenters:
+                try:
+                    adopted = self.resync(q + 2, maj.state_hash)
+                except SwarmError as e:
+                    logger.info("round %d: re-sync after the merge failed: %s", q, e)
+                    adopted = None
+                if adopted is not None:
+                    logger.warning("merge %d: this peer's merged state was in the minority; re-synced", q + 2)
+                    self._publish_state(adopted)
+                    return adopted
+            self._stop.wait(0.3)
+        return state
 
     def resync(self, round: int, target_hash: str | None = None, timeout_s: float | None = None) -> BaseState | None:
         """Download the base of ``round`` whose hash the reputation-weighted majority announced (I6).

@@ -295,16 +295,7 @@ class RoundRuntime:
 
     def _verifier_counts(self, round: int, ids: tuple[str, ...]) -> dict[str, int]:
         """Verifications per verifier among the verdict ids the swarm agreed on for ``round``."""
-        counts = getattr(self.verifier, "verifier_counts", None)
-        if counts is not None:
-            return counts(round, ids)
-        known = getattr(self.verifier, "_verdicts", {})
-        out: dict[str, int] = {}
-        for i in ids:
-            v = known.get(i)
-            if v is not None:
-                out[v.verifier] = out.get(v.verifier, 0) + 1
-        return out
+        return self.verifier.verifier_counts(round, ids)
 
     def metrics(self) -> dict:
         """Live figures for status records, the CLI and benchmarks."""

@@ -98,6 +98,9 @@ def test_cheater_is_failed_rechecked_voted_and_slashed(task):
         assert all(e == extras[0] for e in extras)
         assert is_slashed(extras[0], KEYS[3]) and extras[0]["keep"] == 1
         assert not any(is_slashed(extras[0], k) for k in KEYS[:3])
+        counts = checkers[1].verifier_counts(6, tuple(votes[0]))
+        assert sum(counts.values()) == len(votes[0]) and counts[KEYS[0]] == 3  # checker 0 checked 3 updates
+        assert checkers[1].verifier_counts(6, ("00" * 32,)) == {}  # an id never received counts nothing
         m = checkers[0].metrics(extras[0])
         assert m["checks"] == 3 and m["fails"] == 1 and m["max_pass_distance"] == 0.0 and m["slashed"] is False
     finally:

@@ -90,6 +90,17 @@ class SpotChecker:
                 self._jobs.put((self._safe_check, (round, a, False, now)))
         self._jobs.put((self._scan, (round,)))
 
+    def verifier_counts(self, round: int, verdict_ids: tuple[str, ...]) -> dict[str, int]:
+        """Verifications per verifier (public key) among ``verdict_ids``, the verdicts the swarm agreed
+        on in ``round``'s votes; ids this peer never received are not counted (for the reward split)."""
+        out: dict[str, int] = {}
+        with self._lock:
+            for i in verdict_ids:
+                v = self._verdicts.get(i)
+                if v is not None:
+                    out[v.verifier] = out.get(v.verifier, 0) + 1
+        return out
+
     def vote_verdicts(self, round: int) -> list[str]:
         """Ids of the valid verdicts about round ``round - lag`` seen so far."""
         t = round - self.lag

@@ -63,6 +63,9 @@ def run_real_swarm(workdir: str, *, peers: int, regions: int, round_s: float, un
     (``aborted_low_memory`` in the result) rather than pushing the shared machine into swap.
     """
     os.makedirs(workdir, exist_ok=True)
+    for name in os.listdir(workdir):  # a stale address file or history from an earlier run would be read as ours
+        if name.startswith("p") and name.endswith((".addr", ".json", ".log")):
+            os.unlink(os.path.join(workdir, name))
     t0 = int(time.time() + lead_s)
     common = [sys.executable, "-m", "dai_swarm", "peer", "--run-id", run_id, "--task", task, "--round-s", str(round_s),
               "--until-round", str(until_round), "--t0", str(t0), "--host-maddrs", "/ip4/127.0.0.1/tcp/0",
