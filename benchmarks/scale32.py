@@ -5,7 +5,8 @@
 Starts ``--peers`` ``dai-swarm peer`` processes on loopback (small task, capped inner steps, one
 torch thread each), samples each peer's PSS (peer process plus its p2p daemon children, from
 ``/proc/<pid>/smaps_rollup``) while they run, and checks from their history files that, for every
-round, all peers of a region that closed it report the same state hash. Prints JSON and a markdown
+round, all peers of a region that closed it report the same state hash (at their tally) and
+trained that round from the same base. Prints JSON and a markdown
 table and writes ``<out>.json``. It loads the machine heavily: run it alone.
 """
 
@@ -50,17 +51,21 @@ def main(argv=None) -> int:
         "pss_main_process_mib_median": round(median(main_only) / 1024, 1) if main_only else None,
         "rounds": rows,
         "all_rounds_agree": bool(rows) and all(r["regions_in_agreement"] == r["regions"] for r in rows),
+        "all_trained_from_agree": bool(rows) and all(a == b for r in rows for a, b in r["trained_from"].values()),
+        "minority_candidates": sum(b - a for r in rows for a, b in r["majority"].values()),
+        "peer_rounds": sum(r["peers"] for r in rows),
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(f"{args.out}.json", "w") as fh:
         json.dump(report, fh, indent=1, sort_keys=True)
     print(json.dumps(report, indent=1))
-    print("| round | peers reporting | regions agreeing | on majority hash per region | median updates | "
-          "done after end(r), median / max s |")
-    print("|---|---|---|---|---|---|")
+    print("| round | peers reporting | regions agreeing | on majority hash per region | trained from the majority "
+          "base | median updates | done after end(r), median / max s |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         maj = ", ".join(f"{g} {a}/{b}" for g, (a, b) in r["majority"].items())
-        print(f"| {r['round']} | {r['peers']} | {r['regions_in_agreement']}/{r['regions']} | {maj} | "
+        base = ", ".join(f"{g} {a}/{b}" for g, (a, b) in r["trained_from"].items()) or "-"
+        print(f"| {r['round']} | {r['peers']} | {r['regions_in_agreement']}/{r['regions']} | {maj} | {base} | "
               f"{r['updates_median']} | {r['completion_median_s']:.2f} / {r['completion_max_s']:.2f} |")
     return 0
 

@@ -19,6 +19,7 @@ Round ``q``'s life here (T = round length):
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from dai_swarm.errors import CodecError, MalformedRecord, ProtocolError, SwarmError
+from dai_swarm.errors import CodecError, DigestMismatch, MalformedRecord, PeerUnreachable, ProtocolError, SwarmError
 from dai_swarm.logging import get_logger
 
 from . import codecs
@@ -225,13 +226,48 @@ class Coordinator:
         expect = {n: (tuple(t.shape), torch.float32) for n, t in like.params.items()}
         return codecs.decode(blob, expect=expect, max_bytes=self.ctx.max_decoded_bytes)
 
+    def _mates(self) -> list:
+        """(PeerID, link) of the other live peers of this region: they serve every payload they hold."""
+        from hivemind.p2p import PeerID
+        out = []
+        for pid, region in sorted((getattr(self.ctx, "region_of", {}) or {}).items()):
+            if region == self.ctx.region and pid != getattr(self.ctx, "p2p_id", None):
+                try:
+                    out.append((PeerID.from_base58(pid), "intra"))
+                except Exception:
+                    continue
+        return out
+
+    async def _fetch_payload(self, digest: str, timeout_s: float) -> bytes:
+        """Fetch a payload from its announcers; if that fails (a broken stream, a busy author) and
+        time remains, retry with the announcers first and then region mates that fetched it already."""
+        end = time.monotonic() + timeout_s
+        providers = self._providers_for(digest)
+        attempt, first = 0, None
+        while True:
+            try:
+                return await fetch_from_any(self.ctx.p2p, providers, self.ctx.run_id, digest,
+                                            max_bytes=self.ctx.max_payload_bytes,
+                                            timeout_s=max(0.2, (end - time.monotonic()) * (0.6 if attempt < 2 else 1.0)),
+                                            traffic=self.ctx.traffic)
+            except (PeerUnreachable, ProtocolError) as e:
+                if isinstance(e, DigestMismatch):  # the bytes are bad, not the connection: no retry
+                    raise
+                first = first or e
+                attempt += 1
+                if attempt >= 3 or end - time.monotonic() < 0.5:
+                    raise first from None  # the announcers' failure is what the counters report
+                await asyncio.sleep(0.2 * attempt)
+                known = {str(p) for p, _ in providers}
+                mates = [m for m in self._mates() if str(m[0]) not in known]
+                random.Random(f"{digest}:{attempt}").shuffle(mates)
+                providers = self._providers_for(digest) + mates[:3]
+
     async def _fetch_one(self, book: RoundBook, digest: str, timeout_s: float) -> None:
         local = self.ctx.store.get(digest)
         try:
             if local is None:
-                local = await fetch_from_any(self.ctx.p2p, self._providers_for(digest), self.ctx.run_id, digest,
-                                             max_bytes=self.ctx.max_payload_bytes, timeout_s=timeout_s,
-                                             traffic=self.ctx.traffic)
+                local = await self._fetch_payload(digest, timeout_s)
                 self.ctx.store.put(local, book.round, digest)
             self.payloads[digest] = self._check_payload(digest, local)
             book.mark_fetched(digest, True)
@@ -374,12 +410,16 @@ class Coordinator:
                 outcome.resynced = state is not None
         else:
             target = result.state_hash if result.decided else None
+            winners = {v.voter for v in votes if v.state_hash == target}
             outcome.agreed = False
             state = None
             give_up = self._resync_deadline(q)
             while target and state is None:  # the majority publishes its state at about this time
                 try:
-                    state = self.resync(q + 2, target)
+                    if self.merger.is_sync_round(q + 2):  # the winners publish their *merged* state
+                        state = self._resync_to_voters(q, winners)
+                    else:
+                        state = self.resync(q + 2, target)
                 except SwarmError as e:
                     logger.info("round %d: re-sync failed: %s", q, e)
                 if state is None and time.time() >= give_up:
@@ -429,10 +469,19 @@ class Coordinator:
 
     def _resync_deadline(self, q: int) -> float:
         """How long a minority peer keeps trying to re-sync the base of ``q+2`` at round ``q``'s
-        tally: until just before round ``q+2`` starts (the base is not needed earlier), at least 1 s.
-        A peer that still has no base then catches up when its trainer needs it."""
+        tally: until 0.15 T before round ``q+2`` starts (the base is not needed earlier), at least 1 s.
+        A peer that still has no base then catches up when its trainer needs it (0.05 T before)."""
         clock = self.ctx.clock
-        return max(time.time() + 1.0, clock.start(q + 2) - 0.05 * clock.round_s)
+        return max(time.time() + 1.0, clock.start(q + 2) - 0.15 * clock.round_s)
+
+    def _resync_to_voters(self, q: int, winners: set[str]) -> BaseState | None:
+        """Merge rounds: the vote named the winners' pre-merge hash, but they publish the merged
+        base of ``q+2``; adopt the state most of the winning voters published (None: not yet)."""
+        offers = [(s, h) for s, h, _, _, _ in self.state_offers(q + 2) if s in winners]
+        if not offers:
+            return None
+        maj = majority_state_hash(offers, self.ctx.reputation())
+        return self.resync(q + 2, maj.state_hash) if maj is not None else None
 
     def _confirm_merge(self, q: int, state: BaseState) -> BaseState:
         """After a cross-region merge, compare the merged base of ``q+2`` with the region's state

@@ -69,6 +69,7 @@ class RoundRuntime:
         perturb = os.environ.get("DAI_SWARM_TEST_PERTURB_ROUND")
         self.perturb_round = int(perturb) if perturb and perturb.isdigit() else None
         self.finish_times: dict[int, float] = {}
+        self.trained_from: dict[int, str] = {}  # round -> hash of the base its announced update started from
         self.attack, self.evaluate = attack, evaluate
         self.verifier = verifier if verifier is not None else NullVerifier()
         n_params = sum(t.numel() for t in self.like.params.values())
@@ -190,6 +191,9 @@ class RoundRuntime:
             try:
                 self.coordinator.announce(r, h, steps, steps * self.batch_size, delta)
                 self.rounds_trained += 1
+                self.trained_from[r] = h
+                for old in [k for k in self.trained_from if k < r - 8]:  # rounds never recorded
+                    del self.trained_from[old]
             except Exception as e:  # latched: this round's work is lost, the run goes on
                 logger.warning("round %d: could not announce: %s", r, e)
         nxt = max(self.round + 1, self.clock.round_at(now))
@@ -255,6 +259,7 @@ class RoundRuntime:
     def _on_round(self, outcome: RoundOutcome) -> None:
         entry = {"round": outcome.round, "state_hash": outcome.state_hash, "updates": len(outcome.inclusion),
                  "rejections": dict(outcome.rejections), "finished_at": self.finish_times.get(outcome.round),
+                 "trained_from": self.trained_from.pop(outcome.round, None),
                  "agreed": outcome.agreed, "resynced": outcome.resynced, "close_s": round(outcome.close_s, 3),
                  "samples": sum(outcome.contributors.values()), "time": time.time(),
                  "traffic": self.traffic.snapshot()}

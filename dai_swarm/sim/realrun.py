@@ -134,8 +134,11 @@ def run_real_swarm(workdir: str, *, peers: int, regions: int, round_s: float, un
 
 def per_round(run: dict) -> list[dict]:
     """Per round: bytes received per link class (summed over peers), completion after end(r),
-    whether every peer of each region reported the same state hash, and per region
-    ``[peers on the most common hash, peers reporting]``."""
+    whether every peer of each region reported the same state hash at the tally (its candidate, or
+    the majority's after a re-sync there), per region ``[peers on the most common hash, peers
+    reporting]``, and ``trained_from``: per region ``[peers whose update of this round started from
+    the most common base, peers that announced an update]`` (a peer re-synced later than its tally
+    still trains from the canonical base)."""
     t0, T = run["t0"], run["round_s"]
     rows: dict[int, dict] = {}
     for i, h in run["histories"].items():
@@ -145,12 +148,14 @@ def per_round(run: dict) -> list[dict]:
             q = e["round"]
             recv = e["traffic"]["received"]
             row = rows.setdefault(q, {"round": q, "bytes": {"intra": 0, "cross": 0}, "completion": [],
-                                      "hashes": {}, "peers": 0, "updates": []})
+                                      "hashes": {}, "bases": {}, "peers": 0, "updates": []})
             if prev is not None and prev["round"] == q - 1:
                 for link in ("intra", "cross"):
                     row["bytes"][link] += recv.get(link, 0) - prev["traffic"]["received"].get(link, 0)
             row["completion"].append(e["time"] - (t0 + (q + 1) * T))
             row["hashes"].setdefault(region, []).append(e["state_hash"])
+            if e.get("trained_from"):
+                row["bases"].setdefault(region, []).append(e["trained_from"])
             row["peers"] += 1
             row["updates"].append(e["updates"])
             prev = e
@@ -163,5 +168,6 @@ def per_round(run: dict) -> list[dict]:
                     "updates_median": median(r["updates"]),
                     "regions_in_agreement": sum(1 for s in r["hashes"].values() if len(set(s)) == 1),
                     "regions": len(r["hashes"]),
-                    "majority": {g: [Counter(s).most_common(1)[0][1], len(s)] for g, s in sorted(r["hashes"].items())}})
+                    "majority": {g: [Counter(s).most_common(1)[0][1], len(s)] for g, s in sorted(r["hashes"].items())},
+                    "trained_from": {g: [Counter(s).most_common(1)[0][1], len(s)] for g, s in sorted(r["bases"].items())}})
     return out
