@@ -35,6 +35,7 @@ __all__ = ["DEFAULT_HOST_MADDRS", "SwarmDHT", "parse_initial_peers"]
 
 logger = get_logger(__name__)
 DEFAULT_HOST_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
+BOOTSTRAP_ATTEMPTS = 3  # a busy initial peer may miss hivemind's 3 s bootstrap ping
 
 
 def parse_initial_peers(maddrs: Iterable[str]) -> list[str]:
@@ -84,7 +85,8 @@ class SwarmDHT:
 
     ``initial_peers``: multiaddrs with ``/p2p/`` ids (empty: start a new swarm). ``validate=False``
     runs a node *without* our validator (for tests of what such a node keeps). Unreachable initial
-    peers raise :class:`BootstrapError` within ``start_timeout_s``; malformed ones ConfigError.
+    peers raise :class:`BootstrapError` within ``start_timeout_s`` (an unanswered bootstrap ping is
+    retried up to ``BOOTSTRAP_ATTEMPTS`` times while time remains); malformed ones ConfigError.
     """
 
     def __init__(
@@ -107,23 +109,33 @@ class SwarmDHT:
         self._read_drops: collections.Counter = collections.Counter()
         self._pipe_lock = threading.Lock()
         validators = [SwarmRecordValidator()] if validate else []
-        before = _proc.hivemind_sockets()
-        self._dht = _DHTProcess(
-            initial_peers=self.initial_peers or None,
-            start=False,
-            host_maddrs=host_maddrs,
-            announce_maddrs=announce,
-            identity_path=identity.p2p_identity_path,
-            record_validators=validators,
-            client_mode=client_mode,
-            **dht_kwargs,
-        )
-        try:
-            self._dht.run_in_background(await_ready=True, timeout=start_timeout_s)
-        except BaseException as e:
-            self._abort_start()
-            _proc.remove_stale_sockets(_proc.hivemind_sockets() - before)
-            raise self._start_error(e, start_timeout_s) from e
+        deadline = time.monotonic() + start_timeout_s
+        for attempt in range(1, BOOTSTRAP_ATTEMPTS + 1):
+            before = _proc.hivemind_sockets()
+            self._dht = _DHTProcess(
+                initial_peers=self.initial_peers or None,
+                start=False,
+                host_maddrs=host_maddrs,
+                announce_maddrs=announce,
+                identity_path=identity.p2p_identity_path,
+                record_validators=validators,
+                client_mode=client_mode,
+                **dht_kwargs,
+            )
+            try:
+                self._dht.run_in_background(await_ready=True, timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except BaseException as e:
+                self._abort_start()
+                _proc.remove_stale_sockets(_proc.hivemind_sockets() - before)
+                error = self._start_error(e, start_timeout_s)
+                # a busy initial peer may miss the 3 s bootstrap ping: try again while time remains
+                if not (self.initial_peers and "responded to a ping" in str(e) and attempt < BOOTSTRAP_ATTEMPTS
+                        and deadline - time.monotonic() > 5.0):
+                    raise error from e
+                logger.warning("no initial peer answered the bootstrap ping (attempt %d of %d); retrying",
+                               attempt, BOOTSTRAP_ATTEMPTS)
+                time.sleep(min(2.0 * attempt, max(0.0, deadline - time.monotonic() - 5.0)))
         self._shut = False
         self.peer_id: str = str(self._dht.peer_id)
         self._sockets: list[str] = self._dht.run_coroutine(_proc.socket_paths)
