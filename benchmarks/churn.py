@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from typing import Any, Sequence
@@ -35,6 +36,9 @@ from dai_swarm.testing import alive_count, exponential_churn_schedule, scripted_
 
 from . import churn_report
 from .churn_fleet import Fleet, LifeRecord
+
+KEY_RE = re.compile(r"public key ([0-9a-f]{64})")  # a peer's start-up line
+SLASH_RE = re.compile(r"base (\d+): slashed \[(.*?)\]")  # the swarm's slash event, in every peer's log
 
 __all__ = ["main", "run_hivemind", "run_swarm"]
 
@@ -104,6 +108,23 @@ def _swarm_figures(fleet: Fleet, observer: LifeRecord, args) -> dict[str, Any]:
         for k, v in (h.get("rejections") or {}).items():
             rejections[k] = rejections.get(k, 0) + int(v)
     app, slashed = [], []
+    key_of, first_slash = {}, {}
+    for r in fleet.records:  # slashes from the peers' logs: a SIGKILLed peer never writes its status
+        try:
+            with open(r.log_path, errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        m = KEY_RE.search(text)
+        if m:
+            key_of[m.group(1)[:12]] = r
+        for m in SLASH_RE.finditer(text):
+            for k in re.findall(r"[0-9a-f]{12}", m.group(2)):
+                first_slash[k] = min(first_slash.get(k, 1 << 30), int(m.group(1)))
+    for k, base in sorted(first_slash.items(), key=lambda kv: kv[1]):
+        r = key_of.get(k)
+        slashed.append({"slot": r.life.slot if r else None, "name": r.name if r else k,
+                        "byzantine": r.life.byzantine if r else None, "base": base})
     for r in fleet.records:
         try:
             with open(r.history_file) as f:
@@ -111,15 +132,13 @@ def _swarm_figures(fleet: Fleet, observer: LifeRecord, args) -> dict[str, Any]:
         except (OSError, ValueError, KeyError):
             continue
         app.append(status.get("traffic"))
-        if (status.get("trust") or {}).get("slashed"):
-            slashed.append({"slot": r.life.slot, "name": r.name, "byzantine": r.life.byzantine})
     return {"curve": curve,
             "stalls": {"empty_rounds": sum(1 for h in hist if not h.get("updates")),
                        "disagreed_rounds": sum(1 for h in hist if h.get("agreed") is False),
                        "resynced_rounds": sum(1 for h in hist if h.get("resynced")), "rounds": len(hist),
                        "max_close_s": max((h.get("close_s") or 0 for h in hist), default=None)},
             "slashes": len(slashed), "slashed": slashed,
-            "false_slashes": sum(1 for x in slashed if not x["byzantine"]),
+            "false_slashes": sum(1 for x in slashed if x["byzantine"] is False),
             "observer_trust": obs["status"].get("trust"),
             "rejections": rejections, "updates_per_round": [h.get("updates") for h in hist],
             "observer_app_traffic": obs["status"].get("traffic"),
@@ -127,7 +146,10 @@ def _swarm_figures(fleet: Fleet, observer: LifeRecord, args) -> dict[str, Any]:
 
 
 def run_hivemind(args: argparse.Namespace, schedule, workdir: str, net=None) -> dict[str, Any]:
-    """Run hivemind.Optimizer workers on ``schedule`` (Byzantine flags ignored)."""
+    """Run hivemind.Optimizer workers on ``schedule``; Byzantine slots run the gradient form of
+    ``args.attack`` when it has one (:data:`benchmarks.hivemind_baseline.GRADIENT_ATTACKS`), else honestly."""
+    from .hivemind_baseline import GRADIENT_ATTACKS
+
     t0 = math.ceil(time.time() + args.lead_s)
     run_id = f"churn-hm-{int(t0)}"
 
@@ -138,6 +160,8 @@ def run_hivemind(args: argparse.Namespace, schedule, workdir: str, net=None) -> 
              "--address-file", rec.address_file, "--threads", "1", "--host-maddrs", _host(net, rec.life.slot)]
         if rec.life.slot == 0:
             a.append("--evaluate")
+        if rec.life.byzantine and args.attack in GRADIENT_ATTACKS:
+            a += ["--attack", args.attack]
         return a + (["--initial-peers", *peers] if peers else [])
 
     fleet = Fleet(workdir, schedule, t0, argv, python=sys.executable, wrap=net.wrap if net else None,
@@ -163,7 +187,9 @@ def run_hivemind(args: argparse.Namespace, schedule, workdir: str, net=None) -> 
     return {"label": "hivemind", "run_id": run_id, "t0": t0, "finished": done, "time_limit_s": limit,
             "n_slots": args.peers, "curve": curve, "bytes": fleet.samples, "lives": fleet.summary(),
             "settings": {"target_batch_size": args.hivemind_target_batch_size, "batch_size_per_step": "task batch",
-                         "optimizer": "task inner optimizer (AdamW)", "everything else": "hivemind 1.1.12 defaults"},
+                         "optimizer": "task inner optimizer (AdamW)", "everything else": "hivemind 1.1.12 defaults",
+                         "byzantine_slots": (f"gradients x {GRADIENT_ATTACKS[args.attack]} ({args.attack})"
+                                             if args.attack in GRADIENT_ATTACKS else "honest (no gradient form)")},
             "observer_log_tail": _tail(observer.log_path)}
 
 

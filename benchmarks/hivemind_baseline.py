@@ -10,6 +10,10 @@ accumulated to ``target_batch_size`` and all-reduced, then one optimiser step pe
 15 s; ``average_state_every`` 1). ``bitsandbytes.functional`` is imported first, as SPEC §10
 asks, although the default compression does not use it.
 
+``--attack sign_flip|scale10|scale1000`` makes this worker Byzantine in the way its dai_swarm
+counterpart is: its gradients are multiplied by -1, 10 or 1000 before hivemind accumulates and
+all-reduces them (hivemind.Optimizer has no defence against this by default).
+
 Each worker appends one JSON line per event to ``--log-file`` (flushed, so a SIGKILLed worker
 leaves its data): ``{"t", "epoch", "samples_local", ...}`` per new epoch, and on the observer
 (``--evaluate``) ``val_loss`` of its current parameters at each new epoch. Samples of the swarm
@@ -30,7 +34,9 @@ from typing import Sequence
 
 from dai_swarm.dht.address_file import write_atomic
 
-__all__ = ["main"]
+__all__ = ["GRADIENT_ATTACKS", "main"]
+
+GRADIENT_ATTACKS = {"sign_flip": -1.0, "scale10": 10.0, "scale1000": 1000.0}  # kind -> gradient factor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-seed", type=int, default=0, help="this worker's batch sampler seed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--evaluate", action="store_true", help="evaluate at each new epoch (the observer)")
+    p.add_argument("--attack", choices=sorted(GRADIENT_ATTACKS), default=None,
+                   help="FOR BENCHMARKS ONLY: be a Byzantine worker (scale this worker's gradients)")
     args = p.parse_args(argv)
 
     import bitsandbytes.functional  # noqa: F401  (SPEC §10: before hivemind's codecs are set up)
@@ -93,6 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             idx = torch.randint(n_items, (task.batch_size,), generator=gen).tolist()
             loss = task.loss(model, task.get_batch(idx))
             loss.backward()
+            if args.attack:
+                with torch.no_grad():
+                    for param in model.parameters():
+                        if param.grad is not None:
+                            param.grad.mul_(GRADIENT_ATTACKS[args.attack])
             opt.step()
             opt.zero_grad()
             local_samples += task.batch_size

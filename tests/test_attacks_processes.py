@@ -28,7 +28,7 @@ SLASH_RE = re.compile(r"base (\d+): slashed \[(.*?)\]")
 
 
 def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id: str, max_steps: int = 15,
-              round_s: float = ROUND_S, start_in_s: float = 40.0) -> list[dict]:
+              round_s: float = ROUND_S, start_in_s: float = 30.0) -> list[dict]:
     """Run one swarm of ``dai-swarm peer`` processes (None = honest) until ``until_round``.
 
     Returns, per peer: attack, history, status, log text and the slashes its log reports.
