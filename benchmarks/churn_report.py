@@ -66,9 +66,12 @@ def compare(results: dict[str, dict], target_loss: float) -> dict[str, Any]:
             row["bytes_per_peer_total"] = total / n
             row["bytes_per_peer_to_target"] = traffic_at(r["bytes"], hit["t"]) / n if hit else None
         if name != "centralized":
-            ref = at_samples(cen["curve"], c["samples"][-1])
+            # at the system's final samples, or at the centralized run's budget if it trained more
+            n = min(c["samples"][-1], cen["curve"]["samples"][-1])
+            ref = at_samples(cen["curve"], n)
+            row["compared_at_samples"] = n
             row["centralized_loss_at_equal_samples"] = ref
-            row["loss_ratio_vs_centralized"] = _ratio(c["val_loss"][-1], ref)
+            row["loss_ratio_vs_centralized"] = _ratio(at_samples(c, n), ref)
         per[name] = row
     dai, hm = per.get("dai_swarm"), per.get("hivemind")
     out: dict[str, Any] = {"target_loss": target_loss, "systems": per}

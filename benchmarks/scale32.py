@@ -1,6 +1,6 @@
 """32 real peer processes on one host: memory per peer and state-hash agreement.
 
-    python -m benchmarks.scale32 --peers 32 --regions 2 --round-s 15 --rounds 6
+    python -m benchmarks.scale32 --peers 32 --regions 2 --round-s 60 --rounds 7
 
 Starts ``--peers`` ``dai-swarm peer`` processes on loopback (small task, capped inner steps, one
 torch thread each), samples each peer's PSS (peer process plus its p2p daemon children, from
@@ -26,12 +26,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--peers", type=int, default=32)
     p.add_argument("--regions", type=int, default=2)
-    p.add_argument("--round-s", type=float, default=15.0)
-    p.add_argument("--rounds", type=int, default=6, help="peers leave when the swarm reaches this round")
+    p.add_argument("--round-s", type=float, default=60.0,
+                   help="round length (default 60: 32 peers on 2 cores run 25-50 s behind the clock)")
+    p.add_argument("--rounds", type=int, default=7, help="peers leave when the swarm reaches this round")
     p.add_argument("--task", default="regression")
     p.add_argument("--k", type=int, default=3)
     p.add_argument("--max-inner-steps", type=int, default=4)
-    p.add_argument("--lead-s", type=float, default=90.0, help="seconds from launch to round 0 (start-up)")
+    p.add_argument("--lead-s", type=float, default=150.0, help="seconds from launch to round 0 (start-up)")
     p.add_argument("--workdir", default="/tmp/dai_swarm_scale32")
     p.add_argument("--out", default="docs/results/sim_scale32")
     args = p.parse_args(argv)

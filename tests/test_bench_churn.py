@@ -57,3 +57,17 @@ def test_quick_run_produces_complete_report(tmp_path):
     for name in ("loss_vs_samples.png", "loss_vs_time.png", "bytes.png", "peers_alive.png"):
         assert (out / name).stat().st_size > 1000
     assert "| dai_swarm |" in (out / "churn.md").read_text()
+
+
+def test_compare_at_equal_samples_caps_at_the_centralized_budget():
+    from benchmarks.churn_report import compare
+
+    cen = {"curve": {"samples": [0, 100, 200], "val_loss": [4.0, 2.0, 1.0], "t": [0, 1, 2]}}
+    short = {"curve": {"samples": [0, 150], "val_loss": [4.0, 3.0], "t": [0, 5]}, "n_slots": 2, "bytes": []}
+    long = {"curve": {"samples": [0, 100, 300], "val_loss": [4.0, 3.0, 2.0], "t": [0, 5, 9]}, "n_slots": 2, "bytes": []}
+    out = compare({"centralized": cen, "dai_swarm": short, "dai_swarm_clean": long}, target_loss=2.5)
+    s, c = out["systems"]["dai_swarm"], out["systems"]["dai_swarm_clean"]
+    assert s["compared_at_samples"] == 150 and s["loss_ratio_vs_centralized"] == 3.0 / 1.5
+    # trained past the centralized budget: compared at 200 samples, its loss interpolated there (2.5)
+    assert c["compared_at_samples"] == 200 and c["loss_ratio_vs_centralized"] == 2.5 / 1.0
+    assert c["reached_target"] and c["samples_to_target"] == 300 and not s["reached_target"]
