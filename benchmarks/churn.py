@@ -94,10 +94,28 @@ def _swarm_figures(fleet: Fleet, observer: LifeRecord, args) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise ConfigError(f"observer wrote no history ({e}); see {observer.log_path}") from None
     curve = {"samples": [0], "val_loss": [args.initial_loss], "t": [0.0], "round": [-1]}
+    # samples per round in the other regions (their inclusions reach the observer's state through
+    # merges every K rounds; counting them from their round on is conservative for the swarm)
+    others: dict[int, int] = {}
+    if args.regions > 1:
+        per_region: dict[tuple[int, int], int] = {}
+        for r in fleet.records:
+            region = r.life.slot % args.regions
+            if region == observer.life.slot % args.regions:
+                continue
+            try:
+                with open(r.history_file) as f:
+                    for h in json.load(f)["history"]:
+                        key = (region, int(h["round"]))
+                        per_region[key] = max(per_region.get(key, 0), int(h.get("samples") or 0))
+            except (OSError, ValueError, KeyError):
+                continue
+        for (_, q), n in per_region.items():
+            others[q] = others.get(q, 0) + n
     total = 0
     hist = sorted(obs["history"], key=lambda h: h["round"])
     for h in hist:
-        total += int(h.get("samples") or 0)
+        total += int(h.get("samples") or 0) + others.get(int(h["round"]), 0)
         if h.get("val_loss") is not None:
             curve["samples"].append(total)
             curve["val_loss"].append(h["val_loss"])
