@@ -88,30 +88,29 @@ def run_swarm(args: argparse.Namespace, schedule, label: str, workdir: str, net=
 
 
 def _swarm_figures(fleet: Fleet, observer: LifeRecord, args) -> dict[str, Any]:
-    try:
-        with open(observer.history_file) as f:
-            obs = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"observer wrote no history ({e}); see {observer.log_path}") from None
+    written: list[tuple[LifeRecord, dict]] = []  # the history files of peers that exited cleanly
+    for r in fleet.records:
+        try:
+            with open(r.history_file) as f:
+                written.append((r, json.load(f)))
+        except (OSError, ValueError):
+            continue
+    obs = next((doc for r, doc in written if r is observer), None)
+    if obs is None:
+        raise ConfigError(f"observer wrote no history {observer.history_file!r}; see {observer.log_path}")
     curve = {"samples": [0], "val_loss": [args.initial_loss], "t": [0.0], "round": [-1]}
     # samples per round in the other regions (their inclusions reach the observer's state through
     # merges every K rounds; counting them from their round on is conservative for the swarm)
+    per_region: dict[tuple[int, int], int] = {}
+    for r, doc in written:
+        region = r.life.slot % args.regions
+        if region != observer.life.slot % args.regions:
+            for h in doc.get("history", []):
+                key = (region, int(h["round"]))
+                per_region[key] = max(per_region.get(key, 0), int(h.get("samples") or 0))
     others: dict[int, int] = {}
-    if args.regions > 1:
-        per_region: dict[tuple[int, int], int] = {}
-        for r in fleet.records:
-            region = r.life.slot % args.regions
-            if region == observer.life.slot % args.regions:
-                continue
-            try:
-                with open(r.history_file) as f:
-                    for h in json.load(f)["history"]:
-                        key = (region, int(h["round"]))
-                        per_region[key] = max(per_region.get(key, 0), int(h.get("samples") or 0))
-            except (OSError, ValueError, KeyError):
-                continue
-        for (_, q), n in per_region.items():
-            others[q] = others.get(q, 0) + n
+    for (_, q), n in per_region.items():
+        others[q] = others.get(q, 0) + n
     total = 0
     hist = sorted(obs["history"], key=lambda h: h["round"])
     for h in hist:
@@ -125,7 +124,7 @@ def _swarm_figures(fleet: Fleet, observer: LifeRecord, args) -> dict[str, Any]:
     for h in hist:
         for k, v in (h.get("rejections") or {}).items():
             rejections[k] = rejections.get(k, 0) + int(v)
-    app, slashed = [], []
+    slashed: list[dict] = []
     key_of, first_slash = {}, {}
     for r in fleet.records:  # slashes from the peers' logs: a SIGKILLed peer never writes its status
         try:
@@ -143,13 +142,7 @@ def _swarm_figures(fleet: Fleet, observer: LifeRecord, args) -> dict[str, Any]:
         r = key_of.get(k)
         slashed.append({"slot": r.life.slot if r else None, "name": r.name if r else k,
                         "byzantine": r.life.byzantine if r else None, "base": base})
-    for r in fleet.records:
-        try:
-            with open(r.history_file) as f:
-                status = json.load(f)["status"]
-        except (OSError, ValueError, KeyError):
-            continue
-        app.append(status.get("traffic"))
+    app = [doc["status"].get("traffic") for _, doc in written if "status" in doc]
     return {"curve": curve,
             "stalls": {"empty_rounds": sum(1 for h in hist if not h.get("updates")),
                        "disagreed_rounds": sum(1 for h in hist if h.get("agreed") is False),

@@ -17,7 +17,7 @@ import stat
 import threading
 import time
 from functools import partial
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import hivemind
 from hivemind.p2p import P2P
@@ -195,26 +195,28 @@ class SwarmDHT:
             self._store(signed.key, data, expiration_time=signed.expiration, subkey=self.identity.public_key_hex)
         )
 
-    def _store(self, key: str, value: bytes, *, expiration_time: float, subkey: str) -> bool:
-        """``hivemind.DHT.store`` with the request sent under the pipe lock (threads share one pipe)."""
+    def _send(self, request: Callable[[], Any]) -> Any:
+        """Send one request to hivemind's DHT process (``request`` returns its future) under the pipe
+        lock, since several threads of a peer share that pipe; wait for the answer outside it."""
         with self._pipe_lock:
-            future = self._dht.store(key, value, expiration_time=expiration_time, subkey=subkey, return_future=True)
+            future = request()
         return future.result()
 
+    def _store(self, key: str, value: bytes, *, expiration_time: float, subkey: str) -> bool:
+        """``hivemind.DHT.store`` through :meth:`_send`."""
+        return self._send(lambda: self._dht.store(key, value, expiration_time=expiration_time, subkey=subkey,
+                                                  return_future=True))
+
     def _call(self, coro):
-        """``hivemind.DHT.run_coroutine`` with the request sent under the pipe lock."""
-        with self._pipe_lock:
-            future = self._dht.run_coroutine(coro, return_future=True)
-        return future.result()
+        """``hivemind.DHT.run_coroutine`` through :meth:`_send`."""
+        return self._send(lambda: self._dht.run_coroutine(coro, return_future=True))
 
     def store_raw(self, key: str, subkey: str, value: bytes, expiration: float) -> bool:
         """Store arbitrary bytes under ``key``/``subkey`` (tests and attack simulations only)."""
         return bool(self._store(key, value, expiration_time=expiration, subkey=subkey))
 
     def _read(self, key: str, expected_type: str, run_id: str) -> list[SignedRecord]:
-        with self._pipe_lock:  # hivemind's DHT pipe is not safe for concurrent senders
-            future = self._dht.get(key, latest=True, return_future=True)
-        found = future.result()
+        found = self._send(lambda: self._dht.get(key, latest=True, return_future=True))
         if found is None:
             return []
         if not isinstance(found.value, dict):

@@ -229,14 +229,7 @@ class Coordinator:
     def _mates(self) -> list:
         """(PeerID, link) of the other live peers of this region: they serve every payload they hold."""
         from hivemind.p2p import PeerID
-        out = []
-        for pid, region in sorted((getattr(self.ctx, "region_of", {}) or {}).items()):
-            if region == self.ctx.region and pid != getattr(self.ctx, "p2p_id", None):
-                try:
-                    out.append((PeerID.from_base58(pid), "intra"))
-                except Exception:
-                    continue
-        return out
+        return [(PeerID.from_base58(pid), "intra") for pid in self.ctx.region_mates()]
 
     async def _fetch_payload(self, digest: str, timeout_s: float) -> bytes:
         """Fetch a payload from its announcers; if that fails (a broken stream, a busy author) and
@@ -412,20 +405,12 @@ class Coordinator:
             target = result.state_hash if result.decided else None
             winners = {v.voter for v in votes if v.state_hash == target}
             outcome.agreed = False
-            state = None
-            give_up = self._resync_deadline(q)
-            while target and state is None:  # the majority publishes its state at about this time
-                try:
-                    if self.merger.is_sync_round(q + 2):  # the winners publish their *merged* state
-                        state = self._resync_to_voters(q, winners)
-                    else:
-                        state = self.resync(q + 2, target)
-                except SwarmError as e:
-                    logger.info("round %d: re-sync failed: %s", q, e)
-                if state is None and time.time() >= give_up:
-                    break
-                if state is None:
-                    time.sleep(0.2)
+            if not target:
+                state = None
+            elif self.merger.is_sync_round(q + 2):  # the winners publish their *merged* state
+                state = self._retry_resync(q, lambda: self._resync_to_voters(q, winners))
+            else:  # the majority publishes its state at about this time
+                state = self._retry_resync(q, lambda: self.resync(q + 2, target))
             outcome.resynced = state is not None
         if state is not None:
             outcome.state_hash = state.hash
@@ -483,34 +468,40 @@ class Coordinator:
         maj = majority_state_hash(offers, self.ctx.reputation())
         return self.resync(q + 2, maj.state_hash) if maj is not None else None
 
+    def _retry_resync(self, q: int, attempt: Callable[[], BaseState | None]) -> BaseState | None:
+        """Call ``attempt`` until it returns a state or :meth:`_resync_deadline` passes (then None)."""
+        give_up = self._resync_deadline(q)
+        while not self._stop.is_set():
+            try:
+                state = attempt()
+            except SwarmError as e:
+                logger.info("round %d: re-sync failed: %s", q, e)
+                state = None
+            if state is not None or time.time() >= give_up:
+                return state
+            self._stop.wait(0.25)
+        return None
+
     def _confirm_merge(self, q: int, state: BaseState) -> BaseState:
         """After a cross-region merge, compare the merged base of ``q+2`` with the region's state
         records: a peer that merged a different set of region deltas (one arrived late) re-syncs to
         the reputation-weighted majority before round ``q+2`` starts, instead of one round later."""
-        deadline = self._resync_deadline(q)
-        region_of = getattr(self.ctx, "region_of", {}) or {}
-        mates = sum(1 for reg in region_of.values() if reg == self.ctx.region)
-        while time.time() < deadline and not self._stop.is_set():
-            offers = self.state_offers(q + 2)
-            if mates and len(offers) >= mates and all(o[1] == state.hash for o in offers):
-                break  # every live peer of the region published the same merged state
-            try:
-                maj = majority_state_hash([(s, h) for s, h, _, _, _ in offers], self.ctx.reputation())
-            except MalformedRecord:
-                maj = None
-            if maj is not None and maj.state_hash != state.hash and len(maj.holders) >= 2 and \
-                    self.ctx.identity.public_key_hex in maj.dissenters:
-                try:
-                    adopted = self.resync(q + 2, maj.state_hash)
-                except SwarmError as e:
-                    logger.info("round %d: re-sync after the merge failed: %s", q, e)
-                    adopted = None
-                if adopted is not None:
-                    logger.warning("merge %d: this peer's merged state was in the minority; re-synced", q + 2)
-                    self._publish_state(adopted)
-                    return adopted
-            self._stop.wait(0.3)
-        return state
+        me, peers = self.ctx.identity.public_key_hex, len(self.ctx.region_mates()) + 1
+
+        def check() -> BaseState | None:  # ours when confirmed, the majority's when re-synced, None: wait
+            offers = [(s, h) for s, h, _, _, _ in self.state_offers(q + 2)]
+            if len(offers) >= peers and all(h == state.hash for _, h in offers):
+                return state  # every live peer of the region published the same merged state
+            maj = majority_state_hash(offers, self.ctx.reputation())
+            if maj is None or maj.state_hash == state.hash or len(maj.holders) < 2 or me not in maj.dissenters:
+                return None
+            adopted = self.resync(q + 2, maj.state_hash)
+            if adopted is not None:
+                logger.warning("merge %d: this peer's merged state was in the minority; re-synced", q + 2)
+                self._publish_state(adopted)
+            return adopted
+
+        return self._retry_resync(q, check) or state
 
     def resync(self, round: int, target_hash: str | None = None, timeout_s: float | None = None) -> BaseState | None:
         """Download the base of ``round`` whose hash the reputation-weighted majority announced (I6).

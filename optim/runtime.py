@@ -109,6 +109,10 @@ class RoundRuntime:
         latest = self.bases.latest()
         return self.verifier.reputation(latest.extra) if latest is not None else {}
 
+    def region_mates(self) -> list[str]:
+        """libp2p ids of the other live peers of this region (from the last peer-list refresh)."""
+        return sorted(pid for pid, region in self.region_of.items() if region == self.region and pid != self.p2p_id)
+
     def link_of_p2p(self, p2p_id: str) -> str:
         """"intra" if the peer with this libp2p id is in our region (or unknown), else "cross"."""
         region = self.region_of.get(p2p_id)
@@ -120,7 +124,7 @@ class RoundRuntime:
         self._refresh_peers()
         now = time.time()
         current = max(0, self.clock.round_at(now))
-        mates = [pid for pid, region in self.region_of.items() if region == self.region and pid != self.p2p_id]
+        mates = self.region_mates()
         if current <= 1:
             self.bases.put(self.like.at_round(0))
             self.bases.put(self.like.at_round(1))
@@ -286,7 +290,7 @@ class RoundRuntime:
                             for peer, samples in sorted(outcome.contributors.items())]
             ids = self.coordinator.verdict_winners.get(outcome.round - 1, ())
             before = _slashed(prev.extra) if prev is not None else set()
-            body = compute_round_record(outcome.round, contributors, self._verifier_counts(outcome.round - 1, ids),
+            body = compute_round_record(outcome.round, contributors, self.verifier.verifier_counts(outcome.round - 1, ids),
                                         sorted(_slashed(state.extra) - before), state.hash)
             self.ledger.append_round(body).wait(10.0)
             head = {"round_chain_head": self.ledger.round_chain_head, "rounds": self.ledger.rounds}
@@ -297,10 +301,6 @@ class RoundRuntime:
             self.ledger_errors += 1
             logger.warning("round %d: reward log append failed: %r", outcome.round, e)
             return None
-
-    def _verifier_counts(self, round: int, ids: tuple[str, ...]) -> dict[str, int]:
-        """Verifications per verifier among the verdict ids the swarm agreed on for ``round``."""
-        return self.verifier.verifier_counts(round, ids)
 
     def metrics(self) -> dict:
         """Live figures for status records, the CLI and benchmarks."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,12 +18,12 @@ import time
 
 import pytest
 
+from benchmarks.churn import SLASH_RE
 from dai_swarm.testing import SocketGuard, spawn_bootstrap
 
 pytestmark = pytest.mark.integration
 
 ROUND_S = 4.0
-SLASH_RE = re.compile(r"base (\d+): slashed \[(.*?)\]")
 
 
 def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id: str, max_steps: int = 15,
