@@ -17,6 +17,17 @@ logger = get_logger(__name__)
 ATTACKS_HELP = "FOR TESTS AND BENCHMARKS ONLY: behave as a Byzantine peer of this kind"
 
 
+def _probability(text: str) -> float:
+    """argparse type: a float in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register ``peer`` and its options."""
     p = sub.add_parser(
@@ -49,6 +60,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--t0", type=float, default=None, help="start time of round 0, Unix seconds (new runs only)")
     p.add_argument("--seed", type=int, default=0, help="model and sampler seed (new runs only)")
     p.add_argument("--max-inner-steps", type=int, default=10_000, help="cap on inner steps per round (new runs only)")
+    p.add_argument("--spot-check-rate", type=_probability, default=0.2, metavar="P",
+                   help="probability that a peer recomputes each update it receives (new runs only; default 0.2)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--address-file", default=None, metavar="PATH", help="write our multiaddrs here (atomically)")
     p.add_argument("--history-file", default=None, metavar="PATH", help="write per-round history as JSON on exit")
@@ -83,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     swarm = Swarm(task, args.run_id, initial_peers=args.initial_peers, region=args.region,
                   identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s, codec=args.codec,
                   t0=args.t0, seed=args.seed, max_inner_steps=args.max_inner_steps, attack=attack,
+                  spot_check_rate=args.spot_check_rate,
                   cross_region_period=args.cross_region_period, ledger=args.ledger)
     logger.info("peer id %s, public key %s, region %s", swarm.dht.peer_id, swarm.identity.public_key_hex,
                 swarm.region)
