@@ -112,7 +112,7 @@ class CrossRegionMerger:
             return self._finish(state, state.params)  # alone: the region's state is the merge
         deadline = ctx.clock.tally_time(q) + MERGE_END * ctx.clock.round_s
         decoded = self._fetch(r, chosen, providers, gateway, deadline)
-        decoded[digest] = codecs.decode(blob)
+        decoded[digest] = codecs.decode(blob, max_bytes=ctx.max_decoded_bytes)
         expect = {n: tuple(t.shape) for n, t in state.params.items()}
         updates = []
         for region, (d, _size, w) in sorted(chosen.items()):
