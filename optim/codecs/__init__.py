@@ -37,6 +37,7 @@ __all__ = [
     "available_codecs",
     "codec_versions",
     "decode",
+    "decode_cap_for",
     "encode",
     "get_codec",
     "max_encoded_size",
@@ -88,10 +89,15 @@ def roundtrip(tensors: Mapping[str, torch.Tensor], codec: str = "int8", **params
     For local, trusted tensors only (recomputations, simulations): the decode cap is the frame's
     own worst case for these shapes, so any model size round-trips.
     """
-    blob = encode(tensors, codec, **params)
+    return decode(encode(tensors, codec, **params), max_bytes=decode_cap_for(tensors, codec, **params))
+
+
+def decode_cap_for(tensors: Mapping[str, torch.Tensor], codec: str, **params: Any) -> int:
+    """The ``max_bytes`` that decoding a frame of exactly these tensors' shapes needs: the larger of
+    their decoded size and the codec's worst-case frame (for frames this peer encoded itself)."""
     shapes = {n: (tuple(t.shape), t.dtype) for n, t in tensors.items()}
     decoded = sum(t.numel() * t.element_size() for t in tensors.values())
-    return decode(blob, max_bytes=max(decoded, max_encoded_size(shapes, codec, **params), len(blob)))
+    return max(decoded, max_encoded_size(shapes, codec, **params))
 
 
 def available_codecs() -> list[str]:
