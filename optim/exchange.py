@@ -23,10 +23,11 @@ from typing import Callable, Optional, Sequence
 
 from hivemind.p2p import P2P, PeerID
 
-from dai_swarm.errors import DigestMismatch, PayloadTooLarge, PeerUnreachable, ProtocolError
+from dai_swarm.errors import DigestMismatch, PayloadNotFound, PayloadTooLarge, PeerUnreachable, ProtocolError
 from dai_swarm.logging import get_logger
 
-__all__ = ["PayloadStore", "PayloadServer", "Traffic", "fetch_payload", "fetch_from_any", "protocol_name"]
+__all__ = ["PayloadStore", "PayloadServer", "Traffic", "fetch_from_any", "fetch_payload", "fetch_when_ready",
+           "protocol_name"]
 
 logger = get_logger(__name__)
 
@@ -178,7 +179,8 @@ async def fetch_payload(p2p: P2P, peer_id: PeerID, run_id: str, digest: str, *, 
 
     Raises :class:`PayloadTooLarge` if the declared size exceeds ``max_bytes`` (before reading
     the body), :class:`DigestMismatch` if a whole payload does not hash to ``digest``,
-    :class:`PeerUnreachable` on timeout or a refused stream, :class:`ProtocolError` on not-found.
+    :class:`PeerUnreachable` on timeout or a refused stream, :class:`PayloadNotFound` (a
+    :class:`ProtocolError`) when the peer does not hold it.
     """
     async def _go() -> bytes:
         _, reader, writer = await p2p.call_binary_stream_handler(peer_id, protocol_name(run_id))
@@ -188,7 +190,7 @@ async def fetch_payload(p2p: P2P, peer_id: PeerID, run_id: str, digest: str, *, 
             header = await reader.readexactly(RESPONSE_HEADER_LEN)
             status, total, n = header[0], int.from_bytes(header[1:9], "big"), int.from_bytes(header[9:17], "big")
             if status == STATUS_NOT_FOUND:
-                raise ProtocolError(f"peer {peer_id} does not hold payload {digest[:12]}")
+                raise PayloadNotFound(f"peer {peer_id} does not hold payload {digest[:12]}")
             if status != STATUS_OK:
                 raise ProtocolError(f"peer {peer_id} refused the request for {digest[:12]} (status {status})")
             if total > max_bytes or n > max_bytes:
@@ -210,13 +212,34 @@ async def fetch_payload(p2p: P2P, peer_id: PeerID, run_id: str, digest: str, *, 
         raise PeerUnreachable(f"peer {peer_id} did not deliver {digest[:12]} within {timeout_s:.1f}s") from e
     except (ConnectionError, asyncio.IncompleteReadError) as e:
         raise PeerUnreachable(f"stream to {peer_id} broke: {e!r}") from e
-    except (PayloadTooLarge, ProtocolError):
+    except (PayloadTooLarge, ProtocolError):  # PayloadNotFound included
         raise
     except Exception as e:  # p2pd control errors (peer gone, no route)
         raise PeerUnreachable(f"cannot open a stream to {peer_id}: {e}") from e
     if verify and offset == 0 and length == 0 and hashlib.sha256(data).hexdigest() != digest:
         raise DigestMismatch(f"payload from {peer_id} does not hash to {digest[:12]}")
     return data
+
+
+async def fetch_when_ready(p2p: P2P, peer_id: PeerID, run_id: str, digest: str, *, max_bytes: int, wait_s: float,
+                           timeout_s: float, traffic: Traffic | None = None, link: str = "intra",
+                           poll_s: float = 0.2) -> bytes:
+    """Fetch ``digest`` from a peer that is about to hold it (a region's gateway still fetching).
+
+    The server never waits for a payload: the *asker* polls, re-asking every ``poll_s`` while the
+    answer is "not found" and ``wait_s`` has not passed (its own coroutine; no thread anywhere),
+    then raises the last error like :func:`fetch_payload`.
+    """
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + wait_s
+    while True:
+        try:
+            return await fetch_payload(p2p, peer_id, run_id, digest, max_bytes=max_bytes, timeout_s=timeout_s,
+                                       traffic=traffic, link=link)
+        except PayloadNotFound:
+            if loop.time() + poll_s >= give_up:
+                raise
+        await asyncio.sleep(poll_s)
 
 
 async def fetch_from_any(p2p: P2P, providers: Sequence[tuple[PeerID, str]], run_id: str, digest: str, *,

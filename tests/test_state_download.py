@@ -9,6 +9,7 @@ and 300 requests for unknown digests against real payload servers.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import os
 import random
@@ -17,7 +18,7 @@ import time
 import pytest
 import torch
 
-from dai_swarm.errors import DigestMismatch, PayloadTooLarge, PeerUnreachable, ProtocolError
+from dai_swarm.errors import DigestMismatch, PayloadNotFound, PayloadTooLarge, PeerUnreachable, ProtocolError
 from dai_swarm.optim import download
 from dai_swarm.optim.download import (
     MAX_CHUNKS,
@@ -28,7 +29,8 @@ from dai_swarm.optim.download import (
     pick_download,
     state_record,
 )
-from dai_swarm.optim.exchange import STATUS_NOT_FOUND, PayloadServer, PayloadStore, Traffic
+from dai_swarm.optim import exchange
+from dai_swarm.optim.exchange import STATUS_NOT_FOUND, PayloadServer, PayloadStore, Traffic, fetch_when_ready
 
 MIB = 1 << 20
 CH = 64 << 10  # chunk size of the in-memory tests (the real minimum is 1 MiB)
@@ -63,7 +65,7 @@ class FakeNet:
                 raise PeerUnreachable(f"{peer_id} is gone")
             data = self.holdings[peer_id].get(digest)
             if data is None:
-                raise ProtocolError(f"{peer_id} does not hold {digest[:12]}")
+                raise PayloadNotFound(f"{peer_id} does not hold {digest[:12]}")
             if len(data) > max_bytes:
                 raise PayloadTooLarge("too large")
             out = data[offset:] if length == 0 else data[offset:offset + length]
@@ -236,6 +238,27 @@ def test_unknown_digest_is_answered_at_once_without_a_thread():
     assert not hasattr(store, "wait_for")
 
 
+def test_the_asker_polls_a_gateway_that_is_still_fetching(monkeypatch):
+    """Servers never hold requests; a region mate re-asks its gateway until the payload arrives."""
+    blob = b"region delta"
+    digest = hashlib.sha256(blob).hexdigest()
+    net = FakeNet({"gw": {}})
+    monkeypatch.setattr(exchange, "fetch_payload", net.fetch_payload)
+
+    async def go():
+        async def arrive():
+            await asyncio.sleep(0.05)
+            net.holdings["gw"][digest] = blob
+
+        asyncio.get_running_loop().create_task(arrive())
+        got = await fetch_when_ready(None, "gw", "run", digest, max_bytes=MIB, wait_s=2.0, timeout_s=1.0, poll_s=0.01)
+        with pytest.raises(PayloadNotFound):
+            await fetch_when_ready(None, "gw", "run", "0" * 64, max_bytes=MIB, wait_s=0.05, timeout_s=1.0, poll_s=0.01)
+        return got
+
+    assert asyncio.run(go()) == blob and len(net.requests) >= 3
+
+
 @pytest.mark.integration
 def test_real_p2p_liar_among_donors_and_300_unknown_digest_requests():
     """Four real P2P daemons: three honest donors and one that serves a corrupted range."""
@@ -253,8 +276,9 @@ def test_real_p2p_liar_among_donors_and_300_unknown_digest_requests():
             p2p = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
             store = PayloadStore()
             data = bytearray(blob)
-            if i == 0:
-                data[2 * offer.chunk_bytes + 11] ^= 0xFF  # the liar: one byte of range 2
+            if i == 0:  # the liar: one byte wrong in every range
+                for off in range(11, len(data), offer.chunk_bytes):
+                    data[off] ^= 0xFF
             store._items[offer.digest] = (0, bytes(data))
             store.put(hashes, 0)
             server = PayloadServer(p2p, "run", store, Traffic())
@@ -273,32 +297,37 @@ def test_real_p2p_liar_among_donors_and_300_unknown_digest_requests():
                                           on_liar=lambda p, why: liars.append(p), stats=stats, timeout_s=20.0)
                 results.append((got == blob, [str(p) for p in liars], stats["wasted_ranges"],
                                 time.perf_counter() - t, dict(stats["served"])))
-            # 300 requests for digests nobody holds, all at once, against one server
+            # 300 requests for digests nobody holds against one server, 64 in flight at a time (more at
+            # once overflow the daemon-to-handler socket backlog of hivemind's P2P: resets, not waits)
             from dai_swarm.optim.exchange import fetch_payload
 
+            gate = asyncio.Semaphore(64)
+
             async def unknown(i):
+                async with gate:
+                    return await ask(i)
+
+            async def ask(i):
                 try:
                     await fetch_payload(me, donors[1].peer_id, "run", hashlib.sha256(b"%d" % i).hexdigest(),
                                         max_bytes=MIB, timeout_s=30.0)
-                except ProtocolError as e:
-                    return "does not hold" in str(e)
-                return False
+                except PayloadNotFound:
+                    return "not found"
+                except (ProtocolError, PeerUnreachable) as e:
+                    return repr(e)
+                return "served"
 
             t = time.perf_counter()
             answered = await asyncio.gather(*(unknown(i) for i in range(300)))
-            return results, answered, time.perf_counter() - t, servers[1].not_found
+            return results, answered, time.perf_counter() - t, servers[1].not_found, str(donors[0].peer_id)
         finally:
             for p in donors + [me]:
                 await p.shutdown()
 
     with testing.SocketGuard():
-        results, answered, took, not_found = asyncio.run(go())
-    liar = None
-    for ok, liars, wasted, seconds, served in results:
-        assert ok and wasted == len(liars) <= 1, results
-        liar = liars[0] if liars else liar
-        assert liar is None or liar not in served
-        assert len(served) >= 2
-    assert all(answered) and not_found == 300
+        results, answered, took, not_found, liar = asyncio.run(go())
+    for ok, liars, wasted, seconds, served in results:  # each download: the liar costs one range
+        assert ok and liars == [liar] and wasted == 1 and liar not in served and len(served) == 3, results
+    assert answered == ["not found"] * 300 and not_found == 300, collections.Counter(answered)
     print(f"REPORT downloads_s={[round(r[3], 2) for r in results]} unknown_300_s={took:.2f}")
     assert took < 15.0  # measured ~1-2 s; with a held executor thread per request it took 38 s
