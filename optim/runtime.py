@@ -80,7 +80,7 @@ class RoundRuntime:
         self.counters: dict[str, int] = {}
         self.history: list[dict] = []
         self.region_of: dict[str, str] = {}  # libp2p id -> region, of the live signed peer records
-        self.peer_keys: dict[str, tuple[str, str]] = {}  # public key -> (libp2p id, region), same records
+        self.peer_keys: dict[str, tuple[str, str, float]] = {}  # public key -> (libp2p id, region, last seen)
         self.bases = BaseStore()
         self.store = PayloadStore()
         self.traffic = Traffic()
@@ -115,10 +115,14 @@ class RoundRuntime:
         return sorted(pid for pid, region in self.region_of.items() if region == self.region and pid != self.p2p_id)
 
     def announcer(self, public_key: str) -> str | None:
-        """libp2p id of the live peer of this region whose signed peer record carries
-        ``public_key``, or None: only such peers' update announcements are accepted."""
+        """libp2p id of the peer of this region whose signed peer record carries ``public_key``
+        and was live within the last two rounds, or None: only such keys may announce updates.
+        (The grace keeps a peer whose heartbeat ran late on a busy host, or that died after
+        announcing, from being counted by some mates and not by others.)"""
         entry = self.peer_keys.get(public_key)
-        return entry[0] if entry is not None and entry[1] == self.region else None
+        if entry is None or entry[1] != self.region or entry[2] < time.time() - 2 * self.clock.round_s:
+            return None
+        return entry[0]
 
     def refresh_peers(self) -> None:
         """Re-read the live peer records now (the heartbeat also does it every few seconds)."""
@@ -332,7 +336,10 @@ class RoundRuntime:
         try:
             peers = self.dht.list_peers(self.run_id)  # verified: signed by the key they carry, unexpired
             self.region_of = {p.peer_id: p.region for p in peers}
-            self.peer_keys = {p.public_key: (p.peer_id, p.region) for p in peers}
+            now, grace = time.time(), 2 * self.clock.round_s
+            keys = {k: v for k, v in self.peer_keys.items() if v[2] >= now - grace}
+            keys.update({p.public_key: (p.peer_id, p.region, now) for p in peers})
+            self.peer_keys = keys
         except Exception as e:
             logger.debug("peer list refresh failed: %s", e)
 

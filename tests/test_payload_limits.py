@@ -4,6 +4,7 @@ may choose, freeze or fork the model", finding 6). Unit level: no DHT, no P2P.""
 from __future__ import annotations
 
 import inspect
+import time
 from types import SimpleNamespace
 
 import torch
@@ -70,11 +71,9 @@ def _ctx(dht, peers_now: dict, peers_later: dict):
         ctx.refreshes += 1
         ctx.peer_keys = dict(peers_later)
 
-    def announcer(key):
-        e = ctx.peer_keys.get(key)
-        return e[0] if e is not None and e[1] == ctx.region else None
-
-    ctx.refresh_peers, ctx.announcer = refresh, announcer
+    ctx.refresh_peers = refresh
+    ctx.announcer = lambda key: RoundRuntime.announcer(ctx, key)
+    ctx.clock = SimpleNamespace(round_s=5.0)
     ctx.count = lambda name, n=1: ctx.counters.__setitem__(name, ctx.counters.get(name, 0) + n)
     return ctx
 
@@ -83,8 +82,9 @@ def test_only_keys_with_a_live_peer_record_in_the_region_may_announce():
     a, b, late, stranger, foreign = ("a" * 64, "b" * 64, "c" * 64, "d" * 64, "e" * 64)
     dht = _Records([_ann(a, "PA", "1" * 64), _ann(b, "claims-someone-else", "2" * 64), _ann(late, "PL", "3" * 64),
                     _ann(stranger, "PS", "4" * 64), _ann(foreign, "PF", "5" * 64)])
-    now = {a: ("PA", "r0"), b: ("PB", "r0"), foreign: ("PF", "r1")}
-    later = dict(now, **{late: ("PL", "r0")})  # a mate whose record was not read yet: found on re-read
+    t = time.time()
+    now = {a: ("PA", "r0", t), b: ("PB", "r0", t), foreign: ("PF", "r1", t)}
+    later = dict(now, **{late: ("PL", "r0", t)})  # a mate whose record was not read yet: found on re-read
     ctx = _ctx(dht, now, later)
     coord = Coordinator(ctx, BaseStore())
     anns = coord._announcements(3)
@@ -97,6 +97,24 @@ def test_only_keys_with_a_live_peer_record_in_the_region_may_announce():
     coord._announcements(3)
     assert ctx.refreshes == 1 and ctx.counters["unknown_announcer"] == 4  # one fetch at most per key and read
     everyone = _Records([_ann(a, "PA", "1" * 64)])
-    ctx2 = _ctx(everyone, {a: ("PA", "r0")}, {})
+    ctx2 = _ctx(everyone, {a: ("PA", "r0", t)}, {})
     Coordinator(ctx2, BaseStore())._announcements(3)
     assert ctx2.refreshes == 0  # all announcers known: no extra DHT read
+    ctx3 = _ctx(everyone, {a: ("PA", "r0", t - 11.0)}, {a: ("PA", "r0", t - 11.0)})  # last seen > 2 rounds ago
+    assert Coordinator(ctx3, BaseStore())._announcements(3) == [] and ctx3.counters == {"unknown_announcer": 1}
+
+
+def test_peer_keys_come_from_signed_peer_records_and_expire_after_two_rounds():
+    rec = SimpleNamespace(public_key="a" * 64, peer_id="PA", region="r0")
+    listed = [rec]
+    rt = SimpleNamespace(run_id="run", region="r0", peer_keys={}, clock=SimpleNamespace(round_s=5.0),
+                         dht=SimpleNamespace(list_peers=lambda run_id: list(listed)))
+    RoundRuntime._refresh_peers(rt)
+    assert rt.region_of == {"PA": "r0"} and RoundRuntime.announcer(rt, "a" * 64) == "PA"
+    listed.clear()  # the record expired (a late heartbeat): still accepted within two rounds
+    RoundRuntime._refresh_peers(rt)
+    assert rt.region_of == {} and RoundRuntime.announcer(rt, "a" * 64) == "PA"
+    rt.peer_keys["a" * 64] = ("PA", "r0", time.time() - 10.5)
+    RoundRuntime._refresh_peers(rt)
+    assert RoundRuntime.announcer(rt, "a" * 64) is None and rt.peer_keys == {}
+    assert RoundRuntime.announcer(rt, "b" * 64) is None
