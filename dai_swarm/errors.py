@@ -20,7 +20,8 @@ Tree::
     │   │   └── MalformedRecord     does not parse or does not match its schema
     │   ├── StaleRound              refers to a round that is closed or too far ahead
     │   ├── WrongBase               built on a base-state hash that is not canonical
-    │   └── DigestMismatch          payload bytes do not hash to the announced digest
+    │   ├── DigestMismatch          payload bytes do not hash to the announced digest
+    │   └── PayloadNotFound         the asked peer does not hold that payload (yet)
     ├── CodecError                  a payload frame could not be encoded or decoded
     │   ├── PayloadTooLarge         a declared or actual size exceeds a hard cap
     │   ├── PayloadCorrupt          truncated frame, bad magic, bad CRC, bad zstd stream
@@ -50,6 +51,7 @@ __all__ = [
     "NetworkError",
     "NonFiniteValues",
     "PayloadCorrupt",
+    "PayloadNotFound",
     "PayloadTooLarge",
     "PeerUnreachable",
     "ProtocolError",
@@ -122,6 +124,10 @@ class WrongBase(ProtocolError):
 
 class DigestMismatch(ProtocolError):
     """Payload bytes do not hash to the digest that was announced for them."""
+
+
+class PayloadNotFound(ProtocolError):
+    """The asked peer does not hold the payload (it may get it later; ask again or elsewhere)."""
 
 
 class CodecError(SwarmError, ValueError):

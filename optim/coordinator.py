@@ -34,7 +34,8 @@ from . import codecs
 from .aggregate import update_weight, weighted_mean
 from .book import BookLimits, RoundBook, UpdateAnnouncement
 from .crossregion import CrossRegionMerger
-from .exchange import fetch_chunked, fetch_from_any
+from .download import StateOffer, fetch_chunked, parse_state_offer, pick_download, state_record
+from .exchange import fetch_from_any
 from .outer import OuterState, outer_step
 from .states import BaseState, BaseStore
 from .votes import Vote, majority_state_hash, tally
@@ -283,22 +284,36 @@ class Coordinator:
         self.ctx.netloop.run(go(), timeout_s=timeout_s + 5)
 
     def _announcements(self, round: int) -> list[UpdateAnnouncement]:
-        out = []
-        for rec in self._records("update", round):
+        """Round ``round``'s update announcements from live peers of this region (one per signer).
+
+        Only a key with a live, signed peer record in this region may announce; if an announcer is
+        unknown the peer records are re-read once (a mate's record may not have been read yet), and
+        announcements still unknown are dropped and counted (``unknown_announcer``). The provider
+        to fetch from is the libp2p id of the signer's own peer record, not one the body names.
+        """
+        out, records = [], self._records("update", round)
+        if any(self.ctx.announcer(rec.signer) is None for rec in records):
+            self.ctx.refresh_peers()
+        for rec in records:
+            provider = self.ctx.announcer(rec.signer)
+            if provider is None:
+                self.ctx.count("unknown_announcer")
+                logger.info("round %d: announcement from %s dropped: no live peer record in region %s",
+                            round, rec.signer[:12], self.ctx.region)
+                continue
             body = dict(rec.body)
-            p2p_id = body.pop("p2p_id", None)
+            body.pop("p2p_id", None)
             try:
                 if body.get("peer") != rec.signer:
                     raise MalformedRecord("announcement names another peer than its signer")
                 ann = UpdateAnnouncement(**body)
             except (TypeError, MalformedRecord) as e:
-                self.ctx.counters["malformed_announcement"] = self.ctx.counters.get("malformed_announcement", 0) + 1
+                self.ctx.count("malformed_announcement")
                 logger.info("round %d: malformed announcement from %s: %s", round, rec.signer[:12], e)
                 continue
-            if isinstance(p2p_id, str):
-                self.providers.setdefault(ann.digest, [])
-                if p2p_id not in self.providers[ann.digest]:
-                    self.providers[ann.digest].append(p2p_id)
+            self.providers.setdefault(ann.digest, [])
+            if provider not in self.providers[ann.digest]:
+                self.providers[ann.digest].append(provider)
             out.append(ann)
         return out
 
@@ -437,20 +452,18 @@ class Coordinator:
 
     # --- state records, joins and re-syncs -----------------------------------------------------
     def _publish_state(self, state: BaseState) -> None:
+        """Store the snapshot and its chunk list (both served to joiners) and publish the record."""
         blob = state.blob()
-        digest = self.ctx.store.put(blob, state.round)
-        self._publish("state", state.round, {"state_hash": state.hash, "digest": digest, "size": len(blob),
-                                             "p2p_id": self.ctx.p2p_id})
+        body, hashes = state_record(state.hash, blob, self.ctx.p2p_id)
+        self.ctx.store.put(blob, state.round, body["digest"])
+        self.ctx.store.put(hashes, state.round, body["chunks_digest"])
+        self._publish("state", state.round, body)
 
-    def state_offers(self, round: int) -> list:
-        """(signer, state_hash, digest, size, p2p_id) of the state records of ``round``."""
-        out = []
-        for rec in self._records("state", round, self.foreign_source.get(round)):
-            b = rec.body
-            if isinstance(b.get("state_hash"), str) and isinstance(b.get("digest"), str) and \
-                    isinstance(b.get("size"), int) and isinstance(b.get("p2p_id"), str):
-                out.append((rec.signer, b["state_hash"], b["digest"], b["size"], b["p2p_id"]))
-        return out
+    def state_offers(self, round: int) -> list[StateOffer]:
+        """The well-formed state records of ``round`` (see :class:`~.download.StateOffer`)."""
+        offers = (parse_state_offer(rec.signer, rec.body)
+                  for rec in self._records("state", round, self.foreign_source.get(round)))
+        return [o for o in offers if o is not None]
 
     def _resync_deadline(self, q: int) -> float:
         """How long a minority peer keeps trying to re-sync the base of ``q+2`` at round ``q``'s
@@ -462,7 +475,7 @@ class Coordinator:
     def _resync_to_voters(self, q: int, winners: set[str]) -> BaseState | None:
         """Merge rounds: the vote named the winners' pre-merge hash, but they publish the merged
         base of ``q+2``; adopt the state most of the winning voters published (None: not yet)."""
-        offers = [(s, h) for s, h, _, _, _ in self.state_offers(q + 2) if s in winners]
+        offers = [(o.signer, o.state_hash) for o in self.state_offers(q + 2) if o.signer in winners]
         if not offers:
             return None
         maj = majority_state_hash(offers, self.ctx.reputation())
@@ -489,7 +502,7 @@ class Coordinator:
         me, peers = self.ctx.identity.public_key_hex, len(self.ctx.region_mates()) + 1
 
         def check() -> BaseState | None:  # ours when confirmed, the majority's when re-synced, None: wait
-            offers = [(s, h) for s, h, _, _, _ in self.state_offers(q + 2)]
+            offers = [(o.signer, o.state_hash) for o in self.state_offers(q + 2)]
             if len(offers) >= peers and all(h == state.hash for _, h in offers):
                 return state  # every live peer of the region published the same merged state
             maj = majority_state_hash(offers, self.ctx.reputation())
@@ -503,6 +516,10 @@ class Coordinator:
 
         return self._retry_resync(q, check) or state
 
+    def _lying_donor(self, peer_id: Any, why: str) -> None:
+        """A donor sent state bytes that do not match the chunk list: count it (status counters)."""
+        self.ctx.count("lying_donor")  # the download itself logs a warning naming the donor
+
     def resync(self, round: int, target_hash: str | None = None, timeout_s: float | None = None) -> BaseState | None:
         """Download the base of ``round`` whose hash the reputation-weighted majority announced (I6).
 
@@ -513,29 +530,29 @@ class Coordinator:
         offers = self.state_offers(round)
         if not offers:
             return None
-        maj = majority_state_hash([(s, h) for s, h, _, _, _ in offers], self.ctx.reputation())
+        maj = majority_state_hash([(o.signer, o.state_hash) for o in offers], self.ctx.reputation())
         if maj is None:
             return None
         target = target_hash or maj.state_hash
-        good = [o for o in offers if o[1] == target and o[0] != self.ctx.identity.public_key_hex]
-        live = set(getattr(self.ctx, "region_of", {}) or ())
-        if live and any(o[4] in live for o in good):  # skip donors whose peer record expired (gone)
-            good = [o for o in good if o[4] in live]
-        if not good:
+        picked = pick_download(offers, target, self.ctx.identity.public_key_hex,
+                               set(getattr(self.ctx, "region_of", {}) or ()))
+        if picked is None:
             return None
-        by_digest: dict[str, list] = {}
-        for o in good:
-            by_digest.setdefault((o[2], o[3]), []).append(o[4])
-        (digest, size), donors = max(by_digest.items(), key=lambda kv: len(kv[1]))
-        donor_ids = [(PeerID.from_base58(p), self.ctx.link_of_p2p(p)) for p in sorted(set(donors))]
+        offer, donors = picked
+        donor_ids = []  # in any order: the fetch shuffles them
+        for p in donors:
+            try:
+                donor_ids.append((PeerID.from_base58(p), self.ctx.link_of_p2p(p)))
+            except Exception:  # a malformed libp2p id in a signed record: not a donor
+                continue
         timeout_s = timeout_s or max(5.0, self.ctx.clock.round_s)
         blob = self.ctx.netloop.run(
-            fetch_chunked(self.ctx.p2p, donor_ids, self.ctx.run_id, digest, size,
-                          max_bytes=self.ctx.max_state_bytes, traffic=self.ctx.traffic, timeout_s=timeout_s),
+            fetch_chunked(self.ctx.p2p, donor_ids, self.ctx.run_id, offer, max_bytes=self.ctx.max_state_bytes,
+                          traffic=self.ctx.traffic, timeout_s=timeout_s, on_liar=self._lying_donor),
             timeout_s=timeout_s * 3)
         state = BaseState.from_blob(round, blob, target, self.ctx.like)
         self.bases.put(state)
-        self.ctx.store.put(blob, round, digest)
+        self.ctx.store.put(blob, round, offer.digest)
         events.info("re-synced base of round %d (%s) from %d donor(s)", round, target[:12], len(donor_ids),
                     extra={"event": "resync", "round": round, "state_hash": target})
         return state

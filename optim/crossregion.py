@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
-from dai_swarm.errors import SwarmError
+from dai_swarm.errors import PayloadTooLarge, PeerUnreachable, ProtocolError, SwarmError
 from dai_swarm.logging import get_logger
 
 from . import codecs
 from .aggregate import weighted_mean
-from .exchange import fetch_from_any
+from .exchange import fetch_from_any, fetch_when_ready
 from .states import BaseState
 from dai_swarm.canonical import state_hash
 
@@ -112,7 +112,7 @@ class CrossRegionMerger:
             return self._finish(state, state.params)  # alone: the region's state is the merge
         deadline = ctx.clock.tally_time(q) + MERGE_END * ctx.clock.round_s
         decoded = self._fetch(r, chosen, providers, gateway, deadline)
-        decoded[digest] = codecs.decode(blob)
+        decoded[digest] = codecs.decode(blob, max_bytes=ctx.max_decoded_bytes)
         expect = {n: tuple(t.shape) for n, t in state.params.items()}
         updates = []
         for region, (d, _size, w) in sorted(chosen.items()):
@@ -184,14 +184,22 @@ class CrossRegionMerger:
         out: dict[str, dict] = {}
 
         async def one(digest: str) -> None:
-            local = ctx.store.get(digest)
+            local = held = ctx.store.get(digest)
             try:
+                if local is None and gateway != ctx.p2p_id:  # the gateway may still be fetching it:
+                    try:  # ask it again briefly (the asker polls; servers never hold a request)
+                        local = await fetch_when_ready(
+                            ctx.p2p, PeerID.from_base58(gateway), ctx.run_id, digest, max_bytes=ctx.max_payload_bytes,
+                            wait_s=min(2.0, 0.15 * ctx.clock.round_s, max(0.0, deadline - time.time() - 0.5)),
+                            timeout_s=max(0.3, deadline - time.time()), traffic=ctx.traffic)
+                    except (PeerUnreachable, ProtocolError, PayloadTooLarge) as e:
+                        logger.info("merge %d: gateway did not serve %s: %s", r, digest[:12], e)
                 if local is None:
                     remote = [(PeerID.from_base58(pid), "cross" if reg != ctx.region else "intra")
-                              for pid, reg in providers.get(digest, []) if pid != ctx.p2p_id]
-                    order = remote if gateway == ctx.p2p_id else [(PeerID.from_base58(gateway), "intra")] + remote
-                    local = await fetch_from_any(ctx.p2p, order, ctx.run_id, digest, max_bytes=ctx.max_payload_bytes,
+                              for pid, reg in providers.get(digest, []) if pid not in (ctx.p2p_id, gateway)]
+                    local = await fetch_from_any(ctx.p2p, remote, ctx.run_id, digest, max_bytes=ctx.max_payload_bytes,
                                                  timeout_s=max(0.3, deadline - time.time()), traffic=ctx.traffic)
+                if held is None:
                     ctx.store.put(local, r, digest)
                 out[digest] = codecs.decode(local, max_bytes=ctx.max_decoded_bytes)
             except (SwarmError, ValueError) as e:

@@ -3,8 +3,8 @@
 Payloads (compressed updates, region deltas, state snapshots) are named by the SHA-256 of their
 bytes. Any peer that holds a payload serves it; a fetcher asks the author or anyone else, checks
 the declared size against its cap *before* downloading, and checks the digest after. Large
-payloads are fetched in ranges, possibly from several donors at once (resumable: a failed range
-is retried with another donor).
+payloads (state snapshots) are fetched in verified ranges from several donors: see
+:mod:`.download`.
 
 Wire format of one request (fixed 49 bytes): op (1 byte, 1 = GET), digest (32 raw bytes),
 offset (8 bytes, big endian), length (8 bytes, big endian; 0 = to the end). One response: status
@@ -17,17 +17,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from hivemind.p2p import P2P, PeerID
 
-from dai_swarm.errors import DigestMismatch, PayloadTooLarge, PeerUnreachable, ProtocolError
+from dai_swarm.errors import DigestMismatch, PayloadNotFound, PayloadTooLarge, PeerUnreachable, ProtocolError
 from dai_swarm.logging import get_logger
 
-__all__ = ["PayloadStore", "PayloadServer", "Traffic", "fetch_payload", "fetch_from_any", "fetch_chunked"]
+__all__ = ["PayloadStore", "PayloadServer", "Traffic", "fetch_from_any", "fetch_payload", "fetch_when_ready",
+           "protocol_name"]
 
 logger = get_logger(__name__)
 
@@ -60,8 +60,8 @@ class Traffic:
 class PayloadStore:
     """Payloads held by this peer, by hex digest, with the round they belong to.
 
-    Bounded by total bytes: the oldest rounds are evicted first. Thread-safe; ``wait_for`` lets a
-    server hold a request briefly for a payload that is about to arrive.
+    Bounded by total bytes: the oldest rounds are evicted first. Thread-safe. Lookups never wait
+    for a payload to arrive: a server answers "not found" at once (a fetcher retries elsewhere).
     """
 
     def __init__(self, max_bytes: int = 2 << 30):
@@ -69,19 +69,17 @@ class PayloadStore:
         self._items: "OrderedDict[str, tuple[int, bytes]]" = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
 
     def put(self, data: bytes, round: int, digest: str | None = None) -> str:
         """Store ``data`` (for ``round``); returns its hex digest. Checks ``digest`` if given."""
         actual = hashlib.sha256(data).hexdigest()
         if digest is not None and digest != actual:
             raise DigestMismatch(f"payload hashes to {actual[:12]}, not {digest[:12]}")
-        with self._cond:
+        with self._lock:
             if actual not in self._items:
                 self._items[actual] = (round, bytes(data))
                 self._bytes += len(data)
                 self._evict()
-            self._cond.notify_all()
         return actual
 
     def _evict(self) -> None:
@@ -105,30 +103,21 @@ class PayloadStore:
             for d in [d for d, (r, _) in self._items.items() if r < min_round]:
                 self._bytes -= len(self._items.pop(d)[1])
 
-    def wait_for(self, digest: str, timeout_s: float) -> Optional[bytes]:
-        """Block up to ``timeout_s`` for ``digest`` to arrive (call from a worker thread)."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while digest not in self._items:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cond.wait(left)
-            return self._items[digest][1]
-
 
 class PayloadServer:
     """Serves a :class:`PayloadStore` on a hivemind P2P binary stream handler.
 
-    ``link_of(peer_id) -> "intra" | "cross"`` classifies the requester for byte counting;
-    ``hold_s`` is how long a request for a payload this peer does not (yet) hold may wait for it.
+    ``link_of(peer_id) -> "intra" | "cross"`` classifies the requester for byte counting. A
+    request is answered from one store lookup on the event loop: a digest this peer does not hold
+    gets "not found" at once, so requests for unknown digests never park a thread or a handler.
     """
 
     def __init__(self, p2p: P2P, run_id: str, store: PayloadStore, traffic: Traffic,
-                 link_of: Callable[[PeerID], str] = lambda _: "intra", hold_s: float = 0.0):
-        self.p2p, self.store, self.traffic, self.link_of, self.hold_s = p2p, store, traffic, link_of, hold_s
+                 link_of: Callable[[PeerID], str] = lambda _: "intra"):
+        self.p2p, self.store, self.traffic, self.link_of = p2p, store, traffic, link_of
         self.protocol = protocol_name(run_id)
         self.served = 0
+        self.not_found = 0
 
     async def start(self) -> None:
         """Register the stream handler on the P2P daemon."""
@@ -150,10 +139,9 @@ class PayloadServer:
             if op != OP_GET:
                 writer.write(bytes([STATUS_BAD_REQUEST]) + bytes(16))
                 return
-            data = self.store.get(digest)
-            if data is None and self.hold_s > 0:
-                data = await asyncio.get_running_loop().run_in_executor(None, self.store.wait_for, digest, self.hold_s)
+            data = self.store.get(digest)  # never waits for the payload to appear
             if data is None:
+                self.not_found += 1
                 writer.write(bytes([STATUS_NOT_FOUND]) + bytes(16))
                 return
             if offset > len(data):
@@ -191,7 +179,8 @@ async def fetch_payload(p2p: P2P, peer_id: PeerID, run_id: str, digest: str, *, 
 
     Raises :class:`PayloadTooLarge` if the declared size exceeds ``max_bytes`` (before reading
     the body), :class:`DigestMismatch` if a whole payload does not hash to ``digest``,
-    :class:`PeerUnreachable` on timeout or a refused stream, :class:`ProtocolError` on not-found.
+    :class:`PeerUnreachable` on timeout or a refused stream, :class:`PayloadNotFound` (a
+    :class:`ProtocolError`) when the peer does not hold it.
     """
     async def _go() -> bytes:
         _, reader, writer = await p2p.call_binary_stream_handler(peer_id, protocol_name(run_id))
@@ -201,7 +190,7 @@ async def fetch_payload(p2p: P2P, peer_id: PeerID, run_id: str, digest: str, *, 
             header = await reader.readexactly(RESPONSE_HEADER_LEN)
             status, total, n = header[0], int.from_bytes(header[1:9], "big"), int.from_bytes(header[9:17], "big")
             if status == STATUS_NOT_FOUND:
-                raise ProtocolError(f"peer {peer_id} does not hold payload {digest[:12]}")
+                raise PayloadNotFound(f"peer {peer_id} does not hold payload {digest[:12]}")
             if status != STATUS_OK:
                 raise ProtocolError(f"peer {peer_id} refused the request for {digest[:12]} (status {status})")
             if total > max_bytes or n > max_bytes:
@@ -223,13 +212,34 @@ async def fetch_payload(p2p: P2P, peer_id: PeerID, run_id: str, digest: str, *, 
         raise PeerUnreachable(f"peer {peer_id} did not deliver {digest[:12]} within {timeout_s:.1f}s") from e
     except (ConnectionError, asyncio.IncompleteReadError) as e:
         raise PeerUnreachable(f"stream to {peer_id} broke: {e!r}") from e
-    except (PayloadTooLarge, ProtocolError):
+    except (PayloadTooLarge, ProtocolError):  # PayloadNotFound included
         raise
     except Exception as e:  # p2pd control errors (peer gone, no route)
         raise PeerUnreachable(f"cannot open a stream to {peer_id}: {e}") from e
     if verify and offset == 0 and length == 0 and hashlib.sha256(data).hexdigest() != digest:
         raise DigestMismatch(f"payload from {peer_id} does not hash to {digest[:12]}")
     return data
+
+
+async def fetch_when_ready(p2p: P2P, peer_id: PeerID, run_id: str, digest: str, *, max_bytes: int, wait_s: float,
+                           timeout_s: float, traffic: Traffic | None = None, link: str = "intra",
+                           poll_s: float = 0.2) -> bytes:
+    """Fetch ``digest`` from a peer that is about to hold it (a region's gateway still fetching).
+
+    The server never waits for a payload: the *asker* polls, re-asking every ``poll_s`` while the
+    answer is "not found" and ``wait_s`` has not passed (its own coroutine; no thread anywhere),
+    then raises the last error like :func:`fetch_payload`.
+    """
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + wait_s
+    while True:
+        try:
+            return await fetch_payload(p2p, peer_id, run_id, digest, max_bytes=max_bytes, timeout_s=timeout_s,
+                                       traffic=traffic, link=link)
+        except PayloadNotFound:
+            if loop.time() + poll_s >= give_up:
+                raise
+        await asyncio.sleep(poll_s)
 
 
 async def fetch_from_any(p2p: P2P, providers: Sequence[tuple[PeerID, str]], run_id: str, digest: str, *,
@@ -247,43 +257,3 @@ async def fetch_from_any(p2p: P2P, providers: Sequence[tuple[PeerID, str]], run_
         except (PeerUnreachable, ProtocolError, PayloadTooLarge) as e:
             last = e
     raise last
-
-
-async def fetch_chunked(p2p: P2P, donors: Sequence[tuple[PeerID, str]], run_id: str, digest: str, total: int, *,
-                        max_bytes: int, chunk_bytes: int = 1 << 20, timeout_s: float = 10.0,
-                        traffic: Traffic | None = None, parallel: int = 4) -> bytes:
-    """Download a large payload in ranges spread over several donors, then check its digest.
-
-    Ranges are assigned round-robin; a failed range is retried with the next donor, so the
-    download resumes rather than restarts when a donor dies. Never relies on one donor when
-    others exist.
-    """
-    if total > max_bytes:
-        raise PayloadTooLarge(f"state of {total} bytes exceeds cap {max_bytes}")
-    if not donors:
-        raise PeerUnreachable("no donors to download state from")
-    ranges = [(off, min(chunk_bytes, total - off)) for off in range(0, total, chunk_bytes)] or [(0, 0)]
-    parts: dict[int, bytes] = {}
-    sem = asyncio.Semaphore(parallel)
-
-    async def get_range(i: int, off: int, n: int) -> None:
-        async with sem:
-            last: Exception | None = None
-            for attempt in range(len(donors) * 2):
-                peer_id, link = donors[(i + attempt) % len(donors)]
-                try:
-                    data = await fetch_payload(p2p, peer_id, run_id, digest, max_bytes=max_bytes, timeout_s=timeout_s,
-                                               offset=off, length=n, traffic=traffic, link=link, verify=False)
-                    if len(data) != n:
-                        raise ProtocolError(f"donor {peer_id} sent {len(data)} bytes for a {n}-byte range")
-                    parts[off] = data
-                    return
-                except (PeerUnreachable, ProtocolError, PayloadTooLarge) as e:
-                    last = e
-            raise PeerUnreachable(f"no donor delivered range {off}+{n} of {digest[:12]}: {last}")
-
-    await asyncio.gather(*(get_range(i, off, n) for i, (off, n) in enumerate(ranges)))
-    blob = b"".join(parts[off] for off, _ in ranges)
-    if hashlib.sha256(blob).hexdigest() != digest:
-        raise DigestMismatch(f"downloaded state does not hash to {digest[:12]}")
-    return blob

@@ -29,6 +29,7 @@ from dai_swarm.rewards import Contributor, RewardLog, compute_round_record
 from .clock import RoundClock
 from .coordinator import Coordinator, NullVerifier, RoundOutcome
 from .exchange import PayloadServer, PayloadStore, Traffic
+from .limits import derive_limits
 from .netloop import NetLoop
 from .states import BaseState, BaseStore
 
@@ -53,7 +54,7 @@ class RoundRuntime:
 
     def __init__(self, task: Any, dht: Any, identity: Any, manifest: RunManifest, region: str, *,
                  model: torch.nn.Module | None = None, attack: Any = None, verifier: Any = None,
-                 evaluate: bool = True, max_payload_bytes: int = 256 << 20, ledger: str | None = None):
+                 evaluate: bool = True, max_payload_bytes: int | None = None, ledger: str | None = None):
         self.task, self.dht, self.identity, self.manifest, self.region = task, dht, identity, manifest, region
         self.run_id = manifest.run_id
         self.model = model if model is not None else task.build_model(manifest.seed)
@@ -72,13 +73,14 @@ class RoundRuntime:
         self.trained_from: dict[int, str] = {}  # round -> hash of the base its announced update started from
         self.attack, self.evaluate = attack, evaluate
         self.verifier = verifier if verifier is not None else NullVerifier()
-        n_params = sum(t.numel() for t in self.like.params.values())
-        self.max_payload_bytes = max_payload_bytes
-        self.max_decoded_bytes = 4 * n_params + (1 << 20)
-        self.max_state_bytes = 8 * n_params + (4 << 20)
+        limits = derive_limits(self.like, self.codec, self.codec_params)  # from the model, never fixed
+        self.max_payload_bytes = min(limits.max_payload_bytes, max_payload_bytes or limits.max_payload_bytes)
+        self.max_decoded_bytes = limits.max_decoded_bytes
+        self.max_state_bytes = limits.max_state_bytes
         self.counters: dict[str, int] = {}
         self.history: list[dict] = []
-        self.region_of: dict[str, str] = {}
+        self.region_of: dict[str, str] = {}  # libp2p id -> region, of the live signed peer records
+        self.peer_keys: dict[str, tuple[str, str, float]] = {}  # public key -> (libp2p id, region, last seen)
         self.bases = BaseStore()
         self.store = PayloadStore()
         self.traffic = Traffic()
@@ -86,8 +88,7 @@ class RoundRuntime:
         self.p2p = self.netloop.run(dht.replicate_p2p(), timeout_s=30)
         self.p2p_id = dht.peer_id
         self.server = PayloadServer(self.p2p, self.run_id, self.store, self.traffic,
-                                    link_of=lambda pid: self.link_of_p2p(str(pid)),
-                                    hold_s=min(2.0, 0.15 * manifest.round_s))
+                                    link_of=lambda pid: self.link_of_p2p(str(pid)))
         self.netloop.run(self.server.start(), timeout_s=30)
         codecs.decode(codecs.encode({"warmup": torch.ones(4096)}, self.codec, **self.codec_params))  # lazy inits
         self.coordinator = Coordinator(self, self.bases)
@@ -112,6 +113,24 @@ class RoundRuntime:
     def region_mates(self) -> list[str]:
         """libp2p ids of the other live peers of this region (from the last peer-list refresh)."""
         return sorted(pid for pid, region in self.region_of.items() if region == self.region and pid != self.p2p_id)
+
+    def announcer(self, public_key: str) -> str | None:
+        """libp2p id of the peer of this region whose signed peer record carries ``public_key``
+        and was live within the last two rounds, or None: only such keys may announce updates.
+        (The grace keeps a peer whose heartbeat ran late on a busy host, or that died after
+        announcing, from being counted by some mates and not by others.)"""
+        entry = self.peer_keys.get(public_key)
+        if entry is None or entry[1] != self.region or entry[2] < time.time() - 2 * self.clock.round_s:
+            return None
+        return entry[0]
+
+    def refresh_peers(self) -> None:
+        """Re-read the live peer records now (the heartbeat also does it every few seconds)."""
+        self._refresh_peers()
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the status counter ``name`` (shown in :meth:`metrics`)."""
+        self.counters[name] = self.counters.get(name, 0) + n
 
     def link_of_p2p(self, p2p_id: str) -> str:
         """"intra" if the peer with this libp2p id is in our region (or unknown), else "cross"."""
@@ -315,7 +334,12 @@ class RoundRuntime:
 
     def _refresh_peers(self) -> None:
         try:
-            self.region_of = {p.peer_id: p.region for p in self.dht.list_peers(self.run_id)}
+            peers = self.dht.list_peers(self.run_id)  # verified: signed by the key they carry, unexpired
+            self.region_of = {p.peer_id: p.region for p in peers}
+            now, grace = time.time(), 2 * self.clock.round_s
+            keys = {k: v for k, v in self.peer_keys.items() if v[2] >= now - grace}
+            keys.update({p.public_key: (p.peer_id, p.region, now) for p in peers})
+            self.peer_keys = keys
         except Exception as e:
             logger.debug("peer list refresh failed: %s", e)
 

@@ -276,7 +276,57 @@ def test_per_call_caps_stop_a_zstd_bomb_before_decompressing():
         decode(frame, max_bytes=1 << 20)
     with pytest.raises(PayloadTooLarge):
         decode(frame, max_elements=1 << 20)
-    assert decode(frame)["a"].numel() == 64 << 20  # an honest 64 MiB of zeros, within the caps
+    with pytest.raises(PayloadTooLarge):  # no caps given: the 8 MiB default refuses 64 MiB
+        decode(frame)
+    assert decode(frame, max_bytes=64 << 20)["a"].numel() == 64 << 20  # an honest 64 MiB of zeros, capped by the caller
+
+
+def test_default_cap_refuses_a_tiny_topk_frame_declaring_gigabytes(monkeypatch):
+    # a 1e-9 top-k fraction keeps one value: a ~100-byte frame that decodes to 2 GiB of zeros
+    from dai_swarm.canonical import canonical_json
+
+    params = canonical_json({"blocksize": 256, "fraction": 1e-9, "values": "fp16"})
+    frame = build_frame(4, params, [("w", 0, [1 << 29], len(_topk_raw_one()), _topk_raw_one(), 0)])
+    assert len(frame) < 200
+    allocated = []
+    real_zeros, real_empty = torch.zeros, torch.empty
+    monkeypatch.setattr(torch, "zeros", lambda *a, **k: allocated.append(a) or real_zeros(*a, **k))
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: allocated.append(a) or real_empty(*a, **k))
+    with pytest.raises(PayloadTooLarge):
+        decode(frame)  # declared 2 GiB decoded > DEFAULT_MAX_DECODED_BYTES, refused before allocating
+    assert allocated == []
+    monkeypatch.undo()
+    from dai_swarm.optim.codecs import DEFAULT_MAX_DECODED_BYTES
+
+    assert DEFAULT_MAX_DECODED_BYTES == 8 << 20
+    ok = encode({"w": torch.randn((2 << 20) - 64)}, "none", zstd="never")  # just under 8 MiB: accepted
+    assert decode(ok)["w"].numel() == (2 << 20) - 64
+    with pytest.raises(PayloadTooLarge):
+        decode(encode({"w": torch.randn((2 << 20) + 1)}, "none", zstd="never"))
+
+
+def _topk_raw_one() -> bytes:
+    return torch.tensor([1.0], dtype=torch.float16).view(torch.uint8).numpy().tobytes() + bytes([5, 1])
+
+
+@pytest.mark.parametrize("codec,params", [("none", {}), ("fp16", {}), ("int8", {}), ("int8", {"blocksize": 64}),
+                                          ("topk", {}), ("topk", {"fraction": 1.0}),
+                                          ("topk", {"fraction": 0.3, "values": "int8", "blocksize": 64})])
+def test_max_encoded_size_bounds_every_frame_and_is_tight(codec, params):
+    from dai_swarm.optim.codecs import max_encoded_size
+
+    g = torch.Generator().manual_seed(5)
+    ts = {"emb.weight": torch.randn(300, 37, generator=g), "b": torch.randn(5, generator=g),
+          "big": torch.rand(150_000, generator=g) * 1e4, "h": torch.randn(3, 4, 5, generator=g)}
+    shapes = {n: (tuple(t.shape), t.dtype) for n, t in ts.items()}
+    bound = max_encoded_size(shapes, codec, **params)
+    sizes = [len(encode(ts, codec, zstd=z, **params)) for z in ("always", "never", "auto")]
+    assert max(sizes) <= bound
+    if codec != "topk":  # fixed-size codecs: the bound is within 1% of an uncompressed frame
+        assert bound <= 1.01 * len(encode(ts, codec, zstd="never", **params))
+    # incompressible bytes under zstd "always": still within the bound
+    noise = {"n": torch.randint(0, 256, (70_000,), dtype=torch.uint8, generator=g)}
+    assert len(encode(noise, "none", zstd="always")) <= max_encoded_size({"n": ((70_000,), torch.uint8)}, "none")
 
 
 def test_codec_versions_name_the_quantiser():

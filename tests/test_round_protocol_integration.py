@@ -31,9 +31,10 @@ ROGUE_PLAN = {  # round -> what the rogue announces in region r0 in that round
 
 
 class Rogue(threading.Thread):
-    """A peer with a valid key that publishes one bad update announcement per round (ROGUE_PLAN),
-    serves a payload whose bytes do not hash to the announced digest, and tries to store a forged
-    record. Honest peers must refuse all of it, count it, and carry on."""
+    """A peer with a valid key and a live peer record in region r0 (only such keys may announce)
+    that publishes one bad update announcement per round (ROGUE_PLAN), serves a payload whose
+    bytes do not hash to the announced digest, and tries to store a forged record. Honest peers
+    must refuse all of it, count it, and carry on."""
 
     def __init__(self, initial_peers: list[str], run_id: str, t0: float):
         super().__init__(daemon=True)
@@ -60,6 +61,11 @@ class Rogue(threading.Thread):
         from dai_swarm.identity import Identity
 
         try:
+            from dai_swarm.dht.records import PeerRecord
+
+            self.dht.publish_peer(PeerRecord(run_id=self.run_id, peer_id=self.dht.peer_id, region="r0",
+                                             maddrs=tuple(self.dht.visible_maddrs), version="rogue",
+                                             public_key=self.key.public_key_hex), ttl_s=(UNTIL + 10) * ROUND_S + 60)
             for q, kind in sorted(ROGUE_PLAN.items()):
                 while time.time() < self.t0 + (q + 0.1) * ROUND_S:
                     time.sleep(0.05)

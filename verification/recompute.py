@@ -84,7 +84,7 @@ def recompute_update(task: Any, base_params: Mapping[str, torch.Tensor], run_id:
                  for n, p in model.named_parameters()}
     if raw or codec is None:
         return delta
-    return codecs.decode(codecs.encode(delta, codec, **dict(codec_params or {})))
+    return codecs.roundtrip(delta, codec, **dict(codec_params or {}))
 
 
 def _flat64(tensors: Mapping[str, torch.Tensor], names: list[str]) -> np.ndarray:

@@ -141,7 +141,7 @@ def training_run(task: Any, *, n_peers: int, attackers: dict[int, str], rounds: 
             if i in attackers:
                 d = tamper_update(attackers[i], d, honest_raw, task=task, base=params, run_id=run_id, seed=seed,
                                   peer=k, round=r, steps=steps)
-            sent.append(codecs.decode(codecs.encode(d, codec)))
+            sent.append(codecs.roundtrip(d, codec))
         verdicts = []
         if verify:
             torch.set_num_threads(verifier_threads)
@@ -152,8 +152,8 @@ def training_run(task: Any, *, n_peers: int, attackers: dict[int, str], rounds: 
                     j = checkers.pop(0)
                     done.add(j)
                     c0 = time.thread_time()
-                    mine = codecs.decode(codecs.encode(recompute_update(task, params, run_id, seed, keys[i], r, steps,
-                                                                        model=eval_model, raw=True), codec))
+                    mine = codecs.roundtrip(recompute_update(task, params, run_id, seed, keys[i], r, steps,
+                                                             model=eval_model, raw=True), codec)
                     dist = relative_distance(sent[i], mine)
                     out["verify_cpu_s"] += time.thread_time() - c0
                     out["checks"] += 1

@@ -237,7 +237,7 @@ class SpotChecker:
         delta = recompute_update(self.task, base, rt.run_id, rt.manifest.seed, ann.peer, t, ann.steps,
                                  model=self._model, raw=True)
         blob = codecs.encode(delta, rt.codec, **rt.codec_params)
-        mine = codecs.decode(blob)
+        mine = codecs.decode(blob, max_bytes=codecs.decode_cap_for(delta, rt.codec, **rt.codec_params))
         distance = relative_distance(payload, mine)
         passed = distance <= self.tau
         cpu = time.thread_time() - cpu0

@@ -25,6 +25,7 @@ import torch
 
 from dai_swarm.canonical import canonical_json, sha256_hex
 from dai_swarm.optim.clock import RoundClock
+from dai_swarm.optim.limits import derive_limits
 from dai_swarm.optim.protocol import Announce, ApplyBase, CloseRound, Done, RoundPlanner, Tally, TrainUntil, WaitUntil
 from dai_swarm.optim.states import BaseState
 from dai_swarm.optim.votes import tally
@@ -51,9 +52,9 @@ class Simulator(RoundSteps):
         self._eval_model = self.task.build_model(cfg.seed)
         like = BaseState.initial(self.model)
         self.expect = {n: (tuple(t.shape), torch.float32) for n, t in like.params.items()}
-        n_params = sum(t.numel() for t in like.params.values())
-        self.max_decoded = 4 * n_params + (1 << 20)
-        self.max_payload = 256 << 20
+        limits = derive_limits(like, cfg.codec)  # the caps a real peer derives from the same model
+        self.max_decoded = limits.max_decoded_bytes
+        self.max_payload = limits.max_payload_bytes
         self.clock = RoundClock(0.0, cfg.round_s, close_frac=cfg.close_frac, tally_frac=cfg.tally_frac,
                                 margin_s=cfg.margin)
         self.net = NetModel(cfg, cfg.peers)

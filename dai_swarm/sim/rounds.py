@@ -289,7 +289,8 @@ class RoundSteps:
         for g, h in sorted(majority.items()):
             st = self.states[h]
             blob = codecs.encode(region_delta(st), self.cfg.codec)
-            deltas[g] = (sha256_hex(blob), len(blob), int(st.extra.get("epoch_samples", 0)), codecs.decode(blob))
+            deltas[g] = (sha256_hex(blob), len(blob), int(st.extra.get("epoch_samples", 0)),
+                         codecs.decode(blob, max_bytes=self.max_decoded))
         alive_regions = {self.peers[i].proto for i, (h, _, _) in finals.items()
                          if h is not None and self.peers[i].alive(t)}
         out = {}
@@ -319,7 +320,7 @@ class RoundSteps:
             for h in {h for i, (h, _, _) in finals.items() if h is not None and self.peers[i].proto == g}:
                 st = self.states[h]
                 own = codecs.encode(region_delta(st), self.cfg.codec)
-                updates = [(sha256_hex(own), float(int(st.extra.get("epoch_samples", 0))), codecs.decode(own))]
+                updates = [(sha256_hex(own), float(int(st.extra.get("epoch_samples", 0))), codecs.decode(own, max_bytes=self.max_decoded))]
                 updates += [(deltas[g2][0], float(deltas[g2][2]), deltas[g2][3]) for g2 in got]
                 merged = merge_region_deltas(st.anchor, updates)
                 new = merged_base(st, merged if merged is not None else st.params)

@@ -63,7 +63,7 @@ def recheck(task: Any, model: torch.nn.Module, base_params: Mapping[str, torch.T
     """
     raw = recompute_update(task, base_params, run_id, seed, ann.peer, ann.round, ann.steps, raw=True, model=model)
     blob = codecs.encode(raw, codec)
-    ref = codecs.decode(blob)
+    ref = codecs.decode(blob, max_bytes=codecs.decode_cap_for(raw, codec))
     dist = relative_distance(published, ref) if published is not None else math.inf
     passed = math.isfinite(dist) and dist <= tau
     return passed, (dist if math.isfinite(dist) else -1.0), sha256_hex(blob)

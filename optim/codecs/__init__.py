@@ -18,6 +18,7 @@ import torch
 
 from .base import Codec, get_codec, register, registered_codecs
 from .frame import (
+    DEFAULT_MAX_DECODED_BYTES,
     FORMAT_VERSION,
     MAX_BYTES,
     MAX_ELEMENTS,
@@ -27,6 +28,7 @@ from .frame import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_DECODED_BYTES",
     "FORMAT_VERSION",
     "MAX_BYTES",
     "MAX_ELEMENTS",
@@ -35,9 +37,12 @@ __all__ = [
     "available_codecs",
     "codec_versions",
     "decode",
+    "decode_cap_for",
     "encode",
     "get_codec",
+    "max_encoded_size",
     "register",
+    "roundtrip",
 ]
 
 for _mod in pkgutil.iter_modules(__path__):
@@ -58,7 +63,7 @@ def decode(
     blob: bytes | bytearray | memoryview,
     *,
     expect: Mapping[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
-    max_bytes: int = MAX_BYTES,
+    max_bytes: int = DEFAULT_MAX_DECODED_BYTES,
     max_elements: int = MAX_ELEMENTS,
     device: str | torch.device = "cpu",
 ) -> dict[str, torch.Tensor]:
@@ -66,8 +71,33 @@ def decode(
 
     All declared sizes are checked against ``max_bytes`` / ``max_elements`` (and the module
     caps) before anything is allocated; every failure is a :class:`~dai_swarm.errors.CodecError`.
+    Without ``max_bytes`` a frame may declare at most :data:`DEFAULT_MAX_DECODED_BYTES` (8 MiB)
+    of framed, raw or decoded bytes: callers that decode model-sized frames pass a cap derived
+    from the model (``RoundRuntime.max_decoded_bytes``), never an unbounded one.
     """
     return decode_frame(blob, expect=expect, max_bytes=max_bytes, max_elements=max_elements, device=device)
+
+
+def max_encoded_size(shapes: Mapping[str, tuple[tuple[int, ...], torch.dtype]], codec: str, **params: Any) -> int:
+    """Worst-case frame size for tensors of ``shapes`` under ``codec`` (see :meth:`Codec.max_encoded_size`)."""
+    return get_codec(codec).max_encoded_size(shapes, **params)
+
+
+def roundtrip(tensors: Mapping[str, torch.Tensor], codec: str = "int8", **params: Any) -> dict[str, torch.Tensor]:
+    """The tensors as a receiver decodes them after ``encode(tensors, codec, **params)``.
+
+    For local, trusted tensors only (recomputations, simulations): the decode cap is the frame's
+    own worst case for these shapes, so any model size round-trips.
+    """
+    return decode(encode(tensors, codec, **params), max_bytes=decode_cap_for(tensors, codec, **params))
+
+
+def decode_cap_for(tensors: Mapping[str, torch.Tensor], codec: str, **params: Any) -> int:
+    """The ``max_bytes`` that decoding a frame of exactly these tensors' shapes needs: the larger of
+    their decoded size and the codec's worst-case frame (for frames this peer encoded itself)."""
+    shapes = {n: (tuple(t.shape), t.dtype) for n, t in tensors.items()}
+    decoded = sum(t.numel() * t.element_size() for t in tensors.values())
+    return max(decoded, max_encoded_size(shapes, codec, **params))
 
 
 def available_codecs() -> list[str]:

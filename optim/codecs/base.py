@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -128,6 +128,17 @@ class Codec(ABC):
     def min_raw_size(self, numel: int, dtype: torch.dtype, **params: Any) -> int:
         """Lower bound on the raw-stream length (defaults to the upper bound: fixed-size codecs)."""
         return self.max_raw_size(numel, dtype, **params)
+
+    def max_encoded_size(self, shapes: Mapping[str, tuple[tuple[int, ...], torch.dtype]], **params: Any) -> int:
+        """Worst-case size in bytes of a whole frame of tensors with these names, shapes and dtypes.
+
+        The bound a receiver can derive from the model alone (payload caps are set from it, never
+        a fixed number): every stream at :meth:`max_raw_size`, grown to zstandard's worst case,
+        plus the frame's header, table and CRC. ``params`` as for encoding (defaults filled in).
+        """
+        from .frame import max_frame_size  # the frame module imports this one
+
+        return max_frame_size(self, shapes, params)
 
 
 def register(cls: type[Codec]) -> type[Codec]:

@@ -57,14 +57,21 @@ __all__ = [
     "STAGE_ZSTD",
     "ZSTD_LEVEL",
     "ZSTD_POLICIES",
+    "DEFAULT_MAX_DECODED_BYTES",
     "decode_frame",
     "encode_frame",
+    "max_frame_size",
+    "zstd_bound",
 ]
 
 MAGIC = b"DSWF"
 FORMAT_VERSION = 2
 ZSTD_LEVEL = 1  # fixed; recorded in every frame. Single-threaded zstd: same input, same bytes.
 MAX_BYTES = 4 << 30  # frame size, total raw size and total decoded size, each
+#: What :func:`decode_frame` accepts when the caller passes no ``max_bytes``: a frame that declares
+#: more (decoded, raw or framed) is refused before anything is allocated. Callers that decode
+#: model-sized frames pass caps derived from the model (see ``RoundRuntime``).
+DEFAULT_MAX_DECODED_BYTES = 8 << 20
 MAX_ELEMENTS = 1 << 31  # total decoded elements (also keeps top-k deltas within 4 bytes)
 MAX_TENSORS = 1 << 16
 MAX_NAME_BYTES = 1024
@@ -107,6 +114,31 @@ def _choose_stage(cctx: zstandard.ZstdCompressor, raw: memoryview, policy: str) 
     if policy == "auto" and len(comp) >= n:
         return STAGE_STORED, raw
     return STAGE_ZSTD, comp
+
+
+def zstd_bound(n: int) -> int:
+    """zstandard's worst-case compressed size of ``n`` bytes (``ZSTD_COMPRESSBOUND``)."""
+    return n + (n >> 8) + ((((128 << 10) - n) >> 11) if n < (128 << 10) else 0)
+
+
+def max_frame_size(codec: Codec, shapes: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+                   params: Mapping[str, Any]) -> int:
+    """Largest frame :func:`encode_frame` can produce for tensors of ``shapes`` with ``codec``.
+
+    Every stream is counted at its codec's :meth:`~Codec.max_raw_size`, grown to zstandard's
+    worst case (the ``"always"`` policy may keep a stream that did not shrink), plus the prefix,
+    the canonical params, each tensor's table entry and the CRC. ``params`` are completed by the
+    codec's ``check_params`` first.
+    """
+    checked = codec.check_params({k: v for k, v in params.items() if k != "zstd"})
+    total = _PREFIX.size + len(_params_bytes(codec, checked)) + _CRC.size
+    for name, (shape, dtype) in shapes.items():
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        raw = codec.max_raw_size(numel, dtype, **checked)
+        total += _U16.size + len(name.encode()) + _DT_ND_ST.size + 8 * len(shape) + _LENS.size + zstd_bound(raw)
+    return total
 
 
 def encode_frame(tensors: Mapping[str, torch.Tensor], codec: str = "int8", **params: Any) -> bytes:
@@ -235,13 +267,14 @@ def decode_frame(
     blob: bytes | bytearray | memoryview,
     *,
     expect: Mapping[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
-    max_bytes: int = MAX_BYTES,
+    max_bytes: int = DEFAULT_MAX_DECODED_BYTES,
     max_elements: int = MAX_ELEMENTS,
     device: str | torch.device = "cpu",
 ) -> dict[str, torch.Tensor]:
     """Decode a frame made by :func:`encode_frame`; every check happens before allocation.
 
-    ``max_bytes`` caps the frame size, the total raw size and the total decoded size;
+    ``max_bytes`` caps the frame size, the total raw size and the total decoded size (default
+    :data:`DEFAULT_MAX_DECODED_BYTES`, 8 MiB; pass a cap derived from the model to decode more);
     ``max_elements`` caps the decoded element count (both clamped to the module caps).
     ``expect`` maps each name to its ``(shape, dtype)``; any difference (missing or extra names
     included) raises :class:`ShapeMismatch`. Other failures raise :class:`PayloadTooLarge`,
