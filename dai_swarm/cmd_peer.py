@@ -33,13 +33,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "peer", help="join a run, train, verify others and earn rewards",
         description="Join a training run as a volunteer peer. Trains on the batches the swarm assigns, "
-                    "exchanges compressed updates with its region, and leaves cleanly on Ctrl+C.",
+                    "exchanges compressed updates with its region, and leaves cleanly on Ctrl+C. It first prints "
+                    "the run's join line, --run-id R --manifest HASH --initial-peers M...: paste it to join.",
         epilog="examples:\n"
-               "  dai-swarm peer --run-id tinylm-42 --initial-peers /ip4/203.0.113.5/tcp/31337/p2p/12D3KooW...\n"
+               "  dai-swarm peer --run-id tinylm-42 --manifest 3f9a... --initial-peers /ip4/203.0.113.5/tcp/31337/p2p/12D3KooW...\n"
                "  dai-swarm peer --run-id demo --task regression --round-s 5 --rounds 20\n"
                "  dai-swarm peer --run-id mine --task mypkg.tasks:MyTask --region eu --identity ~/.dai_swarm/id.pem",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-id", required=True, help="name of the run to join or create")
+    p.add_argument("--manifest", default=None, metavar="HASH",
+                   help="the run's manifest hash, as in the join line its peers print (--run-id R --manifest HASH "
+                        "--initial-peers ...): refuse any other manifest. Without it, take the earliest issued "
+                        "valid one and log its hash")
     p.add_argument("--task", default=None,
                    help="built-in task name or module:attr (default: the run's task when joining, tinylm when "
                         "starting a new run)")
@@ -97,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
                   identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s, codec=args.codec,
                   t0=args.t0, seed=args.seed, max_inner_steps=args.max_inner_steps, attack=attack,
                   spot_check_rate=args.spot_check_rate,
-                  cross_region_period=args.cross_region_period, ledger=args.ledger)
+                  cross_region_period=args.cross_region_period, ledger=args.ledger, manifest_hash=args.manifest)
     logger.info("peer id %s, public key %s, region %s", swarm.dht.peer_id, swarm.identity.public_key_hex,
                 swarm.region)
-    print("--initial-peers " + " ".join(swarm.initial_peers), flush=True)
+    print(swarm.join_line, flush=True)
     if args.address_file:
         write_atomic(args.address_file, "\n".join(swarm.initial_peers) + "\n")
     metrics_server = None

@@ -9,6 +9,7 @@ Tree::
     SwarmError
     ├── ConfigError                 bad flag, config file, manifest mismatch, unknown task
     │   └── ManifestMismatch        local task/codec does not match the run's signed manifest
+    │       └── ManifestPinMismatch no manifest of the run has the pinned hash (--manifest)
     ├── IdentityError               unreadable, corrupt or foreign key file
     ├── NetworkError                transport-level trouble
     │   ├── BootstrapError          no initial peer reachable within the timeout
@@ -48,6 +49,7 @@ __all__ = [
     "LedgerError",
     "MalformedRecord",
     "ManifestMismatch",
+    "ManifestPinMismatch",
     "NetworkError",
     "NonFiniteValues",
     "PayloadCorrupt",
@@ -76,6 +78,19 @@ class ConfigError(SwarmError, ValueError):
 
 class ManifestMismatch(ConfigError):
     """The local task, codec or library versions do not match the run's signed manifest."""
+
+
+class ManifestPinMismatch(ManifestMismatch):
+    """No valid manifest of the run has the pinned hash (``--manifest`` / ``manifest_hash=``).
+
+    ``expected`` is the pinned hash (prefix), ``found`` the hashes of the manifests that were seen
+    (each with why it does not match or was refused).
+    """
+
+    def __init__(self, message: str, *, expected: str = "", found: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.expected = expected
+        self.found = tuple(found)
 
 
 class IdentityError(SwarmError):

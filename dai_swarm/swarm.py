@@ -22,10 +22,13 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from .dht.envelope import MAX_CLOCK_SKEW_S
+from .dht.manifest import MAX_LEAD_S, PIN_HEX, check_pin
+from .dht.manifest import manifest_hash as manifest_hash_of
 from .dht.node import SwarmDHT
 from .dht.records import RunManifest
 from .dht.regions import choose_region
-from .errors import ConfigError, ManifestMismatch
+from .errors import ConfigError, ManifestMismatch, ManifestPinMismatch
 from .identity import Identity
 from .logging import get_logger
 from .optim import codecs
@@ -57,7 +60,10 @@ class Swarm:
     run; a joiner takes them from the signed manifest. ``attack`` is for tests and benchmarks.
     ``ledger`` is the path of this peer's reward log (written as rounds close; None: no log).
     ``verifier``: the verification hooks (default: a :class:`SpotChecker` at the manifest's
-    ``spot_check_rate``; ``False``: none, plain averaging and no reputation).
+    ``spot_check_rate``; ``False``: none, plain averaging and no reputation). ``manifest_hash``:
+    the run's pinned manifest hash (the ``--manifest`` value of a peer's join line, 32-64 hex); a
+    peer given it accepts no other manifest (:class:`ManifestPinMismatch`) and never creates the
+    run. Without it a joiner takes the earliest issued valid manifest and logs the hash it pinned.
     """
 
     def __init__(self, task: Task | str | None, run_id: str, initial_peers: Sequence[str] = (), region: str = "auto", *,
@@ -66,7 +72,9 @@ class Swarm:
                  outer_lr: float = 0.6, outer_momentum: float = 0.9, max_inner_steps: int = 10_000,
                  cross_region_period: int = 5, spot_check_rate: float = 0.2, seed: int = 0,
                  t0: float | None = None, attack: Any = None, evaluate: bool = True, verifier: Any = None,
-                 ledger: str | None = None, manifest_wait_s: float = 3.0, start_timeout_s: float = 30.0):
+                 ledger: str | None = None, manifest_wait_s: float = 3.0, start_timeout_s: float = 30.0,
+                 manifest_hash: str | None = None):
+        self.pin = check_pin(manifest_hash)
         self.task = load_task(task) if isinstance(task, str) else task
         if self.task is not None and not isinstance(self.task, Task):
             raise ConfigError(f"task must be a dai_swarm.Task or a task spec, got {type(task).__name__}")
@@ -90,8 +98,13 @@ class Swarm:
                 codec_params=dict({"zstd": "always"} if codec_params is None else codec_params),
                 spot_check_rate=spot_check_rate, seed=seed,
                 t0=float(t0) if t0 is not None else float(math.ceil(time.time() + 2.0)),
-                versions=manifest_versions())
-            self.manifest = self._agree_manifest(wanted, wait_s=manifest_wait_s if initial_peers else 0.0)
+                versions=manifest_versions(), founders=(self.identity.public_key_hex,))
+            wait_s = max(manifest_wait_s, 10.0) if self.pin else manifest_wait_s if initial_peers else 0.0
+            self.manifest = self._agree_manifest(wanted, wait_s=wait_s)
+            self.manifest_hash = manifest_hash_of(self.manifest)
+            logger.info("run %s: manifest %s%s (others join with --run-id %s --manifest %s)", run_id,
+                        self.manifest_hash[:PIN_HEX], " (pinned)" if self.pin else "", run_id,
+                        self.manifest_hash[:PIN_HEX])
             self.region = choose_region(self.dht, run_id, region).region
             if verifier is None:  # spot checks, verdicts, reputation and the robust rule (SPEC §7)
                 verifier = SpotChecker(self.task, self.manifest.spot_check_rate)
@@ -106,12 +119,30 @@ class Swarm:
             raise
         self._optimizer: SwarmOptimizer | None = None
 
-    def _task_from_manifest(self, run_id: str, wait_s: float) -> tuple[Task, str]:
+    def _read_manifest(self, run_id: str, wait_s: float) -> RunManifest | None:
+        """The run's manifest (pinned by ``self.pin`` if given), waiting up to ``wait_s`` for one to
+        appear; a pin mismatch is raised only once the wait is over (a DHT is eventually consistent)."""
         deadline = time.time() + wait_s
-        manifest = self.dht.get_manifest(run_id)
-        while manifest is None and time.time() < deadline:
+        while True:
+            try:
+                choice = self.dht.manifest_choice(run_id, manifest_hash=self.pin)
+            except ManifestPinMismatch:
+                if time.time() >= deadline:
+                    raise
+                choice = None
+            if choice is not None:
+                if choice.competing:
+                    logger.warning("run %s: %d other valid manifests compete (%s); using %s%s", run_id,
+                                   len(choice.competing), ", ".join(h[:PIN_HEX] for h in choice.competing),
+                                   choice.hash[:PIN_HEX], "" if self.pin else
+                                   " (the earliest issued): pin the run's with --manifest HASH")
+                return choice.manifest
+            if time.time() >= deadline:
+                return None
             time.sleep(0.25)
-            manifest = self.dht.get_manifest(run_id)
+
+    def _task_from_manifest(self, run_id: str, wait_s: float) -> tuple[Task, str]:
+        manifest = self._read_manifest(run_id, wait_s)
         if manifest is None:
             raise ConfigError(f"no run {run_id!r} found through the initial peers within {wait_s:.0f}s; "
                               "check --run-id, or pass --task to start a new run")
@@ -119,16 +150,20 @@ class Swarm:
         return load_task(manifest.task), manifest.task
 
     def _agree_manifest(self, wanted: RunManifest, wait_s: float) -> RunManifest:
-        deadline = time.time() + wait_s
-        existing = self.dht.get_manifest(wanted.run_id)
-        while existing is None and time.time() < deadline:
-            time.sleep(0.25)
-            existing = self.dht.get_manifest(wanted.run_id)
+        existing = self._read_manifest(wanted.run_id, wait_s)
+        if existing is None and self.pin:
+            raise ConfigError(f"no manifest of run {wanted.run_id!r} with hash {self.pin} found through the "
+                              f"initial peers within {wait_s:.0f}s (a pinned peer never creates the run)")
         if existing is None:
+            now = time.time()
+            if not wanted.t0 - MAX_LEAD_S <= now <= wanted.t0 + MAX_CLOCK_SKEW_S:
+                raise ConfigError(f"t0 {wanted.t0:.0f} is {now - wanted.t0:+.0f} s from now: a new run's manifest "
+                                  f"must be issued at most {MAX_LEAD_S / 3600:.0f} h before t0 and "
+                                  f"{MAX_CLOCK_SKEW_S:.0f} s after it")
             self.dht.publish_manifest(wanted)
             logger.info("created run %s (t0 %.0f, round %.1fs, codec %s)", wanted.run_id, wanted.t0, wanted.round_s,
                         wanted.codec)
-            existing = self.dht.get_manifest(wanted.run_id) or wanted
+            existing = self._read_manifest(wanted.run_id, 0.0) or wanted
         if existing.task_config_hash != wanted.task_config_hash:
             raise ManifestMismatch(f"run {wanted.run_id!r} trains task {existing.task!r} with config hash "
                                    f"{existing.task_config_hash[:12]}, this peer has {wanted.task!r} with "
@@ -170,7 +205,8 @@ class Swarm:
     def status(self) -> dict:
         """Round, state hash, validation loss, bytes per link class, region, peer ids."""
         out = dict(self.runtime.metrics()) if self.runtime else {}
-        out.update({"run_id": self.manifest.run_id, "region": getattr(self, "region", None),
+        out.update({"run_id": self.manifest.run_id, "manifest_hash": getattr(self, "manifest_hash", None),
+                    "region": getattr(self, "region", None),
                     "peer_id": self.dht.peer_id, "public_key": self.identity.public_key_hex})
         return out
 
@@ -178,6 +214,12 @@ class Swarm:
     def initial_peers(self) -> list[str]:
         """Multiaddrs other peers can pass as ``initial_peers`` to join this swarm."""
         return self.dht.visible_maddrs
+
+    @property
+    def join_line(self) -> str:
+        """``--run-id R --manifest HASH --initial-peers M...``: what another peer needs to join this run."""
+        return (f"--run-id {self.manifest.run_id} --manifest {self.manifest_hash[:PIN_HEX]} "
+                f"--initial-peers {' '.join(self.initial_peers)}")
 
     def shutdown(self) -> None:
         """Stop training threads, the payload server and the DHT. Idempotent."""

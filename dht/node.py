@@ -28,6 +28,7 @@ from ..logging import get_logger
 from . import _proc
 from .envelope import SignedRecord, open_envelope, seal
 from .keys import manifest_key, peers_key, regions_key, round_key
+from .manifest import ManifestChoice, check_pin, select_manifest
 from .records import PeerRecord, RegionMembership, RoundRecord, RunManifest, validate_maddr, validate_name
 from .validator import REASONS, SwarmRecordValidator, reason_of
 
@@ -248,13 +249,23 @@ class SwarmDHT:
         """Sign and store the run manifest (re-publish before ``ttl_s`` runs out)."""
         return self._publish(manifest, manifest.run_id, ttl_s)
 
-    def get_manifest(self, run_id: str, signer: str | None = None) -> RunManifest | None:
-        """The run's manifest: the earliest issued valid one (or the one by ``signer``); None if none."""
+    def get_manifest(self, run_id: str, signer: str | None = None, manifest_hash: str | None = None) -> RunManifest | None:
+        """The run's manifest (see :mod:`~dai_swarm.dht.manifest`): the one whose hash starts with
+        ``manifest_hash`` (:class:`ManifestPinMismatch` if others exist but none matches), else the
+        earliest issued valid one; only records by ``signer`` if given. None if there is none."""
+        choice = self.manifest_choice(run_id, signer=signer, manifest_hash=manifest_hash)
+        return None if choice is None else choice.manifest
+
+    def manifest_choice(self, run_id: str, signer: str | None = None,
+                        manifest_hash: str | None = None) -> ManifestChoice | None:
+        """Like :meth:`get_manifest`, with the chosen manifest's hash and what else was seen."""
         records = [s for s in self._read(manifest_key(validate_name(run_id, "run id")), "manifest", run_id)
                    if signer is None or s.signer == signer]
-        if not records:
-            return None
-        return min(records, key=lambda s: (s.issued_at, s.signer)).record  # type: ignore[return-value]
+        choice = select_manifest(records, check_pin(manifest_hash))
+        if choice is not None and choice.refused:
+            logger.info("run %s: refused manifests %s", run_id,
+                        "; ".join(f"{h[:16]}: {why}" for h, why in sorted(choice.refused.items())))
+        return choice
 
     # -- peers and regions ---------------------------------------------------------------------
     def publish_peer(self, record: PeerRecord, ttl_s: float = 30.0) -> bool:

@@ -27,6 +27,8 @@ __all__ = [
     "validate_peer_id",
 ]
 
+_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_FOUNDERS = 16
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
@@ -83,7 +85,9 @@ class _Record(BaseModel):
 class RunManifest(_Record):
     """What a run is: task, its config hash, round clock, optimiser and codec settings, versions.
 
-    Peers refuse to join a run whose manifest does not match their task (SPEC §4).
+    Peers refuse to join a run whose manifest does not match their task (SPEC §4). ``founders``
+    are the 64-hex ed25519 public keys of the run's founders (the creator's key, filled in by the
+    ``Swarm`` that creates the run); a manifest record counts only if one of them signed it.
     """
 
     TYPE: ClassVar[str] = "manifest"
@@ -101,11 +105,21 @@ class RunManifest(_Record):
     seed: int
     t0: float
     versions: dict[str, str] = Field(default_factory=dict)
+    founders: tuple[str, ...] = ()
 
     @field_validator("run_id")
     @classmethod
     def _check_run_id(cls, v: str) -> str:
         return validate_name(v, "run id")
+
+    @field_validator("founders")
+    @classmethod
+    def _check_founders(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) > MAX_FOUNDERS:
+            raise ValueError(f"at most {MAX_FOUNDERS} founders")
+        if len(set(v)) != len(v) or not all(isinstance(k, str) and _KEY_RE.match(k) for k in v):
+            raise ValueError("founders must be distinct 64-hex ed25519 public keys")
+        return v
 
 
 class PeerRecord(_Record):

@@ -9,19 +9,30 @@ election round trip is needed) fetches the other regions' deltas over cross-regi
 rest of the region fetches them from the gateway over intra-region links. Cross-region bytes
 therefore grow with the number of regions, not of peers.
 
-The merged parameters are ``anchor − Σ_g w_g D_g / Σ_g w_g`` with ``w_g`` = samples, computed
-with the deterministic :func:`~dai_swarm.optim.aggregate.weighted_mean` (sorted by digest). Each
-region keeps its own outer momentum. A peer that misses a delta computes another state, which the
-next round's vote exposes, and re-syncs (I1).
+The merged parameters are ``anchor − Σ_g w_g D_g / Σ_g w_g``, computed with the deterministic
+:func:`~dai_swarm.optim.aggregate.weighted_mean` (sorted by digest). Each region keeps its own
+outer momentum. A peer that misses a delta computes another state, which the next round's vote
+exposes, and re-syncs (I1).
+
+Which region deltas count (:func:`admit_region_deltas`, pure): a record counts only if its signer
+has a live, signed peer record in the region the record names; a region counts only if a strict
+majority of its live members published the same (digest, size, samples, anchor), so one key
+cannot speak for a region of many; this peer's own region's delta is the one it computed, never
+a record. The weight of a region is its claimed samples bounded by :func:`weight_cap`, what its
+live members could have trained since the anchor: a *plausibility cap*, not verification. With
+no second admitted region there is no merge. Refusals are counted (``xdelta_*`` counters). What
+this does not stop (a whole fake region of fresh keys) is in docs/design.md, "Cross-region trust".
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -34,12 +45,14 @@ from .exchange import fetch_from_any, fetch_when_ready
 from .states import BaseState
 from dai_swarm.canonical import state_hash
 
-__all__ = ["CrossRegionMerger", "merge_region_deltas", "merged_base", "region_delta"]
+__all__ = ["Admission", "CrossRegionMerger", "RegionDelta", "admit_region_deltas", "anchor_merges",
+           "merge_region_deltas", "merged_base", "region_delta", "weight_cap"]
 
 logger = get_logger(__name__)
 events = get_logger("dai_swarm.events")
 
 MERGE_AT = 0.10   # fraction of T after round q's tally when the xdelta records are read
+MERGE_READ_END = 0.18  # ... re-read until then while a region's majority has not published yet
 MERGE_END = 0.30  # fraction of T after the tally by which the merge must be done
 
 
@@ -52,7 +65,10 @@ def merge_region_deltas(anchor, updates) -> dict[str, torch.Tensor] | None:
     """``anchor − Σ w_g D_g / Σ w_g`` over ``(digest, samples, D_g)`` items, or None if no weight.
 
     Pure and deterministic (:func:`weighted_mean` sorts by digest); the simulator calls it too.
+    A negative or non-finite weight is a ValueError: weights come from :func:`admit_region_deltas`.
     """
+    if any(not math.isfinite(w) or w < 0 for _, w, _ in updates or ()):
+        raise ValueError("region weights must be finite and non-negative")
     if not updates or all(w == 0 for _, w, _ in updates):
         return None
     mean = weighted_mean(updates)
@@ -65,6 +81,121 @@ def merged_base(state: BaseState, params) -> BaseState:
     extra["epoch_samples"] = 0
     extra["merges"] = int(extra.get("merges", 0)) + 1
     return BaseState.make(state.round, params, state.momentum, extra, anchor=params)
+
+
+def weight_cap(members: int, max_inner_steps: int, batch_size: int, cross_region_period: int) -> int:
+    """Most samples ``members`` live peers can have trained since the anchor (all from the manifest
+    and the task): each includes at most one update of ≤ ``max_inner_steps × batch_size`` samples
+    per round, over the ``K`` rounds of a merge period plus one late update carried over (stale
+    rule). A plausibility cap on a claim, not a verification of it."""
+    return max(0, int(members)) * int(max_inner_steps) * int(batch_size) * (int(cross_region_period) + 1)
+
+
+@dataclass(frozen=True)
+class RegionDelta:
+    """Another region's delta as admitted for a merge: what its majority published, and its weight."""
+
+    region: str
+    digest: str
+    size: int
+    claimed: int
+    weight: float
+    anchor: str
+    members: int
+    votes: int
+    providers: tuple[str, ...]
+
+
+@dataclass
+class Admission:
+    """The outcome of :func:`admit_region_deltas`.
+
+    ``regions``: admitted other regions; ``mates``: libp2p ids of this region's members that
+    published (gateway candidates); ``refused``: counts by reason; ``short``: regions whose members
+    published but with no majority yet (worth reading again).
+    """
+
+    regions: dict[str, RegionDelta] = field(default_factory=dict)
+    mates: list[str] = field(default_factory=list)
+    refused: Counter = field(default_factory=Counter)
+    short: set[str] = field(default_factory=set)
+
+
+def anchor_merges(anchor: str) -> int:
+    """The merge count in an anchor tag ``"%08d:<state hash>"``; ValueError if malformed."""
+    count, sep, digest = anchor.partition(":")
+    if not sep or len(count) != 8 or not count.isdigit() or len(digest) != 64:
+        raise ValueError(f"malformed anchor tag {anchor[:80]!r}")
+    return int(count)
+
+
+def _parse_xdelta(body: Mapping, max_payload_bytes: int) -> tuple[str, tuple[str, int, int, str]] | None:
+    try:
+        key = (str(body["digest"]), int(body["size"]), int(body["samples"]), str(body["anchor"]))
+        region = str(body["region"])
+        anchor_merges(key[3])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(key[0]) != 64 or not 0 < key[1] <= max_payload_bytes or key[2] < 0:
+        return None
+    return region, key
+
+
+def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping[str, tuple[str, str]],
+                        my_region: str, *, max_payload_bytes: int, per_member_cap: int,
+                        max_merges: int | None = None) -> Admission:
+    """Which other regions' deltas count in a merge (pure; see the module docstring).
+
+    ``records``: ``(signer public key, xdelta body)``; ``members``: public key → (region, libp2p
+    id) from the run's live, signed peer records; ``per_member_cap``: :func:`weight_cap` of one
+    member. Refusal reasons: ``xdelta_malformed``, ``xdelta_not_member`` (no live peer record),
+    ``xdelta_wrong_region`` (its peer record names another region), ``xdelta_no_majority`` (per
+    region), ``xdelta_capped`` (per region whose claim exceeds its cap), ``xdelta_future_anchor``
+    (its anchor claims more merges than ``max_merges``, the merge points so far).
+    """
+    out = Admission()
+    size = Counter(region for region, _ in members.values())
+    votes: dict[str, Counter] = {}
+    publishers: dict[tuple[str, tuple], list[str]] = {}
+    seen: set[str] = set()
+    for signer, body in records:
+        if signer in seen:
+            continue  # one record per signer (the DHT keeps one per subkey anyway)
+        seen.add(signer)
+        parsed = _parse_xdelta(body, max_payload_bytes)
+        if parsed is None:
+            out.refused["xdelta_malformed"] += 1
+            continue
+        region, key = parsed
+        if max_merges is not None and anchor_merges(key[3]) > max_merges:
+            out.refused["xdelta_future_anchor"] += 1
+            continue
+        if signer not in members:
+            out.refused["xdelta_not_member"] += 1
+            continue
+        member_region, p2p_id = members[signer]
+        if member_region != region:
+            out.refused["xdelta_wrong_region"] += 1
+            continue
+        if region == my_region:
+            out.mates.append(p2p_id)  # our own delta is ours; mates only serve as gateway candidates
+            continue
+        votes.setdefault(region, Counter())[key] += 1
+        publishers.setdefault((region, key), []).append(p2p_id)
+    for region, counter in sorted(votes.items()):
+        key, n = max(counter.items(), key=lambda kv: (kv[1], [-ord(ch) for ch in kv[0][0]]))
+        if 2 * n <= size[region]:
+            out.refused["xdelta_no_majority"] += 1
+            out.short.add(region)
+            continue
+        digest, nbytes, claimed, anchor = key
+        cap = size[region] * int(per_member_cap)
+        if claimed > cap:
+            out.refused["xdelta_capped"] += 1
+        out.regions[region] = RegionDelta(region, digest, nbytes, claimed, float(min(claimed, cap)), anchor,
+                                          size[region], n, tuple(sorted(publishers[(region, key)])))
+    out.mates.sort()
+    return out
 
 
 class CrossRegionMerger:
@@ -97,36 +228,48 @@ class CrossRegionMerger:
         wait = ctx.clock.tally_time(q) + MERGE_AT * ctx.clock.round_s - time.time()
         if wait > 0:
             time.sleep(wait)
-        chosen, providers, gateway, anchors = self._read(r, digest, samples, anchor)
+        adm, members = self._admit(q, r)
+        anchors = {g: d.anchor for g, d in adm.regions.items()}
+        anchors[ctx.region] = anchor
         majority = self._majority_anchor(anchors, anchor)
         if majority != anchor:
             # our region missed an earlier merge: deltas against different anchors cannot be mixed.
-            # Adopt the merged state of the (alphabetically first) region on the majority's anchor.
+            # Adopt the merged state of the (alphabetically first) admitted region on the majority's anchor.
             source = min(reg for reg, a in anchors.items() if a == majority)
             self.c.foreign_source[r] = source
             logger.warning("merge %d: region %s is off the global chain; adopting region %s's state",
                            r, ctx.region, source)
             return None
-        chosen = {reg: v for reg, v in chosen.items() if anchors.get(reg, anchor) == anchor}
-        if len(chosen) <= 1:
-            return self._finish(state, state.params)  # alone: the region's state is the merge
+        chosen = {g: d for g, d in adm.regions.items() if d.anchor == anchor}
+        if not chosen:
+            return self._finish(state, state.params)  # no second admitted region: no merge
         deadline = ctx.clock.tally_time(q) + MERGE_END * ctx.clock.round_s
-        decoded = self._fetch(r, chosen, providers, gateway, deadline)
-        decoded[digest] = codecs.decode(blob, max_bytes=ctx.max_decoded_bytes)
+        providers = {d.digest: [(pid, g) for pid in d.providers] for g, d in chosen.items()}
+        gateway = min(sorted(set(adm.mates) | {ctx.p2p_id}),
+                      key=lambda p: hashlib.sha256(f"{p}|{r}".encode()).digest())
+        decoded = self._fetch(r, {g: (d.digest, d.size, d.weight) for g, d in chosen.items()}, providers,
+                              gateway, deadline)
         expect = {n: tuple(t.shape) for n, t in state.params.items()}
-        updates = []
-        for region, (d, _size, w) in sorted(chosen.items()):
-            tensors = decoded.get(d)
+        # our own region: the delta we computed, weighted like the other regions weigh it
+        mine = sum(1 for reg, _ in members.values() if reg == ctx.region)
+        own_w = float(min(samples, weight_cap(max(1, mine), ctx.max_inner_steps, ctx.batch_size,
+                                              ctx.cross_region_period)))
+        weights: dict[str, list] = {digest: [own_w, codecs.decode(blob, max_bytes=ctx.max_decoded_bytes)]}
+        used = 0
+        for region, d in sorted(chosen.items()):
+            tensors = decoded.get(d.digest) if d.digest != digest else weights[digest][1]
             if tensors is None or {n: tuple(t.shape) for n, t in tensors.items()} != expect:
                 logger.info("merge %d: no usable delta from region %s", r, region)
                 continue
-            updates.append((d, float(w), tensors))
-        merged = merge_region_deltas(state.anchor, updates)
+            weights.setdefault(d.digest, [0.0, tensors])[0] += d.weight  # equal bytes: one delta, summed weight
+            used += 1
+        updates = [(d, w, t) for d, (w, t) in weights.items()]
+        merged = merge_region_deltas(state.anchor, updates) if used else None  # (c) a second region or no merge
         if merged is None:
             return self._finish(state, state.params)
         self.merges += 1
-        events.info("cross-region merge at round %d: %d regions", r, len(updates),
-                    extra={"event": "merge", "round": r, "regions": len(updates)})
+        events.info("cross-region merge at round %d: %d regions", r, used + 1,
+                    extra={"event": "merge", "round": r, "regions": used + 1})
         return self._finish(state, merged)
 
     def _finish(self, state: BaseState, params: dict) -> BaseState:
@@ -140,42 +283,40 @@ class CrossRegionMerger:
         counts[mine] += 0
         return max(counts, key=lambda a: (int(a.split(":")[0]), counts[a], [-ord(ch) for ch in a]))
 
-    def _read(self, r: int, my_digest: str, my_samples: int, my_anchor: str):
-        """Per region: the (digest, size, samples) most of its members announced; providers."""
+    def _members(self) -> dict[str, tuple[str, str]]:
+        """Public key → (region, libp2p id) of the run's live, signed peer records (us included)."""
         ctx = self.c.ctx
-        votes: dict[str, Counter] = {}
-        anchor_votes: dict[str, Counter] = {}
-        providers: dict[str, list[tuple[str, str]]] = {}
-        my_region_ids: list[str] = []
-        for rec in ctx.dht.get_round_records(ctx.run_id, "xdelta", r):
-            b = rec.body
-            try:
-                key = (str(b["digest"]), int(b["size"]), int(b["samples"]))
-                region, pid, anchor = str(b["region"]), str(b["p2p_id"]), str(b["anchor"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            if len(key[0]) != 64 or key[1] <= 0 or key[1] > ctx.max_payload_bytes or key[2] < 0:
-                continue
-            votes.setdefault(region, Counter())[key] += 1
-            anchor_votes.setdefault(region, Counter())[anchor] += 1
-            providers.setdefault(key[0], []).append((pid, region))
-            if region == ctx.region:
-                my_region_ids.append(pid)
-        votes.setdefault(ctx.region, Counter())[(my_digest, 0, my_samples)] += 0
-        chosen = {}
-        for region, counter in votes.items():
-            if region == ctx.region:
-                # our own delta is ours: we use the bytes we computed (majority re-sync fixes divergence)
-                sizes = [k for k in counter if k[0] == my_digest]
-                chosen[region] = (my_digest, max(k[1] for k in sizes), my_samples)
-                continue
-            best = max(counter.items(), key=lambda kv: (kv[1], [-ord(ch) for ch in kv[0][0]]))[0]
-            chosen[region] = best
-        ids = sorted(set(my_region_ids) | {ctx.p2p_id})
-        gateway = min(ids, key=lambda p: hashlib.sha256(f"{p}|{r}".encode()).digest())
-        anchors = {reg: max(c, key=lambda a: (c[a], [-ord(ch) for ch in a])) for reg, c in anchor_votes.items()}
-        anchors[ctx.region] = my_anchor
-        return chosen, providers, gateway, anchors
+        out: dict[str, tuple[str, str]] = {}
+        try:
+            for s in ctx.dht.peer_records(ctx.run_id):
+                out[s.signer] = (s.record.region, s.record.peer_id)
+        except Exception as e:  # no membership view: no other region is admitted, we merge alone
+            logger.info("peer records unavailable for the merge: %s", e)
+        out[ctx.identity.public_key_hex] = (ctx.region, ctx.p2p_id)
+        return out
+
+    def _admit(self, q: int, r: int) -> tuple[Admission, dict]:
+        """Read round ``r``'s xdelta records and admit regions (:func:`admit_region_deltas`), reading
+        again until ``MERGE_READ_END`` while a region's members published without a majority yet."""
+        ctx = self.c.ctx
+        read_end = ctx.clock.tally_time(q) + MERGE_READ_END * ctx.clock.round_s
+        per_member = weight_cap(1, ctx.max_inner_steps, ctx.batch_size, ctx.cross_region_period)
+        max_merges = sum(1 for b in range(2, r) if self.is_sync_round(b))  # merges an anchor can be behind
+        while True:
+            members = self._members()
+            records = [(rec.signer, rec.body) for rec in ctx.dht.get_round_records(ctx.run_id, "xdelta", r)]
+            adm = admit_region_deltas(records, members, ctx.region, max_payload_bytes=ctx.max_payload_bytes,
+                                      per_member_cap=per_member, max_merges=max_merges)
+            if not adm.short or time.time() >= read_end:
+                break
+            time.sleep(min(0.5, 0.05 * ctx.clock.round_s))
+        if adm.refused:
+            for reason, n in adm.refused.items():
+                ctx.counters[reason] = ctx.counters.get(reason, 0) + n
+            logger.info("merge %d: region deltas refused or capped: %s (admitted: %s)", r, dict(adm.refused),
+                        ", ".join(f"{g} {d.votes}/{d.members} w={d.weight:.0f}" for g, d in sorted(adm.regions.items()))
+                        or "none")
+        return adm, members
 
     def _fetch(self, r: int, chosen: dict, providers: dict, gateway: str, deadline: float) -> dict:
         from hivemind.p2p import PeerID

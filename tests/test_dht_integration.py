@@ -10,11 +10,12 @@ import pytest
 from dai_swarm import testing
 from dai_swarm.canonical import canonical_json
 from dai_swarm.dht.envelope import open_envelope, seal
-from dai_swarm.dht.keys import round_key
+from dai_swarm.dht.keys import manifest_key, round_key
+from dai_swarm.dht.manifest import PIN_HEX, manifest_hash
 from dai_swarm.dht.node import SwarmDHT
 from dai_swarm.dht.records import PeerRecord, RoundRecord, RunManifest
 from dai_swarm.dht.regions import choose_region
-from dai_swarm.errors import BootstrapError, ConfigError, MalformedRecord
+from dai_swarm.errors import BootstrapError, ConfigError, MalformedRecord, ManifestPinMismatch
 from dai_swarm.identity import Identity
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ def test_discovery_round_records_and_manifest(swarm):
     assert a.get_round_records(RUN, "vote", 8) == []
     m = RunManifest(run_id=RUN, task="regression", task_config_hash="ab", round_s=5, cross_region_period=2,
                     max_inner_steps=10, outer_lr=0.7, outer_momentum=0.9, codec="fp16", spot_check_rate=0.2,
-                    seed=0, t0=time.time(), versions={"torch": "2.13.0"})
+                    seed=0, t0=time.time(), versions={"torch": "2.13.0"}, founders=(a.identity.public_key_hex,))
     a.publish_manifest(m, ttl_s=60)
     assert testing.wait_until(lambda: c.get_manifest(RUN), 10, what="manifest") == m
     assert a.ping(b.peer_id) < 0.5
@@ -89,6 +90,36 @@ def test_forged_records_refused_by_honest_nodes(swarm):
     assert dropped() > before
     raw = rogue.dht.get(key, latest=True)
     assert raw is not None and victim in raw.value
+
+
+def test_backdated_or_altered_manifest_refused_over_a_real_dht(swarm):
+    """Finding "run manifest hijack": another key stores a back-dated copy with spot checks off and an
+    altered, in-window manifest under the same run id. A pinned reader takes only the run's own; an
+    unpinned one refuses the back-dated copy; a reader pinned to the run's hash but shown only the
+    altered one gets ManifestPinMismatch naming both hashes."""
+    a, _, c, rogue = swarm
+    run, t0 = "pinned-itest", float(int(time.time()) + 5)
+    honest = RunManifest(run_id=run, task="regression", task_config_hash="ab", round_s=5, cross_region_period=2,
+                         max_inner_steps=10, outer_lr=0.6, outer_momentum=0.9, codec="int8", spot_check_rate=0.2,
+                         seed=0, t0=t0, versions={"torch": "2.13.0"}, founders=(a.identity.public_key_hex,))
+    pin = manifest_hash(honest)[:PIN_HEX]
+    evil = honest.model_copy(update={"spot_check_rate": 0.0, "founders": (rogue.identity.public_key_hex,)})
+    backdated = seal(rogue.identity, evil, run_id=run, ttl_s=7 * 24 * 3600.0, issued_at=t0 - 6 * 24 * 3600.0)
+    rogue.store_raw(manifest_key(run), rogue.identity.public_key_hex, backdated, open_envelope(backdated).expiration)
+    a.publish_manifest(honest, ttl_s=60)
+    raw = lambda: c.dht.get(manifest_key(run), latest=True)  # noqa: E731
+    testing.wait_until(lambda: raw() is not None and len(raw().value) == 2, 10, what="both manifests")
+    assert c.get_manifest(run, manifest_hash=pin) == honest
+    assert c.get_manifest(run) == honest  # unpinned: the back-dated copy is refused
+    # an altered manifest alone under another run id, read by a peer pinned to the honest hash
+    run2 = run + "-2"
+    altered = evil.model_copy(update={"run_id": run2})
+    rogue.publish_manifest(altered, ttl_s=60)
+    testing.wait_until(lambda: c.get_manifest(run2), 10, what="altered manifest")
+    pin2 = manifest_hash(honest.model_copy(update={"run_id": run2}))[:PIN_HEX]
+    with pytest.raises(ManifestPinMismatch, match=pin2) as err:
+        c.get_manifest(run2, manifest_hash=pin2)
+    assert manifest_hash(altered)[:PIN_HEX] in str(err.value)
 
 
 def test_expired_peer_disappears(swarm):

@@ -72,18 +72,19 @@ def _hashes(text: str) -> dict[int, str]:
 @pytest.mark.integration
 def test_two_terminal_walkthrough_as_written(tmp_path):
     first_cmd, second_cmd = _terminal(1), _terminal(2)
-    assert "/ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID" in second_cmd
+    assert "/ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID" in second_cmd and "--manifest MANIFEST_HASH" in second_cmd
     with testing.SocketGuard():
         one = subprocess.Popen(["bash", "-c", first_cmd], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                                stderr=open(tmp_path / "one.err", "w"), text=True, start_new_session=True)
         try:
             line = ""
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not line.startswith("--initial-peers "):
+            while time.monotonic() < deadline and not line.startswith("--run-id "):
                 line = one.stdout.readline()
                 assert line or one.poll() is None, (tmp_path / "one.err").read_text()[-3000:]
-            addr = line.split()[1]
-            second = second_cmd.replace("/ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID", addr)
+            words = line.split()
+            addr, pin = words[words.index("--initial-peers") + 1], words[words.index("--manifest") + 1]
+            second = second_cmd.replace("/ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID", addr).replace("MANIFEST_HASH", pin)
             two = subprocess.run(["bash", "-c", second], cwd=ROOT, env=_env(), capture_output=True, text=True,
                                  timeout=240)
             one_out = one.stdout.read()

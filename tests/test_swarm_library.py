@@ -22,6 +22,10 @@ def test_single_peer_library_loop_closes_rounds_and_shuts_down():
     try:
         opt = swarm.optimizer()
         assert isinstance(opt, torch.optim.Optimizer)
+        # the creator is the run's founder, and its join line pins the manifest it published
+        assert swarm.manifest.founders == (swarm.identity.public_key_hex,)
+        assert f"--manifest {swarm.manifest_hash[:32]} --initial-peers /ip4/" in swarm.join_line
+        assert swarm.dht.get_manifest(swarm.manifest.run_id, manifest_hash=swarm.manifest_hash) == swarm.manifest
         first = task.evaluate(swarm.model)["loss"]
         for batch in swarm.batches(max_rounds=4):
             loss = task.loss(swarm.model, batch)

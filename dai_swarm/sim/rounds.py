@@ -25,7 +25,7 @@ from dai_swarm.errors import CodecError, MalformedRecord
 from dai_swarm.optim import codecs
 from dai_swarm.optim.book import BookLimits, RoundBook, UpdateAnnouncement
 from dai_swarm.optim.coordinator import compute_next_base
-from dai_swarm.optim.crossregion import CrossRegionMerger, merge_region_deltas, merged_base, region_delta
+from dai_swarm.optim.crossregion import CrossRegionMerger, merge_region_deltas, merged_base, region_delta, weight_cap
 from dai_swarm.optim.crossregion import MERGE_END
 from dai_swarm.optim.votes import Vote, tally
 from dai_swarm.verification.recompute import recompute_update
@@ -293,6 +293,11 @@ class RoundSteps:
                          codecs.decode(blob, max_bytes=self.max_decoded))
         alive_regions = {self.peers[i].proto for i, (h, _, _) in finals.items()
                          if h is not None and self.peers[i].alive(t)}
+        live = Counter(p.proto for p in self.peers if p.alive(t))
+
+        def weight(g: str, samples: int) -> float:  # the real merger's plausibility cap (weight_cap)
+            return float(min(samples, weight_cap(max(1, live[g]), self.cfg.max_inner_steps,
+                                                 int(self.task.batch_size), self.cfg.cross_region_period)))
         out = {}
         for g in sorted(majority):
             holders = [self.peers[i] for i, (h, _, _) in finals.items() if h is not None and self.peers[i].proto == g
@@ -320,8 +325,9 @@ class RoundSteps:
             for h in {h for i, (h, _, _) in finals.items() if h is not None and self.peers[i].proto == g}:
                 st = self.states[h]
                 own = codecs.encode(region_delta(st), self.cfg.codec)
-                updates = [(sha256_hex(own), float(int(st.extra.get("epoch_samples", 0))), codecs.decode(own, max_bytes=self.max_decoded))]
-                updates += [(deltas[g2][0], float(deltas[g2][2]), deltas[g2][3]) for g2 in got]
+                updates = [(sha256_hex(own), weight(g, int(st.extra.get("epoch_samples", 0))),
+                            codecs.decode(own, max_bytes=self.max_decoded))]
+                updates += [(deltas[g2][0], weight(g2, deltas[g2][2]), deltas[g2][3]) for g2 in got]
                 merged = merge_region_deltas(st.anchor, updates)
                 new = merged_base(st, merged if merged is not None else st.params)
                 self.states.setdefault(new.hash, new)

@@ -1,0 +1,99 @@
+"""Finding "fake region in a cross-region merge", with real `dai-swarm peer` processes: a fresh key
+that is no member of any region publishes, at every merge, an xdelta record for a region "zz" and one
+for the real region r1, each claiming 10^12 samples with a huge delta it serves over P2P. Two honest
+peers in two regions must refuse both, count them, and still merge with each other."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from swarm_run import by_round, cleanup, spawn_peer, wait_all
+
+pytestmark = pytest.mark.integration
+
+ROUND_S, K, UNTIL = 3.0, 2, 8
+
+
+class FakeRegion(threading.Thread):
+    """A fresh key with no peer record: copies the honest anchor tag and announces a poisoned delta."""
+
+    def __init__(self, initial_peers: list[str], run_id: str, t0: float):
+        super().__init__(daemon=True)
+        import torch
+
+        from dai_swarm.dht.node import SwarmDHT
+        from dai_swarm.identity import Identity
+        from dai_swarm.optim import codecs
+        from dai_swarm.optim.exchange import PayloadServer, PayloadStore, Traffic
+        from dai_swarm.optim.netloop import NetLoop
+        from dai_swarm.tasks import load_task
+
+        self.run_id, self.t0, self.error, self.published = run_id, t0, None, []
+        self.dht = SwarmDHT(Identity.generate(), initial_peers=initial_peers, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+        self.loop = NetLoop()
+        p2p = self.loop.run(self.dht.replicate_p2p(), 30)
+        model = load_task("regression").build_model(0)
+        self.blob = codecs.encode({n: torch.full_like(p, -100.0) for n, p in model.named_parameters()}, "none")
+        self.store = PayloadStore()
+        self.digest = self.store.put(self.blob, 0)
+        self.loop.run(PayloadServer(p2p, run_id, self.store, Traffic()).start(), 30)
+
+    def run(self) -> None:
+        try:
+            for i, r in enumerate(range(2 * K, UNTIL + 1, K)):  # merge points (base rounds) after the first
+                honest = []
+                while not honest and time.time() < self.t0 + r * ROUND_S:
+                    honest = self.dht.get_round_records(self.run_id, "xdelta", r)
+                    time.sleep(0.05)
+                if not honest:
+                    continue
+                anchor = honest[0].body["anchor"]
+                region = ("zz", "r1")[i % 2]  # a made-up region, then the real one (one record per key and round)
+                self.dht.publish_round_record(self.run_id, "xdelta", r, {
+                    "region": region, "digest": self.digest, "size": len(self.blob), "samples": 10**12,
+                    "p2p_id": self.dht.peer_id, "anchor": anchor}, ttl_s=60)
+                self.published.append((r, region))
+        except Exception as e:  # reported by the test
+            self.error = e
+
+    def close(self) -> None:
+        self.loop.stop()
+        self.dht.shutdown()
+
+
+def test_fake_region_is_refused_and_real_regions_still_merge(tmp_path):
+    run_id = f"xr-{os.getpid()}"
+    t0 = float(int(time.time()) + 18)
+    common = dict(run_id=run_id, task="regression", t0=t0, round_s=ROUND_S, until_round=UNTIL,
+                  cross_region_period=K, max_inner_steps=20)
+    peers, rogue = [], None
+    try:
+        peers.append(spawn_peer(str(tmp_path), "p0", region="r0", **common))
+        boot = peers[0].addresses()
+        peers.append(spawn_peer(str(tmp_path), "p1", region="r1", initial_peers=boot, **common))
+        rogue = FakeRegion(boot, run_id, t0)
+        rogue.start()
+        wait_all(peers, timeout_s=UNTIL * ROUND_S + 90)
+        rogue.join(10)
+    finally:
+        cleanup(peers)
+        if rogue is not None:
+            rogue.close()
+    assert rogue.error is None, rogue.error
+    assert rogue.published, "the fake region never published"
+    hist = {p.name: p.history() for p in peers}
+    rounds = {n: by_round(h) for n, h in hist.items()}
+    refused = {n: h["status"]["counters"].get("xdelta_not_member", 0) for n, h in hist.items()}
+    assert all(v >= 1 for v in refused.values()), (refused, [p.log()[-2000:] for p in peers])
+    # the two real regions merged with each other (equal val loss after a merge), and nothing blew up
+    merged = [r for r in rounds["p0"] if r in rounds["p1"] and (r + 2) % K == 0
+              and rounds["p0"][r].get("val_loss") is not None and rounds["p1"][r].get("val_loss") is not None]
+    assert merged, (rounds["p0"].keys(), rounds["p1"].keys())
+    for r in merged:
+        assert rounds["p0"][r]["val_loss"] == pytest.approx(rounds["p1"][r]["val_loss"], rel=1e-6), r
+    losses = [rounds["p0"][r]["val_loss"] for r in sorted(rounds["p0"]) if rounds["p0"][r].get("val_loss") is not None]
+    assert max(losses) < 10 * losses[0] and losses[-1] < losses[0], losses

@@ -1,0 +1,165 @@
+"""Cross-region trust (finding "fake region in a cross-region merge"): which region deltas count,
+how much they weigh, and the whole merge with fakes for the DHT and the network. Fast, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dai_swarm.canonical import state_hash
+from dai_swarm.optim import codecs
+from dai_swarm.optim.crossregion import (CrossRegionMerger, admit_region_deltas, merge_region_deltas, region_delta,
+                                         weight_cap)
+from dai_swarm.optim.exchange import PayloadStore
+from dai_swarm.optim.states import BaseState
+
+ANCHOR = {"w": torch.zeros(4)}
+TAG = f"{1:08d}:{state_hash(ANCHOR)}"
+K, STEPS, BS = 3, 20, 8
+PER_MEMBER = weight_cap(1, STEPS, BS, K)
+
+
+def _key(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def _body(region: str, digest: str, samples: int, anchor: str = TAG, size: int = 100) -> dict:
+    return {"region": region, "digest": digest, "size": size, "samples": samples, "p2p_id": "ignored", "anchor": anchor}
+
+
+def _admit(records, members, mine="r0", **kw):
+    return admit_region_deltas(records, members, mine, max_payload_bytes=1 << 20, per_member_cap=PER_MEMBER, **kw)
+
+
+HONEST_R1 = _key("delta of r1")
+EVIL = _key("anchor - theta_target")
+
+
+def test_fresh_key_fake_region_refused_in_single_region_swarm():
+    members = {_key("a"): ("r0", "pa"), _key("b"): ("r0", "pb")}
+    records = [(_key("a"), _body("r0", _key("mine"), 100)), (_key("b"), _body("r0", _key("mine"), 100)),
+               (_key("fresh"), _body("zz", EVIL, 10**12))]
+    adm = _admit(records, members)
+    assert adm.regions == {} and adm.refused == {"xdelta_not_member": 1}
+    assert adm.mates == ["pa", "pb"]
+
+
+def test_fresh_key_refused_in_two_region_swarm_and_cannot_speak_for_a_real_region():
+    members = {_key("a"): ("r0", "pa"), _key("b1"): ("r1", "pb1"), _key("b2"): ("r1", "pb2")}
+    records = [(_key("b1"), _body("r1", HONEST_R1, 640)), (_key("b2"), _body("r1", HONEST_R1, 640)),
+               (_key("fresh"), _body("zz", EVIL, 10**12)), (_key("fresh2"), _body("r1", EVIL, 10**12)),
+               (_key("a"), _body("r1", EVIL, 10**12))]  # a member of r0 claiming to speak for r1
+    adm = _admit(records, members)
+    assert list(adm.regions) == ["r1"]
+    d = adm.regions["r1"]
+    assert (d.digest, d.claimed, d.weight, d.votes, d.members, d.providers) == (HONEST_R1, 640, 640.0, 2, 2,
+                                                                              ("pb1", "pb2"))
+    assert adm.refused == {"xdelta_not_member": 2, "xdelta_wrong_region": 1}
+
+
+def test_one_member_cannot_speak_for_a_region_of_many():
+    members = {_key(f"b{i}"): ("r1", f"p{i}") for i in range(4)}
+    # the attacker holds one live member record of four; the others have not published yet
+    adm = _admit([(_key("b0"), _body("r1", EVIL, 10**12))], members)
+    assert adm.regions == {} and adm.refused == {"xdelta_no_majority": 1} and adm.short == {"r1"}
+    # two honest of four against one attacker: still no strict majority; three of four: admitted
+    honest = [(_key(f"b{i}"), _body("r1", HONEST_R1, 100)) for i in (1, 2)]
+    assert _admit([(_key("b0"), _body("r1", EVIL, 10**12)), *honest], members).regions == {}
+    more = honest + [(_key("b3"), _body("r1", HONEST_R1, 100))]
+    assert _admit([(_key("b0"), _body("r1", EVIL, 10**12)), *more], members).regions["r1"].digest == HONEST_R1
+
+
+def test_weight_is_the_claim_bounded_by_what_live_members_could_train():
+    members = {_key("b1"): ("r1", "p1"), _key("b2"): ("r1", "p2")}
+    records = [(k, _body("r1", EVIL, 10**12)) for k in members]
+    adm = _admit(records, members)
+    assert adm.regions["r1"].weight == 2 * STEPS * BS * (K + 1) and adm.refused == {"xdelta_capped": 1}
+
+
+def test_malformed_and_future_anchor_records_are_refused():
+    members = {_key("b1"): ("r1", "p1")}
+    bad = [(_key("b1"), {"region": "r1"}), (_key("x"), _body("r1", "nothex", 1)),
+           (_key("y"), _body("r1", HONEST_R1, -5)), (_key("z"), _body("r1", HONEST_R1, 5, anchor="zz")),
+           (_key("w"), _body("r1", HONEST_R1, 5, size=2 << 20))]
+    assert _admit(bad, members).refused == {"xdelta_malformed": 5}
+    future = f"{9:08d}:{state_hash(ANCHOR)}"
+    adm = _admit([(_key("b1"), _body("r1", HONEST_R1, 5, anchor=future))], members, max_merges=2)
+    assert adm.regions == {} and adm.refused == {"xdelta_future_anchor": 1}
+
+
+def test_merge_region_deltas_weights():
+    a = {"w": torch.ones(4)}
+    merged = merge_region_deltas(ANCHOR, [("aa", 1.0, a), ("bb", 3.0, {"w": torch.full((4,), 5.0)})])
+    assert torch.equal(merged["w"], torch.full((4,), -4.0))  # anchor − (1·1 + 3·5)/4
+    assert merge_region_deltas(ANCHOR, []) is None
+    for w in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError):
+            merge_region_deltas(ANCHOR, [("aa", w, a)])
+
+
+# --- the whole merge, with a fake DHT and network -----------------------------------------------------------
+
+
+def _state(params: torch.Tensor, samples: int) -> BaseState:
+    return BaseState.make(5, {"w": params}, {"w": torch.zeros(4)}, {"epoch_samples": samples, "merges": 1},
+                          anchor=ANCHOR)
+
+
+def _merge(my_state, peers, others):
+    """Run CrossRegionMerger.merge for peer "me" of region r0. ``peers``: (key, region, p2p id) of live
+    peer records; ``others``: (signer, body, blob or None) xdelta records of other keys."""
+    net = {b["digest"]: blob for _, b, blob in others if blob is not None}
+    dht = SimpleNamespace(
+        publish_round_record=lambda *a, **k: True,
+        get_round_records=lambda run, kind, r: [SimpleNamespace(signer=s, body=b) for s, b, _ in others],
+        peer_records=lambda run: [SimpleNamespace(signer=k, record=SimpleNamespace(region=g, peer_id=p))
+                                  for k, g, p in peers])
+    ctx = SimpleNamespace(codec="none", codec_params={}, store=PayloadStore(), dht=dht, region="r0", p2p_id="pme",
+                          identity=SimpleNamespace(public_key_hex=_key("me")), run_id="run", counters={},
+                          clock=SimpleNamespace(tally_time=lambda q: 0.0, round_s=1.0), cross_region_period=K,
+                          max_payload_bytes=1 << 20, max_decoded_bytes=1 << 20, max_inner_steps=STEPS, batch_size=BS)
+    merger = CrossRegionMerger(SimpleNamespace(ctx=ctx, foreign_source={}))
+    fetched = []
+    merger._fetch = lambda r, chosen, providers, gw, deadline: {
+        d: codecs.decode(net[d]) for d, _, _ in chosen.values() if d in net and not fetched.append(d)}
+    return merger.merge(4, my_state), ctx.counters, fetched
+
+
+def _xdelta(state: BaseState, region: str, samples: int):
+    blob = codecs.encode(region_delta(state), "none")
+    return _body(region, hashlib.sha256(blob).hexdigest(), samples, size=len(blob)), blob
+
+
+def _attack(target: torch.Tensor, region: str = "zz"):
+    """The reported attack: delta = anchor − θ_target, claimed samples 10^12, from a fresh key."""
+    blob = codecs.encode({"w": ANCHOR["w"] - target}, "none")
+    return _key("fresh"), _body(region, hashlib.sha256(blob).hexdigest(), 10**12, size=len(blob)), blob
+
+
+def test_merge_single_region_swarm_ignores_a_fake_region():
+    mine = _state(torch.full((4,), 0.5), samples=320)
+    out, counters, fetched = _merge(mine, [(_key("me"), "r0", "pme")], [_attack(torch.full((4,), 1e3))])
+    assert torch.equal(out.params["w"], mine.params["w"]) and fetched == []
+    assert out.extra["merges"] == 2 and counters == {"xdelta_not_member": 1}
+
+
+def test_merge_two_regions_counts_only_the_real_region():
+    mine = _state(torch.full((4,), 0.5), samples=320)
+    theirs = _state(torch.full((4,), -0.5), samples=480)
+    body, blob = _xdelta(theirs, "r1", 480)
+    peers = [(_key("me"), "r0", "pme"), (_key("b1"), "r1", "pb1")]
+    others = [(_key("b1"), body, blob), _attack(torch.full((4,), 1e3)), _attack(torch.full((4,), 1e3), "r1")]
+    others[2] = (_key("fresh2"), *others[2][1:])
+    out, counters, fetched = _merge(mine, peers, others)
+    expected = (320 * 0.5 + 480 * -0.5) / 800  # the samples-weighted mean of the two real regions
+    assert torch.allclose(out.params["w"], torch.full((4,), expected)) and fetched == [body["digest"]]
+    assert counters == {"xdelta_not_member": 2}
+    # the same real region claiming 10^12 samples weighs at most what one member could train
+    body_big = dict(body, samples=10**12)
+    out, counters, _ = _merge(mine, peers, [(_key("b1"), body_big, blob)])
+    cap = weight_cap(1, STEPS, BS, K)
+    assert torch.allclose(out.params["w"], torch.full((4,), (320 * 0.5 - cap * 0.5) / (320 + cap)))
+    assert counters == {"xdelta_capped": 1}
