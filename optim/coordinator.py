@@ -38,7 +38,7 @@ from .download import StateOffer, fetch_chunked, parse_state_offer, pick_downloa
 from .exchange import fetch_from_any
 from .outer import OuterState, outer_step
 from .states import BaseState, BaseStore
-from .votes import Vote, majority_state_hash, tally
+from .votes import Vote, confirm_state, majority_state_hash, tally
 
 __all__ = ["Coordinator", "NullVerifier", "RoundOutcome", "compute_next_base"]
 
@@ -393,7 +393,7 @@ class Coordinator:
         book = self.books.get(q)
         state = self._candidates.pop(q, None)
         outcome = self.outcomes.setdefault(q, RoundOutcome(q))
-        votes = self._votes(q)
+        votes = self._read_votes(q, book)
         result = tally(votes, self.ctx.reputation(), run_id=self.ctx.run_id, round=q)
         self.verdict_winners[q] = self._tally_verdicts(q)
         self.verdict_winners.pop(q - 3, None)
@@ -430,8 +430,8 @@ class Coordinator:
         if state is not None:
             outcome.state_hash = state.hash
             self._publish_state(state)
-            if outcome.agreed and self.merger.is_sync_round(q + 2):
-                confirmed = self._confirm_merge(q, state)
+            if outcome.agreed and (self.merger.is_sync_round(q + 2) or not self._all_voted_for(votes, state)):
+                confirmed = self._confirm_state(q, state, votes)
                 if confirmed is not state:
                     state, outcome.resynced = confirmed, True
                     outcome.state_hash = state.hash
@@ -495,22 +495,54 @@ class Coordinator:
             self._stop.wait(0.25)
         return None
 
-    def _confirm_merge(self, q: int, state: BaseState) -> BaseState:
-        """After a cross-region merge, compare the merged base of ``q+2`` with the region's state
-        records: a peer that merged a different set of region deltas (one arrived late) re-syncs to
-        the reputation-weighted majority before round ``q+2`` starts, instead of one round later."""
-        me, peers = self.ctx.identity.public_key_hex, len(self.ctx.region_mates()) + 1
+    def _electorate(self, votes: list[Vote]) -> set[str]:
+        """Public keys expected to publish this region's next state: live peers of the region
+        (signed peer records) and everyone who voted this round."""
+        keys = {v.voter for v in votes}
+        for key in list(getattr(self.ctx, "peer_keys", {}) or {}):
+            if self.ctx.announcer(key) is not None:
+                keys.add(key)
+        return keys
 
-        def check() -> BaseState | None:  # ours when confirmed, the majority's when re-synced, None: wait
+    def _all_voted_for(self, votes: list[Vote], state: BaseState) -> bool:
+        """True iff every member of the electorate voted, all for ``state``: nothing to confirm."""
+        by_voter = {v.voter: v.state_hash for v in votes}
+        me = self.ctx.identity.public_key_hex
+        return all(by_voter.get(k) == state.hash for k in self._electorate(votes) if k != me)
+
+    def _read_votes(self, q: int, book: RoundBook | None) -> list[Vote]:
+        """Round ``q``'s votes; if a live peer that announced an update this round has no vote yet
+        (a DHT read can miss a record under load), read again for up to 0.1 T."""
+        votes = self._votes(q)
+        if book is None:
+            return votes
+        expected = {a.peer for a, _ in book.included()} | {self.ctx.identity.public_key_hex}
+        end = time.time() + 0.1 * self.ctx.clock.round_s
+        while not self._stop.is_set() and time.time() < end and not expected <= {v.voter for v in votes}:
+            self._stop.wait(0.1)
+            votes = self._votes(q)
+        return votes
+
+    def _confirm_state(self, q: int, state: BaseState, votes: list[Vote]) -> BaseState:
+        """Compare this peer's new base of ``q+2`` with its region's state records (pure rule:
+        :func:`~.votes.confirm_state`): a peer whose tally missed a mate's vote, or that merged a
+        different set of region deltas, re-syncs to the settled majority before round ``q+2``
+        starts instead of one round later. Weights come from base ``q+1``, which both sides held."""
+        me = self.ctx.identity.public_key_hex
+        held = self.bases.get(q + 1)
+        weights = self.ctx.verifier.reputation(held.extra) if held is not None else self.ctx.reputation()
+
+        def check() -> BaseState | None:  # ours when settled, the majority's when re-synced, None: wait
             offers = [(o.signer, o.state_hash) for o in self.state_offers(q + 2)]
-            if len(offers) >= peers and all(h == state.hash for _, h in offers):
-                return state  # every live peer of the region published the same merged state
-            maj = majority_state_hash(offers, self.ctx.reputation())
-            if maj is None or maj.state_hash == state.hash or len(maj.holders) < 2 or me not in maj.dissenters:
+            decision = confirm_state(state.hash, me, offers, self._electorate(votes), weights)
+            if decision.action == "keep":
+                return state
+            if decision.action == "wait":
                 return None
-            adopted = self.resync(q + 2, maj.state_hash)
+            adopted = self.resync(q + 2, decision.target)
             if adopted is not None:
-                logger.warning("merge %d: this peer's merged state was in the minority; re-synced", q + 2)
+                logger.warning("round %d: this peer's new state %s was in the region's minority; re-synced to %s",
+                               q, state.hash[:12], adopted.hash[:12])
                 self._publish_state(adopted)
             return adopted
 

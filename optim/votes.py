@@ -24,7 +24,8 @@ from typing import Iterable, Mapping
 from dai_swarm.canonical import canonical_json, sha256_hex
 from dai_swarm.errors import ConfigError, MalformedRecord
 
-__all__ = ["MajorityHash", "TallyResult", "Vote", "inclusion_digest", "majority_state_hash", "tally"]
+__all__ = ["Confirmation", "MajorityHash", "TallyResult", "Vote", "confirm_state", "inclusion_digest", "majority_state_hash",
+           "tally"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_EPSILON = 1e-6
@@ -208,3 +209,47 @@ def majority_state_hash(announcements: Mapping[str, str] | Iterable[tuple[str, s
     holders = tuple(sorted(p for p, h in clean.items() if h == best))
     dissenters = tuple(sorted(p for p, h in clean.items() if h != best))
     return MajorityHash(best, w, total, holders, dissenters)
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What :func:`confirm_state` decided: ``"keep"`` (this peer's state is the region's),
+    ``"resync"`` (download ``target``), or ``"wait"`` (not enough state records yet)."""
+
+    action: str
+    target: str | None = None
+
+
+def confirm_state(mine: str, me: str, offers: Iterable[tuple[str, str]], electorate: Iterable[str],
+                  reputation: Mapping[str, float], *, epsilon: float = DEFAULT_EPSILON) -> Confirmation:
+    """After a tally, check this peer's new state against the state records of its region.
+
+    The tally only counts the votes a peer could *read*; under load a DHT read can miss a mate's
+    vote, and in a region of two peers each side then sees a majority of one: itself. Every peer
+    publishes the state it adopted, so the records settle it. ``offers`` are (signer, state hash)
+    pairs, this peer's own included; ``electorate`` the public keys expected to publish (the live
+    peers of the region and the round's voters); ``reputation`` the weights of the base both sides
+    held before the round (so that two diverged peers weigh alike).
+
+    Decision (pure and deterministic): the weighted majority hash of the records from the
+    electorate (:func:`majority_state_hash`) is *settled* when every member of the electorate has
+    published, or when its weight is more than half of the whole electorate's weight (records
+    still missing cannot overturn it). A settled majority equal to ``mine``: keep; a settled
+    majority held by others and not by this peer: re-sync to it; anything else: wait (the caller
+    retries until its deadline and then keeps its state; the next round's vote heals the rest).
+    A 1-vs-1 split of equal weight is settled once both records are in: ties go to the larger
+    holder count, then the smaller hash, on both sides alike.
+    """
+    members = set(electorate) | {me}
+    seen = [(s, h) for s, h in offers if s in members and s != me] + [(me, mine)]
+    maj = majority_state_hash(seen, reputation, epsilon=epsilon)
+    if maj is None:
+        return Confirmation("wait")
+    published = {s for s, _ in seen}
+    total = math.fsum(_weight(k, reputation, epsilon) for k in sorted(members))
+    settled = published >= members or maj.weight * 2 > total
+    if not settled:
+        return Confirmation("wait")
+    if maj.state_hash == mine:
+        return Confirmation("keep")
+    return Confirmation("resync", maj.state_hash) if me in maj.dissenters else Confirmation("wait")

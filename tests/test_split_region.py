@@ -1,0 +1,153 @@
+"""A region of two peers whose tallies each missed the other's vote (the r1 disagreement).
+
+What happened in the real-process run (region r1: p3 and the joiner p5): each peer closed round 9
+on another state hash (they had seen different announcements), and at the tally each read only
+its own vote from the DHT (a read under load returns what the replicas it reached hold). A tally
+of one vote is decided, so each kept its own state and both recorded ``agreed=True`` on two
+hashes. Nothing compared the two published states, so the region stayed split until a later
+vote happened to see both.
+
+The protocol now (1) re-reads the votes for up to 0.1 T when a peer that announced an included
+update has not voted yet, and (2) whenever the tally did not see every live peer of the region
+vote for its state, confirms its new state against the region's *state records* with the pure
+rule :func:`~dai_swarm.optim.votes.confirm_state`: the weighted majority (weights of the base
+both sides held) is settled when every expected peer published or when it holds more than half
+of the expected weight; the peer outside a settled majority re-syncs before the next round.
+These tests drive that rule and two real :class:`Coordinator` objects on an in-memory DHT, with
+no processes and no sleeping on a clock.
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import torch
+
+from dai_swarm.optim.clock import RoundClock
+from dai_swarm.optim.coordinator import Coordinator, NullVerifier
+from dai_swarm.optim.exchange import PayloadStore
+from dai_swarm.optim.states import BaseState, BaseStore
+from dai_swarm.optim.votes import confirm_state, tally
+
+A, B, C = "a" * 64, "b" * 64, "c" * 64
+P3, P5, P6 = "03" * 32, "05" * 32, "06" * 32
+
+
+# ------------------------------------------------------------------------------ the pure rule
+def test_one_vs_one_both_sides_reach_the_same_decision():
+    weights = {P3: 0.55, P5: 0.25}  # p3 established, p5 a joiner still in its warm-up
+    offers = [(P3, A), (P5, B)]
+    assert confirm_state(A, P3, offers, {P3, P5}, weights).action == "keep"
+    d = confirm_state(B, P5, offers, {P3, P5}, weights)
+    assert (d.action, d.target) == ("resync", A)
+
+
+def test_one_vs_one_equal_weights_is_settled_by_the_tie_break_once_both_published():
+    weights = {P3: 0.1, P5: 0.1}
+    offers = [(P3, A), (P5, B)]
+    left, right = confirm_state(A, P3, offers, {P3, P5}, weights), confirm_state(B, P5, offers, {P3, P5}, weights)
+    assert sorted([left.action, right.action]) == ["keep", "resync"]
+    assert (left.target or right.target) == A  # ties go to the smaller hash, on both sides alike
+    # with only its own record in, neither side may decide: the other's could overturn it
+    assert confirm_state(B, P5, [(P5, B)], {P3, P5}, weights).action == "wait"
+    assert confirm_state(A, P3, [(P3, A)], {P3, P5}, weights).action == "wait"
+
+
+def test_a_heavy_majority_is_settled_before_every_record_is_in():
+    weights = {P3: 1.0, P5: 0.1, P6: 0.1}
+    # p3 alone outweighs everyone else: p5 re-syncs even though p6 has not published
+    assert confirm_state(B, P5, [(P3, A), (P5, B)], {P3, P5, P6}, weights) == confirm_state(
+        B, P5, [(P3, A)], {P3, P5, P6}, weights)
+    assert confirm_state(B, P5, [(P3, A)], {P3, P5, P6}, weights).target == A
+    # a dead peer in the electorate: two of three equal weights are settled
+    eq = {P3: 0.5, P5: 0.5, P6: 0.5}
+    assert confirm_state(A, P3, [(P3, A), (P5, A)], {P3, P5, P6}, eq).action == "keep"
+
+
+def test_own_record_is_taken_from_the_argument_and_strangers_do_not_count():
+    weights = {P3: 0.5, P5: 0.5}
+    stranger = "99" * 32
+    offers = [(P3, C), (P5, A), (stranger, B), ("77" * 32, B)]  # our stale record says C
+    assert confirm_state(A, P3, offers, {P3, P5}, weights).action == "keep"
+
+
+# ------------------------------------------------------------------------------ two coordinators
+class MemoryDHT:
+    """Round records by (kind, round), one per signer; ``hide`` makes a reader miss a signer's
+    votes (a DHT read that reached no replica holding them)."""
+
+    def __init__(self):
+        self.records: dict = {}
+        self.hide: dict[str, set[str]] = {}  # reader -> signers whose vote records it cannot read
+
+    def view(self, reader: str):
+        dht = self
+
+        class View:
+            def publish_round_record(self, run_id, kind, round, body, ttl_s=0.0):
+                dht.records.setdefault((kind, round), {})[reader] = SimpleNamespace(signer=reader, body=dict(body))
+                return True
+
+            def get_round_records(self, run_id, kind, round):
+                recs = dht.records.get((kind, round), {})
+                hidden = dht.hide.get(reader, set()) if kind.startswith("vote") else set()
+                return [recs[s] for s in sorted(recs) if s not in hidden]
+        return View()
+
+
+def _state(round: int, value: float) -> BaseState:
+    params = {"w": torch.full((4,), value)}
+    return BaseState.make(round, params, {"w": torch.zeros(4)}, {}, params)
+
+
+def _coordinator(key: str, dht: MemoryDHT, clock: RoundClock, states: dict, peers: dict) -> Coordinator:
+    ctx = SimpleNamespace(
+        run_id="run", region="r1", identity=SimpleNamespace(public_key_hex=key), dht=dht.view(key), clock=clock,
+        cross_region_period=1000, store=PayloadStore(), p2p_id=f"p2p-{key[:4]}", verifier=NullVerifier(),
+        peer_keys=peers, announcer=lambda k: peers.get(k, (None,))[0], counters={})
+    c = Coordinator(ctx, BaseStore())
+    ctx.reputation = lambda: {P3: 0.55, P5: 0.25}
+
+    def resync(round, target_hash=None, timeout_s=None):  # a verified download from the holders
+        state = states.get(target_hash)
+        if state is not None:
+            c.bases.put(state)
+        return state
+    c.resync = resync
+    return c
+
+
+def test_two_coordinators_that_missed_each_others_vote_converge_in_the_same_round():
+    now = time.time()
+    clock = RoundClock(now - 9.6 * 4.0, 4.0, close_frac=0.3, tally_frac=0.55)  # round 9's tally is due
+    dht = MemoryDHT()
+    dht.hide = {P3: {P5}, P5: {P3}}  # each reads only its own vote
+    peers = {P3: ("p2p-0303", "r1", now), P5: ("p2p-0505", "r1", now)}
+    q = 9
+    base_q1 = BaseState.make(q + 1, {"w": torch.zeros(4)}, {"w": torch.zeros(4)},
+                             {"reputation": {P3: 0.55, P5: 0.25}}, {"w": torch.zeros(4)})
+    cand = {P3: _state(q + 2, 1.0), P5: _state(q + 2, 2.0)}  # they saw different announcements
+    states = {s.hash: s for s in cand.values()}
+    coords = {k: _coordinator(k, dht, clock, states, peers) for k in (P3, P5)}
+    for key, c in coords.items():
+        c.bases.put(base_q1)
+        c._candidates[q] = cand[key]
+        dht.view(key).publish_round_record("run", "vote.r1", q, {"inclusion": [], "state_hash": cand[key].hash})
+    # the old behaviour, for the record: each tally alone is decided for the peer's own state
+    for key in (P3, P5):
+        votes = coords[key]._votes(q)
+        assert [v.voter for v in votes] == [key]
+        assert tally(votes, {}, run_id="run", round=q).state_hash == cand[key].hash
+    # both tallies run "at once": each publishes its state, then confirms against the records
+    coords[P3]._publish_state(cand[P3])
+    coords[P5]._publish_state(cand[P5])
+    t0 = time.time()
+    for key in (P3, P5):
+        coords[key].tally_round(q)
+    assert time.time() - t0 < 3.0
+    final = {key: c.bases.get(q + 2).hash for key, c in coords.items()}
+    assert final[P3] == final[P5] == cand[P3].hash  # the established peer's state won on both sides
+    assert coords[P5].outcomes[q].resynced is True and coords[P3].outcomes[q].resynced is False
+    assert coords[P5].outcomes[q].state_hash == cand[P3].hash
+
