@@ -16,8 +16,9 @@ exposes, and re-syncs (I1).
 
 Which region deltas count (:func:`admit_region_deltas`, pure): a record counts only if its signer
 has a live, signed peer record in the region the record names; a region counts only if a strict
-majority of its live members published the same (digest, size, samples, anchor), so one key
-cannot speak for a region of many; this peer's own region's delta is the one it computed, never
+majority of its members that published agree on the same (digest, size, samples, anchor), read
+again until 0.18 T after the tally while live members have not published, so one key cannot
+speak for a region of many that publish; this peer's own region's delta is the one it computed, never
 a record. The weight of a region is its claimed samples bounded by :func:`weight_cap`, what its
 live members could have trained since the anchor: a *plausibility cap*, not verification. With
 no second admitted region there is no merge. Refusals are counted (``xdelta_*`` counters). What
@@ -143,7 +144,7 @@ def _parse_xdelta(body: Mapping, max_payload_bytes: int) -> tuple[str, tuple[str
 
 def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping[str, tuple[str, str]],
                         my_region: str, *, max_payload_bytes: int, per_member_cap: int,
-                        max_merges: int | None = None) -> Admission:
+                        max_merges: int | None = None, final: bool = True) -> Admission:
     """Which other regions' deltas count in a merge (pure; see the module docstring).
 
     ``records``: ``(signer public key, xdelta body)``; ``members``: public key → (region, libp2p
@@ -152,6 +153,12 @@ def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping
     ``xdelta_wrong_region`` (its peer record names another region), ``xdelta_no_majority`` (per
     region), ``xdelta_capped`` (per region whose claim exceeds its cap), ``xdelta_future_anchor``
     (its anchor claims more merges than ``max_merges``, the merge points so far).
+
+    A region counts when a strict majority of *its members that published* this merge agree. With
+    ``final=False`` a region some of whose live members have not published yet is withheld (listed
+    in ``short``) so the caller reads again; the final read decides with whoever published. (A
+    strict majority of all live members refused an honest region whenever a member had just died:
+    a SIGKILLed peer's record stays live until its TTL, 30 s, and it never publishes again.)
     """
     out = Admission()
     size = Counter(region for region, _ in members.values())
@@ -184,9 +191,12 @@ def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping
         publishers.setdefault((region, key), []).append(p2p_id)
     for region, counter in sorted(votes.items()):
         key, n = max(counter.items(), key=lambda kv: (kv[1], [-ord(ch) for ch in kv[0][0]]))
-        if 2 * n <= size[region]:
+        published = sum(counter.values())
+        if published < size[region] and not final:
+            out.short.add(region)  # live members still to publish: read again before deciding
+            continue
+        if 2 * n <= published:
             out.refused["xdelta_no_majority"] += 1
-            out.short.add(region)
             continue
         digest, nbytes, claimed, anchor = key
         cap = size[region] * int(per_member_cap)
@@ -297,7 +307,7 @@ class CrossRegionMerger:
 
     def _admit(self, q: int, r: int) -> tuple[Admission, dict]:
         """Read round ``r``'s xdelta records and admit regions (:func:`admit_region_deltas`), reading
-        again until ``MERGE_READ_END`` while a region's members published without a majority yet."""
+        again until ``MERGE_READ_END`` while some live member of a region has not published yet."""
         ctx = self.c.ctx
         read_end = ctx.clock.tally_time(q) + MERGE_READ_END * ctx.clock.round_s
         per_member = weight_cap(1, ctx.max_inner_steps, ctx.batch_size, ctx.cross_region_period)
@@ -305,9 +315,10 @@ class CrossRegionMerger:
         while True:
             members = self._members()
             records = [(rec.signer, rec.body) for rec in ctx.dht.get_round_records(ctx.run_id, "xdelta", r)]
+            final = time.time() >= read_end
             adm = admit_region_deltas(records, members, ctx.region, max_payload_bytes=ctx.max_payload_bytes,
-                                      per_member_cap=per_member, max_merges=max_merges)
-            if not adm.short or time.time() >= read_end:
+                                      per_member_cap=per_member, max_merges=max_merges, final=final)
+            if not adm.short or final:
                 break
             time.sleep(min(0.5, 0.05 * ctx.clock.round_s))
         if adm.refused:
