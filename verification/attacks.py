@@ -272,6 +272,15 @@ class _ForgedVerdict(_VerdictAttack):
 
     kind = "forged_verdict"
 
+    def bind(self, runtime: Any) -> None:
+        """Also silence this peer's own honest verdicts: its verdict record (one per signer and
+        round in the DHT) must carry the lies, not be overwritten by honest checks."""
+        super().bind(runtime)
+        verifier = getattr(runtime, "verifier", None)
+        if hasattr(verifier, "rate"):
+            verifier.rate = 0.0
+            verifier._scan = lambda round: None
+
     def forge(self, round: int) -> None:
         from dai_swarm.dht.keys import round_key
 
