@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if opt.local_epoch != epoch:
                 epoch = opt.local_epoch
                 row = {"event": "epoch", "epoch": epoch, "samples_local": local_samples, "steps": steps,
-                       "train_loss": float(loss)}
+                       "train_loss": loss.detach().item()}
                 if args.evaluate:
                     with torch.no_grad():
                         row["val_loss"] = float(task.evaluate(model)["loss"])

@@ -25,7 +25,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = ("bootstrap", "peer", "status", "ledger", "demo")
+COMMANDS = ("bootstrap", "peer", "status", "ledger", "task", "demo")
 ENV_PREFIX = "DAI_SWARM_"
 
 
@@ -99,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    if os.getcwd() not in sys.path and "" not in sys.path:  # `--task module:attr` from the working
+        sys.path.append(os.getcwd())  # directory, as with `python -m dai_swarm` (appended: never shadows)
     try:
         config = _load_config(args.config, args.command) if args.config else {}
         _apply_defaults(args._parser, config)

@@ -14,6 +14,7 @@ import threading
 
 from .dht.address_file import write_address_file
 from .dht.node import SwarmDHT
+from .errors import NetworkError
 from .identity import Identity
 from .logging import get_logger, setup_logging
 
@@ -67,9 +68,10 @@ def run(args: argparse.Namespace) -> int:
             write_address_file(args.address_file, maddrs)
         logger.info("bootstrap node %s serving; Ctrl+C to stop", dht.peer_id)
         while not stop.wait(max(0.1, args.refresh_period_s)):
-            from .dht import _proc
-
-            logger.info("%d DHT peers known", dht.dht.run_coroutine(_proc.routing_table_size))
+            try:
+                logger.info("%d DHT peers known", dht.routing_table_size())
+            except NetworkError as e:  # a busy DHT process: report it, keep serving
+                logger.warning("DHT status: %s", e)
     finally:
         dht.shutdown()
         for sig, handler in previous.items():

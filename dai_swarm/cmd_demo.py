@@ -143,7 +143,10 @@ def _visible(peers: list[DemoPeer]) -> tuple[int, dict]:
 def run(args: argparse.Namespace) -> int:
     """Run the demo; Ctrl+C (or SIGTERM) stops everything it started and still prints a summary."""
     from . import demo_report
+    from .logging import quiet_known_noise
     from .testing import SocketGuard, spawn_bootstrap
+
+    quiet_known_noise()
 
     if args.peers < 2 or args.regions < 1 or args.minutes <= 0 or args.round_s <= 0:
         raise ConfigError("the demo needs --peers >= 2, --regions >= 1 and positive --minutes and --round-s")

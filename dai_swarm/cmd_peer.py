@@ -10,6 +10,7 @@ import threading
 import time
 
 from .dht.address_file import write_atomic
+from .display import megabytes, num
 from .logging import get_logger, setup_logging
 
 logger = get_logger(__name__)
@@ -136,12 +137,9 @@ def run(args: argparse.Namespace) -> int:
             opt.zero_grad()
             now = time.time()
             if live is not None:
-                live(float(loss))
+                live(loss)
             elif now - last_print > max(2.0, swarm.manifest.round_s / 2) and not args.quiet:
-                m = rt.metrics()
-                print(f"round {m['round']} step {m['steps']} loss {float(loss):.4f} val {m['val_loss']} "
-                      f"state {str(m['state_hash'])[:12]} sent {m['traffic']['sent']} recv {m['traffic']['received']}",
-                      flush=True)
+                print(_progress_line(rt.metrics(), loss), flush=True)
                 last_print = now
     finally:
         if metrics_server is not None:
@@ -156,6 +154,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_line(m: dict, loss) -> str:
+    """One progress line for people: losses to 4 significant digits, traffic in MB."""
+    sent = megabytes(sum(m["traffic"]["sent"].values()))
+    recv = megabytes(sum(m["traffic"]["received"].values()))
+    return (f"round {m['round']} step {m['steps']} loss {num(loss.detach().item())} val {num(m['val_loss'])} "
+            f"state {str(m['state_hash'] or '-')[:12]} sent {sent} MB recv {recv} MB")
+
+
 def _live_display(swarm):
     """A tiny rich status line, refreshed at most 4x per second."""
     from rich.console import Console
@@ -163,18 +169,13 @@ def _live_display(swarm):
     console = Console(stderr=True)
     state = {"t": 0.0}
 
-    def update(loss: float) -> None:
+    def update(loss) -> None:
         now = time.time()
         if now - state["t"] < 0.25:
             return
         state["t"] = now
-        m = swarm.runtime.metrics()
-        peers = len(swarm.runtime.region_of)
-        val = "-" if m["val_loss"] is None else f"{m['val_loss']:.4f}"
-        sent = sum(m["traffic"]["sent"].values()) / 1e6
-        recv = sum(m["traffic"]["received"].values()) / 1e6
-        console.print(f"[bold]round {m['round']}[/] step {m['steps']:4d} loss {loss:.4f} val {val} peers {peers} "
-                      f"state {str(m['state_hash'])[:10]} sent {sent:.2f} MB recv {recv:.2f} MB", end="\r")
+        line = _progress_line(swarm.runtime.metrics(), loss)
+        console.print(f"{line} peers {len(swarm.runtime.region_of)}", end="\r", markup=False, highlight=False)
 
     return update
 
@@ -191,5 +192,5 @@ def _print_summary(status: dict, history: list) -> None:
     table.add_column("val loss")
     for h in history[-10:]:
         table.add_row(str(h["round"]), str(h["updates"]), str(h["state_hash"])[:12], str(h["agreed"]),
-                      "-" if h.get("val_loss") is None else f"{h['val_loss']:.4f}")
+                      num(h.get("val_loss")))
     Console(stderr=True).print(table)

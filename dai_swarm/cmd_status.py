@@ -75,6 +75,7 @@ def collect_status(dht: SwarmDHT, run_id: str, manifest_hash: str | None = None)
 
 
 def _render(doc: dict) -> None:
+    from .display import rounded
     from rich.console import Console
     from rich.table import Table
 
@@ -84,7 +85,7 @@ def _render(doc: dict) -> None:
     for p in doc["peers"]:
         table.add_row(
             p["peer_id"][-12:], p["region"], p.get("role", ""), p.get("version", ""), f"{p['age_s']:.1f}",
-            "\n".join(p.get("maddrs", [])), json.dumps(p.get("metrics", {}), sort_keys=True),
+            "\n".join(p.get("maddrs", [])), json.dumps(rounded(p.get("metrics", {})), sort_keys=True),
         )
     console = Console()
     console.print(table)

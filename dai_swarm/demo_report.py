@@ -16,6 +16,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
+from .display import megabytes, num
+
 __all__ = ["CHROMIUM_FLAGS", "chromium_binary", "console", "finish", "live_table", "live_view", "screenshot",
            "swarm_curve"]
 
@@ -91,7 +93,7 @@ def _mb(traffic: dict | None, link: str) -> str:
     if not traffic:
         return "-"
     n = sum((traffic.get(d) or {}).get(link, 0) for d in ("sent", "received"))
-    return f"{n / 1e6:.2f}"
+    return megabytes(n)
 
 
 def live_table(peers: Sequence[Any], run_id: str, until_round: int, events: Sequence[dict], t0: float):
@@ -113,7 +115,7 @@ def live_table(peers: Sequence[Any], run_id: str, until_round: int, events: Sequ
         style = "dim" if p.fate != "running" else ("green" if s else "yellow")
         table.add_row(p.name, p.region, p.fate if p.fate != "running" else ("training" if s else "starting"),
                       str(s.get("round", "-")), str(len(s.get("peers", []))) if s else "-",
-                      str(s.get("state_hash") or "-")[:10], agree, f"{val:.4f}" if isinstance(val, float) else "-",
+                      str(s.get("state_hash") or "-")[:10], agree, num(val) if isinstance(val, float) else "-",
                       str(s.get("samples", "-")), _mb(s.get("traffic"), "intra"), _mb(s.get("traffic"), "cross"),
                       style=style)
     return table
@@ -212,7 +214,7 @@ def finish(peers: Sequence[Any], events: list[dict], args: Any, out: str, workdi
         rows.append(row)
         table.add_row(p.name, p.region, p.fate, str(len(h)), str(last.get("round", "-")),
                       str(last.get("state_hash") or "-")[:12],
-                      f"{row['val_loss']:.4f}" if isinstance(row["val_loss"], float) else "-",
+                      num(row["val_loss"]) if isinstance(row["val_loss"], float) else "-",
                       _mb(row["traffic"], "intra"), _mb(row["traffic"], "cross"))
     con.print(table)
     survivors = [r for r in rows if r["fate"] == "finished"]
@@ -255,11 +257,11 @@ def finish(peers: Sequence[Any], events: list[dict], args: Any, out: str, workdi
         json.dump(summary, f, indent=1, default=str)
     verdict = "[green]agree within each region[/]" if agree else "[red]DISAGREE within a region[/]"
     con.print(f"final round {final_round}: {len(survivors)} surviving peers, state hashes {verdict}; "
-              f"swarm val loss {summary['swarm']['val_loss']} after {summary['swarm']['samples']} samples")
+              f"swarm val loss {num(summary['swarm']['val_loss'])} after {summary['swarm']['samples']} samples")
     if summary["centralized"]:
         c = summary["centralized"]
-        eq = "-" if at_equal is None else f"{at_equal:.4f}"
-        con.print(f"centralized: val loss {c['val_loss']:.4f} after {c['samples']} samples "
+        eq = num(at_equal)
+        con.print(f"centralized: val loss {num(c['val_loss'])} after {c['samples']} samples "
                   f"(at the swarm's {summary['swarm']['samples']} samples: {eq})")
     con.print(f"wrote [cyan]{png}[/], summary.json and peer logs under [cyan]{out}[/]")
     return summary

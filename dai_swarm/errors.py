@@ -13,6 +13,8 @@ Tree::
     ├── IdentityError               unreadable, corrupt or foreign key file
     ├── NetworkError                transport-level trouble
     │   ├── BootstrapError          no initial peer reachable within the timeout
+    │   ├── DHTClosed               the DHT node is shutting down: its requests fail at once
+    │   ├── DHTTimeout              a DHT request got no answer within its deadline
     │   └── PeerUnreachable         one peer did not answer in time
     ├── ProtocolError               a peer sent something that breaks the protocol
     │   ├── RecordRejected          a DHT record failed validation
@@ -41,6 +43,8 @@ __all__ = [
     "BootstrapError",
     "CodecError",
     "ConfigError",
+    "DHTClosed",
+    "DHTTimeout",
     "DigestMismatch",
     "ExpiredRecord",
     "ForgedRecord",
@@ -103,6 +107,14 @@ class NetworkError(SwarmError):
 
 class BootstrapError(NetworkError):
     """None of the initial peers could be reached within the start-up timeout."""
+
+
+class DHTClosed(NetworkError):
+    """The DHT node is shutting down or shut down: a request waiting on it, or sent to it, fails at once."""
+
+
+class DHTTimeout(NetworkError, TimeoutError):
+    """A request to the DHT process got no answer within its deadline (``timeout_s``)."""
 
 
 class PeerUnreachable(NetworkError):

@@ -35,6 +35,7 @@ from .optim import codecs
 from .optim.optimizer import SwarmOptimizer
 from .optim.runtime import RoundRuntime
 from .tasks import Task, load_task
+from .tasks.contract import validate_task
 from .verification.spotcheck import SpotChecker
 
 __all__ = ["Swarm", "manifest_versions"]
@@ -78,6 +79,8 @@ class Swarm:
         self.task = load_task(task) if isinstance(task, str) else task
         if self.task is not None and not isinstance(self.task, Task):
             raise ConfigError(f"task must be a dai_swarm.Task or a task spec, got {type(task).__name__}")
+        if isinstance(task, Task):
+            validate_task(task)  # a broken contract is refused before the DHT starts (TaskError)
         if self.task is None and not initial_peers:
             raise ConfigError("no task given and no initial peers to read the run's task from: pass a task")
         task_spec = task if isinstance(task, str) else getattr(self.task, "name", None)

@@ -27,6 +27,7 @@ __all__ = [
     "remove_stale_sockets",
     "routing_table_size",
     "socket_paths",
+    "stop_process",
     "terminate_pids",
     "validator_counters",
     "watch_parent",
@@ -173,6 +174,22 @@ def terminate_pids(pids, grace_s: float = 3.0) -> None:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def stop_process(proc, grace_s: tuple[float, float] = (2.0, 2.0)) -> bool:
+    """SIGTERM a multiprocessing child still alive, SIGKILL it after ``grace_s[0]``, and join it (so that
+    multiprocessing's exit handler has nothing left to join); True if it is gone."""
+    if proc.pid is None:  # never started
+        return True
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(grace_s[0])
+    if proc.is_alive():
+        proc.kill()
+        proc.join(grace_s[1])
+    if not proc.is_alive():
+        proc.join(0)  # reap it and drop it from multiprocessing's children
+    return not proc.is_alive()
 
 
 async def routing_table_size(_dht, node) -> int:

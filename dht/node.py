@@ -7,28 +7,38 @@ verified again here, because values can come from nodes that run no validator.
 
 ``DHT.store()``'s boolean reflects whichever replica answered last, so it is returned for
 information only: it is not an acknowledgement (SPEC §10).
+
+Every request to the DHT process has a deadline (:class:`~dai_swarm.dht.pipe.DHTPipe`): reads and
+writes that traverse the network get ``request_timeout_s`` (default: 5 x hivemind's per-RPC
+``wait_timeout``), requests about this node alone ``LOCAL_TIMEOUT_S``. :meth:`SwarmDHT.shutdown`
+fails pending requests at once and is bounded: it asks the DHT process to stop, then terminates and
+finally kills it and its p2pd, and joins it, so multiprocessing's exit handler has nothing to wait
+for. Live nodes are shut down at interpreter exit, before that handler runs.
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import os
+import signal
 import stat
-import threading
 import time
+import weakref
 from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 
 import hivemind
 from hivemind.p2p import P2P
 
-from ..errors import BootstrapError, ConfigError, IdentityError, RecordRejected
+from ..errors import BootstrapError, ConfigError, DHTClosed, IdentityError, RecordRejected
 from ..identity import Identity
 from ..logging import get_logger
 from . import _proc
 from .envelope import SignedRecord, open_envelope, seal
 from .keys import manifest_key, peers_key, regions_key, round_key
 from .manifest import ManifestChoice, check_pin, select_manifest
+from .pipe import DHTPipe
 from .records import PeerRecord, RegionMembership, RoundRecord, RunManifest, validate_maddr, validate_name
 from .validator import REASONS, SwarmRecordValidator, reason_of
 
@@ -37,6 +47,13 @@ __all__ = ["DEFAULT_HOST_MADDRS", "SwarmDHT", "parse_initial_peers"]
 logger = get_logger(__name__)
 DEFAULT_HOST_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
 BOOTSTRAP_ATTEMPTS = 3  # a busy initial peer may miss hivemind's 3 s bootstrap ping
+#: deadline of a request that only reads or changes this node's own state (no network round trip)
+LOCAL_TIMEOUT_S = 10.0
+#: network requests (get/store traverse the DHT with RPCs of ``wait_timeout`` each) get this many of them
+RPC_TIMEOUTS_PER_REQUEST = 5
+#: how long shutdown lets the DHT process stop by itself, then after SIGTERM, then after SIGKILL
+SHUTDOWN_GRACE_S = (3.0, 2.0, 2.0)
+_LIVE: "weakref.WeakSet[SwarmDHT]" = weakref.WeakSet()
 
 
 def parse_initial_peers(maddrs: Iterable[str]) -> list[str]:
@@ -77,6 +94,9 @@ class _DHTProcess(hivemind.DHT):
     def run(self) -> None:
         """Detach from the terminal's process group, watch the parent, then serve the DHT."""
         os.setpgid(0, 0)
+        # a fork inherits the parent's Python signal handlers (a CLI's "set the stop flag" on SIGTERM):
+        # SIGTERM must stop this process, or shutdown's terminate() does nothing
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _proc.watch_parent(self._parent_pid)
         super().run()
 
@@ -88,6 +108,9 @@ class SwarmDHT:
     runs a node *without* our validator (for tests of what such a node keeps). Unreachable initial
     peers raise :class:`BootstrapError` within ``start_timeout_s`` (an unanswered bootstrap ping is
     retried up to ``BOOTSTRAP_ATTEMPTS`` times while time remains); malformed ones ConfigError.
+    ``request_timeout_s`` is the deadline of each DHT read and write (default: 5 x hivemind's
+    ``wait_timeout``, i.e. 15 s); a request past its deadline raises
+    :class:`~dai_swarm.errors.DHTTimeout`, one during or after shutdown :class:`~dai_swarm.errors.DHTClosed`.
     """
 
     def __init__(
@@ -100,15 +123,18 @@ class SwarmDHT:
         start_timeout_s: float = 30.0,
         client_mode: bool = False,
         validate: bool = True,
+        request_timeout_s: float | None = None,
         **dht_kwargs,
     ):
+        self._shut = True  # until started: shutdown() has nothing to do
         self.identity = identity
         self.initial_peers = parse_initial_peers(initial_peers)
         host_maddrs = [validate_maddr(m) for m in host_maddrs]
         announce = [validate_maddr(m) for m in announce_maddrs] if announce_maddrs else None
         _check_p2p_identity(identity.p2p_identity_path)
         self._read_drops: collections.Counter = collections.Counter()
-        self._pipe_lock = threading.Lock()
+        self._pipe = DHTPipe()
+        self.request_timeout_s = float(request_timeout_s or RPC_TIMEOUTS_PER_REQUEST * dht_kwargs.get("wait_timeout", 3.0))
         validators = [SwarmRecordValidator()] if validate else []
         deadline = time.monotonic() + start_timeout_s
         for attempt in range(1, BOOTSTRAP_ATTEMPTS + 1):
@@ -138,17 +164,22 @@ class SwarmDHT:
                                attempt, BOOTSTRAP_ATTEMPTS)
                 time.sleep(min(2.0 * attempt, max(0.0, deadline - time.monotonic() - 5.0)))
         self._shut = False
-        self.peer_id: str = str(self._dht.peer_id)
-        self._sockets: list[str] = self._dht.run_coroutine(_proc.socket_paths)
-        if not client_mode:
-            self._dht.run_coroutine(_proc.register_ping)
+        self._sockets: list[str] = []
+        _LIVE.add(self)
+        try:
+            self.peer_id: str = str(self._call(hivemind.DHT._get_peer_id, timeout_s=LOCAL_TIMEOUT_S))
+            self._sockets = self._call(_proc.socket_paths, timeout_s=LOCAL_TIMEOUT_S)
+            if not client_mode:
+                self._call(_proc.register_ping, timeout_s=LOCAL_TIMEOUT_S)
+        except BaseException:
+            self.shutdown()
+            raise
         logger.debug("DHT node %s up at %s", self.peer_id, ", ".join(self.visible_maddrs))
 
     def _abort_start(self) -> None:
         children = _proc.child_pids(self._dht.pid) if self._dht.pid else []
-        if self._dht.is_alive():
-            self._dht.terminate()
-            self._dht.join(5.0)
+        if self._dht.pid is not None:
+            _proc.stop_process(self._dht, SHUTDOWN_GRACE_S[1:])
         _proc.terminate_pids(children)
 
     def _start_error(self, e: BaseException, timeout_s: float) -> Exception:
@@ -170,20 +201,30 @@ class SwarmDHT:
     @property
     def visible_maddrs(self) -> list[str]:
         """Multiaddrs (with ``/p2p/<peer id>``) other peers can use as ``--initial-peers``."""
-        return [str(m) for m in self._call(partial(hivemind.DHT._get_visible_maddrs, latest=False))]
+        maddrs = self._call(partial(hivemind.DHT._get_visible_maddrs, latest=False), timeout_s=LOCAL_TIMEOUT_S)
+        return [str(m) for m in maddrs]
 
     async def replicate_p2p(self) -> P2P:
         """A hivemind ``P2P`` sharing this node's daemon, for payload exchange; await it in your loop."""
-        return await self._dht.replicate_p2p()
+        if getattr(self._dht, "_p2p_replica", None) is None:
+            maddr = self._call(hivemind.DHT._get_p2p_daemon_listen_maddr, timeout_s=LOCAL_TIMEOUT_S)
+            self._dht._p2p_replica = await P2P.replicate(maddr)
+        return self._dht._p2p_replica
 
     def ping(self, peer_id: str, timeout_s: float = 3.0, echoes: int = 3) -> float | None:
         """Median RTT in seconds of ``echoes`` 8-byte echoes to ``peer_id`` over P2P; None if unreachable."""
-        return self._call(partial(_proc.ping_peer, peer_id=peer_id, timeout_s=timeout_s, echoes=echoes))
+        # the coroutine waits up to timeout_s to connect and per echo; the request gets that plus slack
+        return self._call(partial(_proc.ping_peer, peer_id=peer_id, timeout_s=timeout_s, echoes=echoes),
+                          timeout_s=timeout_s * (max(1, echoes) + 1) + LOCAL_TIMEOUT_S)
+
+    def routing_table_size(self) -> int:
+        """How many DHT peers this node knows."""
+        return self._call(_proc.routing_table_size, timeout_s=LOCAL_TIMEOUT_S)
 
     @property
     def counters(self) -> dict[str, int]:
         """Records dropped by reason (forged, expired, malformed, oversized), by the DHT and on read."""
-        stored = self._call(_proc.validator_counters)
+        stored = self._call(_proc.validator_counters, timeout_s=LOCAL_TIMEOUT_S)
         out = {reason: int(stored.get(reason, 0)) + int(self._read_drops.get(reason, 0)) for reason in REASONS}
         out["accepted"] = int(stored.get("accepted", 0))
         return out
@@ -196,28 +237,33 @@ class SwarmDHT:
             self._store(signed.key, data, expiration_time=signed.expiration, subkey=self.identity.public_key_hex)
         )
 
-    def _send(self, request: Callable[[], Any]) -> Any:
-        """Send one request to hivemind's DHT process (``request`` returns its future) under the pipe
-        lock, since several threads of a peer share that pipe; wait for the answer outside it."""
-        with self._pipe_lock:
-            future = request()
-        return future.result()
+    def _send(self, request: Callable[[], Any], timeout_s: float, what: str) -> Any:
+        """Send one request to hivemind's DHT process (``request`` returns its future) through the shared
+        pipe and return its answer within ``timeout_s`` (DHTTimeout after, DHTClosed on shutdown)."""
+        if not self._dht.is_alive() and not self._pipe.closed:
+            raise DHTClosed(f"{what}: the DHT process has exited (code {self._dht.exitcode})")
+        return self._pipe.send(request, timeout_s, what)
 
-    def _store(self, key: str, value: bytes, *, expiration_time: float, subkey: str) -> bool:
-        """``hivemind.DHT.store`` through :meth:`_send`."""
+    def _store(self, key: str, value: bytes, *, expiration_time: float, subkey: str,
+               timeout_s: float | None = None) -> bool:
+        """``hivemind.DHT.store`` through :meth:`_send` (deadline: ``request_timeout_s``)."""
         return self._send(lambda: self._dht.store(key, value, expiration_time=expiration_time, subkey=subkey,
-                                                  return_future=True))
+                                                  return_future=True),
+                          timeout_s or self.request_timeout_s, f"DHT store under {key}")
 
-    def _call(self, coro):
-        """``hivemind.DHT.run_coroutine`` through :meth:`_send`."""
-        return self._send(lambda: self._dht.run_coroutine(coro, return_future=True))
+    def _call(self, coro, timeout_s: float | None = None):
+        """``hivemind.DHT.run_coroutine`` through :meth:`_send` (deadline: ``request_timeout_s``)."""
+        name = getattr(coro, "__name__", None) or getattr(getattr(coro, "func", None), "__name__", "coroutine")
+        return self._send(lambda: self._dht.run_coroutine(coro, return_future=True),
+                          timeout_s or self.request_timeout_s, f"DHT call {name}")
 
     def store_raw(self, key: str, subkey: str, value: bytes, expiration: float) -> bool:
         """Store arbitrary bytes under ``key``/``subkey`` (tests and attack simulations only)."""
         return bool(self._store(key, value, expiration_time=expiration, subkey=subkey))
 
     def _read(self, key: str, expected_type: str, run_id: str) -> list[SignedRecord]:
-        found = self._send(lambda: self._dht.get(key, latest=True, return_future=True))
+        found = self._send(lambda: self._dht.get(key, latest=True, return_future=True), self.request_timeout_s,
+                           f"DHT get of {key}")
         if found is None:
             return []
         if not isinstance(found.value, dict):
@@ -313,17 +359,40 @@ class SwarmDHT:
 
     # -- life cycle ----------------------------------------------------------------------------
     def shutdown(self) -> None:
-        """Stop the DHT process and its p2pd; remove the sockets they leave behind. Idempotent."""
+        """Stop the DHT process and its p2pd; remove the sockets they leave behind. Idempotent.
+
+        Bounded (about ``sum(SHUTDOWN_GRACE_S)`` plus 3 s for p2pd at worst): pending requests fail
+        with DHTClosed at once; the process is asked to stop, then terminated, then killed, and joined.
+        """
         if getattr(self, "_shut", True):
             return
         self._shut = True
+        _LIVE.discard(self)
+        self._pipe.close("the DHT node is shutting down")
         children = _proc.child_pids(self._dht.pid) if self._dht.pid else []
         replica = getattr(self._dht, "_p2p_replica", None)
         if replica is not None:
-            replica._terminate()  # closes its client socket; the daemon belongs to the DHT process
-        self._dht.shutdown()
+            try:
+                replica._terminate()  # closes its client socket; the daemon belongs to the DHT process
+            except Exception as e:  # never let clean-up stop the rest of the shutdown
+                logger.debug("closing the P2P replica failed: %r", e)
+        self._ask_to_stop(SHUTDOWN_GRACE_S[0])
+        _proc.stop_process(self._dht, SHUTDOWN_GRACE_S[1:])
         _proc.terminate_pids(children)
         _proc.remove_files(self._sockets)
+
+    def _ask_to_stop(self, grace_s: float) -> None:
+        """Send hivemind's ``_shutdown`` message (if no stuck sender holds the pipe) and wait ``grace_s``."""
+        if not self._dht.is_alive():
+            return
+        if self._pipe.acquire_for_shutdown(timeout_s=1.0):
+            try:
+                self._dht._outer_pipe.send(("_shutdown", [], {}))
+            except (OSError, ValueError) as e:
+                logger.debug("could not send the DHT shutdown message: %r", e)
+            finally:
+                self._pipe.release()
+        self._dht.join(grace_s)
 
     def __enter__(self) -> "SwarmDHT":
         return self
@@ -336,3 +405,14 @@ class SwarmDHT:
             self.shutdown()
         except Exception:
             pass
+
+
+@atexit.register
+def _shutdown_live_nodes() -> None:
+    """Shut down nodes still running at interpreter exit. Registered after ``multiprocessing`` (imported
+    by hivemind above), so it runs first: the exit handler then finds no DHT process left to join."""
+    for node in list(_LIVE):
+        try:
+            node.shutdown()
+        except Exception as e:
+            logger.debug("shutdown at exit failed: %r", e)

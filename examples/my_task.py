@@ -1,6 +1,7 @@
 """A user-defined task in ~20 lines: fit y = 3x - 1 with one linear layer.
 
-    dai-swarm peer --run-id line --task examples.my_task:LineTask    # from the repository root
+    dai-swarm task check examples.my_task:LineTask                   # from the repository root
+    dai-swarm peer --run-id line --task examples.my_task:LineTask
 """
 import torch
 
@@ -12,11 +13,7 @@ class LineTask(dai_swarm.Task):
 
     def __init__(self, n: int = 4096):
         x = torch.linspace(-1, 1, n).unsqueeze(1)  # deterministic data: item i never changes
-        self.data = [(x[i], 3 * x[i] - 1) for i in range(n)]
-
-    @property
-    def dataset(self):
-        return self.data
+        self.dataset = [(x[i], 3 * x[i] - 1) for i in range(n)]  # anything with len() and [i]
 
     def build_model(self, seed):
         torch.manual_seed(seed)  # weights depend on the seed only
@@ -32,7 +29,7 @@ class LineTask(dai_swarm.Task):
     def evaluate(self, model):
         x, y = torch.tensor([[0.5]]), torch.tensor([[0.5]])
         with torch.no_grad():
-            return {"loss": float(self.loss(model, (x, y)))}
+            return {"loss": self.loss(model, (x, y)).item()}
 
     def config(self):
-        return {"n": len(self.data), "lr": 0.1}
+        return {"n": len(self.dataset), "lr": 0.1}

@@ -128,7 +128,8 @@ def test_expired_peer_disappears(swarm):
     rec = PeerRecord(run_id="short", peer_id=b.peer_id, maddrs=(), region="eu", version="t",
                      public_key=ident.public_key_hex)
     tmp = SwarmDHT.__new__(SwarmDHT)
-    tmp.identity, tmp._dht, tmp._pipe_lock = ident, b.dht, b._pipe_lock  # publish through b's DHT as another identity
+    tmp.identity, tmp._dht, tmp._pipe = ident, b.dht, b._pipe  # publish through b's DHT as another identity
+    tmp.request_timeout_s = b.request_timeout_s
     tmp._publish(rec, "short", ttl_s=3.0)
     assert testing.wait_until(lambda: a.list_peers("short"), 5, what="short-lived peer")
     testing.wait_until(lambda: a.list_peers("short") == [], 8, what="expiry")

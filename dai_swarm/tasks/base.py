@@ -13,6 +13,11 @@ protocol drives it like this (and nothing more)::
 
 ``samples`` counts dataset items consumed: ``len(indices)`` per step.
 
+A task sets ``batch_size`` (class attribute or in ``__init__``) and ``dataset`` (a plain attribute
+set in ``__init__``, the way most torch code does it, or a property). ``load_task`` and ``Swarm``
+check the whole contract when a task loads (:mod:`dai_swarm.tasks.contract`) and raise
+:class:`~dai_swarm.errors.TaskError` naming the missing or broken piece and its fix.
+
 Contract, so that any peer can recompute any other peer's work (SPEC I4):
 
 - ``build_model(seed)`` draws every initial value from ``seed`` alone (no global RNG state);
@@ -40,21 +45,29 @@ C = TypeVar("C")
 class Task(abc.ABC):
     """A training task: model factory, deterministic dataset, loss, inner optimiser, evaluation.
 
-    Subclasses set ``name`` and ``batch_size`` and implement the abstract methods. ``get_batch``
-    stacks ``dataset`` items by default; override it when a batch is cheaper to build directly.
+    Subclasses set ``name``, ``batch_size`` and ``dataset`` and implement the abstract methods::
+
+        class MyTask(dai_swarm.Task):
+            name, batch_size = "mine", 32
+
+            def __init__(self):
+                self.dataset = MyDataset()      # indexable, len(); item i never changes
+            ...
+
+    ``get_batch`` stacks ``dataset`` items by default; override it when a batch is cheaper to build
+    directly.
     """
 
     name: str = "task"
-    batch_size: int = 1
+    #: items per inner step; no default: a task that forgets it is refused when it loads
+    batch_size: int
+    #: the training items: indexable by ``int``, with ``len()``; item ``i`` never changes (an
+    #: attribute set in ``__init__`` or a property)
+    dataset: Sequence[Any]
 
     @abc.abstractmethod
     def build_model(self, seed: int) -> torch.nn.Module:
         """Return a freshly initialised model whose weights depend only on ``seed`` and ``config()``."""
-
-    @property
-    @abc.abstractmethod
-    def dataset(self) -> Sequence[Any]:
-        """The training items: indexable by ``int``, with ``len()``; item ``i`` never changes."""
 
     @abc.abstractmethod
     def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
@@ -83,7 +96,7 @@ class Task(abc.ABC):
         return sha256_hex(canonical_json(self.config()))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, batch_size={self.batch_size})"
+        return f"{type(self).__name__}(name={self.name!r}, batch_size={getattr(self, 'batch_size', None)})"
 
 
 def check_indices(indices: Sequence[int], n: int) -> None:

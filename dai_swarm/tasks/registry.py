@@ -4,7 +4,10 @@ Built-in names: ``tinylm`` (default preset), ``tinylm-small`` (the small preset)
 ``regression``. A user spec ``package.module:attr`` imports the module and resolves ``attr``
 (dotted attributes allowed); it may name a :class:`Task` instance, a :class:`Task` subclass, or a
 zero-argument factory returning a Task. Overrides are passed to the class or factory as keyword
-arguments. Every failure raises :class:`~dai_swarm.errors.TaskError` saying what to fix.
+arguments. The task's contract is then checked (:func:`~dai_swarm.tasks.contract.validate_task`:
+dataset, batch size, config, deterministic model, loss, optimiser, evaluation), so a broken task is
+refused before it joins a run. Every failure raises :class:`~dai_swarm.errors.TaskError` saying
+what to fix; :func:`resolve_task` finds a task without checking it (``dai-swarm task check``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import Any, Callable
 
 from ..errors import TaskError
 from .base import Task
+from .contract import validate_task
 
-__all__ = ["BUILTIN_TASKS", "load_task"]
+__all__ = ["BUILTIN_TASKS", "load_task", "resolve_task"]
 
 
 def _tinylm(**kw: Any) -> Task:
@@ -45,7 +49,13 @@ BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
 
 
 def load_task(spec: str, **overrides: Any) -> Task:
-    """Return the task named by ``spec`` (built-in name or ``module:attr``), with ``overrides``."""
+    """Return the task named by ``spec`` (built-in name or ``module:attr``), with ``overrides``,
+    after checking its contract; :class:`TaskError` names the first broken piece and its fix."""
+    return validate_task(resolve_task(spec, **overrides), spec.strip())
+
+
+def resolve_task(spec: str, **overrides: Any) -> Task:
+    """Like :func:`load_task` but without the contract checks: import, resolve and build only."""
     if not isinstance(spec, str) or not spec.strip():
         raise TaskError(f"task spec must be a non-empty string, got {spec!r}; "
                         f"use one of {', '.join(sorted(BUILTIN_TASKS))} or 'module:attr'")
@@ -74,7 +84,7 @@ def load_task(spec: str, **overrides: Any) -> Task:
         if overrides:
             raise TaskError(f"{spec!r} is a Task instance; options {sorted(overrides)} can only be passed to a "
                             "Task class or factory")
-        return obj
+        return _check(obj, spec)
     if inspect.isclass(obj) and not issubclass(obj, Task):
         raise TaskError(f"{spec!r} is the class {obj.__name__}, which does not subclass dai_swarm.Task")
     if not callable(obj):
@@ -83,6 +93,13 @@ def load_task(spec: str, **overrides: Any) -> Task:
         task = obj(**overrides)
     except TaskError:
         raise
+    except TypeError as e:
+        if "abstract" in str(e) and inspect.isclass(obj):
+            missing = sorted(getattr(obj, "__abstractmethods__", ()))
+            raise TaskError(f"task {spec!r}: {obj.__name__} does not define {', '.join(missing)}; fix: implement "
+                            "every method of dai_swarm.Task (build_model, loss, inner_optimizer, evaluate, "
+                            "config)") from None
+        raise TaskError(f"calling {spec!r} with options {sorted(overrides)} failed: {type(e).__name__}: {e}") from e
     except Exception as e:
         raise TaskError(f"calling {spec!r} with options {sorted(overrides)} failed: {type(e).__name__}: {e}") from e
     return _check(task, spec)

@@ -1,0 +1,85 @@
+"""Requests to hivemind's DHT process, each with a deadline, failing fast once shutdown starts.
+
+hivemind runs the DHT in a child process: the parent sends ``(method, args, kwargs)`` down one
+pipe and waits on an ``MPFuture`` that the child completes. A future whose answer never comes
+(the child is busy, wedged or gone) used to block its thread forever; at shutdown that left the
+verifier, coordinator and heartbeat threads waiting while the main thread sat in
+multiprocessing's exit handler (SPEC §10 "Shutdown can deadlock"). :class:`DHTPipe` sends under
+one lock (the threads of a peer share the pipe) and waits on the future *and* a close signal with
+a deadline: :class:`~dai_swarm.errors.DHTTimeout` when it passes,
+:class:`~dai_swarm.errors.DHTClosed` at once when :meth:`DHTPipe.close` is called.
+
+The ``MPFuture`` itself is never cancelled or completed here: hivemind's result thread may be
+delivering its answer at that very moment, and completing a future twice makes it log a traceback.
+An abandoned future is simply dropped; its late answer is discarded by hivemind.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from typing import Any, Callable
+
+from ..errors import DHTClosed, DHTTimeout
+
+__all__ = ["DHTPipe"]
+
+
+class DHTPipe:
+    """One shared channel to a DHT process; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed: concurrent.futures.Future = concurrent.futures.Future()
+        self._why = "the DHT node is shut down"
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed.done()
+
+    def send(self, request: Callable[[], Any], timeout_s: float, what: str) -> Any:
+        """Call ``request()`` (which sends one request and returns its future) under the pipe lock and
+        return the future's result within ``timeout_s`` seconds of the call, lock wait included.
+
+        Raises :class:`DHTTimeout` past the deadline, :class:`DHTClosed` if the pipe is or becomes
+        closed, and whatever the DHT process set as the future's exception.
+        """
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+        deadline = time.monotonic() + timeout_s
+        if self.closed:
+            raise DHTClosed(f"{what}: {self._why}")
+        if not self._lock.acquire(timeout=timeout_s):
+            raise DHTTimeout(f"{what}: the DHT pipe stayed busy for {timeout_s:g} s")
+        try:
+            if self.closed:
+                raise DHTClosed(f"{what}: {self._why}")
+            future = request()
+        finally:
+            self._lock.release()
+        remaining = max(0.0, deadline - time.monotonic())
+        done, _ = concurrent.futures.wait([future, self._closed], timeout=remaining,
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        if future in done:
+            return future.result()
+        if self._closed in done:
+            raise DHTClosed(f"{what}: {self._why} (the request was abandoned)")
+        raise DHTTimeout(f"{what}: no answer from the DHT process within {timeout_s:g} s")
+
+    def close(self, why: str = "the DHT node is shut down") -> None:
+        """Fail every waiting and future request with :class:`DHTClosed` (idempotent)."""
+        self._why = why
+        try:
+            self._closed.set_result(None)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+    def acquire_for_shutdown(self, timeout_s: float) -> bool:
+        """Take the pipe lock for the shutdown message (False if a stuck sender holds it)."""
+        return self._lock.acquire(timeout=timeout_s)
+
+    def release(self) -> None:
+        """Release the lock taken by :meth:`acquire_for_shutdown`."""
+        self._lock.release()

@@ -1,0 +1,164 @@
+"""No DHT request without a deadline, and a bounded shutdown (SPEC §10 "Shutdown can deadlock").
+
+Fakes check the pipe's deadline and fail-fast logic in milliseconds; two real DHT nodes check that a
+reply that never comes raises DHTTimeout, that shutdown fails pending requests at once, and that it
+returns within its bound leaving no process and no socket of its own, even when the DHT process is
+wedged and inherited a SIGTERM handler that would ignore the signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from dai_swarm import testing
+from dai_swarm.dht import _proc
+from dai_swarm.dht.node import LOCAL_TIMEOUT_S, SHUTDOWN_GRACE_S, SwarmDHT
+from dai_swarm.dht.pipe import DHTPipe
+from dai_swarm.errors import DHTClosed, DHTTimeout, NetworkError
+from dai_swarm.identity import Identity
+
+#: what shutdown may take at worst: its grace periods, p2pd's 3 s, and slack for a loaded machine
+SHUTDOWN_BOUND_S = sum(SHUTDOWN_GRACE_S) + 3.0 + 5.0
+
+
+def _timed(fn):
+    start = time.monotonic()
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - returned for the assertions
+        return e, time.monotonic() - start
+    return None, time.monotonic() - start
+
+
+def test_a_reply_that_never_comes_times_out_within_its_deadline():
+    pipe = DHTPipe()
+    err, took = _timed(lambda: pipe.send(concurrent.futures.Future, 0.3, "DHT get of k"))
+    assert isinstance(err, DHTTimeout) and isinstance(err, NetworkError) and isinstance(err, TimeoutError)
+    assert "DHT get of k" in str(err) and "0.3 s" in str(err)
+    assert 0.3 <= took < 1.0
+
+
+def test_answers_and_remote_errors_pass_through():
+    pipe = DHTPipe()
+    done = concurrent.futures.Future()
+    done.set_result(42)
+    assert pipe.send(lambda: done, 1.0, "x") == 42
+    failed = concurrent.futures.Future()
+    failed.set_exception(KeyError("remote"))
+    with pytest.raises(KeyError):
+        pipe.send(lambda: failed, 1.0, "x")
+    with pytest.raises(ValueError):
+        pipe.send(lambda: done, 0, "x")
+
+
+def test_waiting_for_the_pipe_counts_toward_the_deadline():
+    pipe = DHTPipe()
+    stuck = threading.Event()
+    holder = threading.Thread(target=lambda: _timed(lambda: pipe.send(
+        lambda: (stuck.wait(5), concurrent.futures.Future())[1], 0.2, "stuck")))
+    holder.start()
+    time.sleep(0.05)  # the holder is inside request() with the lock held
+    err, took = _timed(lambda: pipe.send(concurrent.futures.Future, 0.3, "second"))
+    stuck.set()
+    holder.join()
+    assert isinstance(err, DHTTimeout) and "busy" in str(err) and took < 1.0
+
+
+def test_close_fails_pending_and_later_requests_at_once():
+    pipe = DHTPipe()
+    result: dict = {}
+
+    def wait_long():
+        result["err"], result["took"] = _timed(lambda: pipe.send(concurrent.futures.Future, 60.0, "verdict read"))
+
+    waiter = threading.Thread(target=wait_long)
+    waiter.start()
+    time.sleep(0.1)
+    pipe.close("the DHT node is shutting down")
+    waiter.join(2.0)
+    assert not waiter.is_alive() and isinstance(result["err"], DHTClosed) and result["took"] < 1.0
+    assert "verdict read" in str(result["err"]) and "shutting down" in str(result["err"])
+    called = []
+    with pytest.raises(DHTClosed):
+        pipe.send(lambda: called.append(1), 60.0, "later")
+    assert called == []  # nothing is sent once closed
+    pipe.close()  # idempotent
+
+
+async def _never(_dht, _node):
+    await asyncio.sleep(3600)
+
+
+async def _wedge(_dht, _node):
+    time.sleep(3600)  # blocks the DHT process's event loop: it can no longer read its pipe
+
+
+def _own(node: SwarmDHT) -> tuple[list[int], list[str]]:
+    pids = [node.dht.pid] + _proc.descendants(node.dht.pid)
+    return pids, list(node._sockets)
+
+
+def _assert_gone(pids: list[int], sockets: list[str]) -> None:
+    assert not [p for p in pids if _proc._alive(p)], "a DHT process or its p2pd survived shutdown"
+    assert not [s for s in sockets if os.path.exists(s)], "shutdown left a socket of its own"
+    assert not [c for c in multiprocessing.active_children() if c.pid in pids], "the exit handler would join it"
+
+
+@pytest.mark.integration
+def test_real_node_times_out_and_shutdown_fails_pending_requests_fast():
+    with testing.SocketGuard():
+        node = SwarmDHT(Identity.generate(), start_timeout_s=30)
+        pids, sockets = _own(node)
+        assert len(pids) >= 2 and sockets  # the DHT process and its p2pd, their unix sockets
+        err, took = _timed(lambda: node._call(_never, timeout_s=1.0))
+        assert isinstance(err, DHTTimeout) and 1.0 <= took < 3.0
+        assert node.visible_maddrs  # the node still answers after an abandoned request
+        result: dict = {}
+
+        def pending():
+            result["err"], result["took"] = _timed(lambda: node._call(_never, timeout_s=120.0))
+
+        waiter = threading.Thread(target=pending)
+        waiter.start()
+        time.sleep(0.3)
+        start = time.monotonic()
+        node.shutdown()
+        shutdown_s = time.monotonic() - start
+        waiter.join(5.0)
+        assert not waiter.is_alive() and isinstance(result["err"], DHTClosed)
+        assert result["took"] < shutdown_s + 1.0  # failed when shutdown started, not at its deadline
+        assert shutdown_s < SHUTDOWN_BOUND_S, shutdown_s
+        _assert_gone(pids, sockets)
+        with pytest.raises(DHTClosed):
+            node.get_manifest("after")
+        node.shutdown()  # idempotent
+
+
+@pytest.mark.integration
+def test_shutdown_of_a_wedged_node_is_bounded_despite_an_inherited_sigterm_handler():
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # like the CLI's stop flag, inherited by fork
+    try:
+        with testing.SocketGuard():
+            node = SwarmDHT(Identity.generate(), start_timeout_s=30)
+            pids, sockets = _own(node)
+            with pytest.raises(DHTTimeout):
+                node._call(_wedge, timeout_s=0.5)
+            with pytest.raises(DHTTimeout):  # the wedged process answers nothing, within each deadline
+                node._call(_never, timeout_s=0.5)
+            start = time.monotonic()
+            node.shutdown()
+            took = time.monotonic() - start
+            assert took < SHUTDOWN_BOUND_S, took
+            assert node.dht.exitcode == -signal.SIGTERM  # SIGTERM worked: the child restored its default
+            _assert_gone(pids, sockets)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert LOCAL_TIMEOUT_S > 0
