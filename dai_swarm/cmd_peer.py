@@ -42,6 +42,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                "  dai-swarm peer --run-id mine --task mypkg.tasks:MyTask --region eu --identity ~/.dai_swarm/id.pem",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-id", required=True, help="name of the run to join or create")
+    p.add_argument("--trust", nargs="*", default=[], metavar="KEY",
+                   help="public keys of peers you trust (besides the run's founders) to choose the state this "
+                        "peer downloads when it joins; each peer logs its key at start")
+    p.add_argument("--founder", nargs="*", default=[], metavar="KEY",
+                   help="when creating the run: more keys that start with standing besides this peer's own "
+                        "(e.g. one trusted machine per region) (new runs only)")
     p.add_argument("--manifest", default=None, metavar="HASH",
                    help="the run's manifest hash, as in the join line its peers print (--run-id R --manifest HASH "
                         "--initial-peers ...): refuse any other manifest. Without it, take the earliest issued "
@@ -103,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
                   identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s, codec=args.codec,
                   t0=args.t0, seed=args.seed, max_inner_steps=args.max_inner_steps, attack=attack,
                   spot_check_rate=args.spot_check_rate,
-                  cross_region_period=args.cross_region_period, ledger=args.ledger, manifest_hash=args.manifest)
+                  cross_region_period=args.cross_region_period, ledger=args.ledger, manifest_hash=args.manifest,
+                  trust=args.trust, founders=args.founder)
     logger.info("peer id %s, public key %s, region %s", swarm.dht.peer_id, swarm.identity.public_key_hex,
                 swarm.region)
     print(swarm.join_line, flush=True)

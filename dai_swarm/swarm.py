@@ -17,6 +17,7 @@ codec or library versions differ from ours), picks a region, and starts the roun
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Any, Iterator, Sequence
 
@@ -41,6 +42,7 @@ from .verification.spotcheck import SpotChecker
 __all__ = ["Swarm", "manifest_versions"]
 
 logger = get_logger(__name__)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def manifest_versions() -> dict[str, str]:
@@ -65,6 +67,10 @@ class Swarm:
     the run's pinned manifest hash (the ``--manifest`` value of a peer's join line, 32-64 hex); a
     peer given it accepts no other manifest (:class:`ManifestPinMismatch`) and never creates the
     run. Without it a joiner takes the earliest issued valid manifest and logs the hash it pinned.
+    ``trust``: public keys (64 hex) of peers this peer trusts, beside the manifest's founders, when
+    it joins and holds no state yet: they decide which state it downloads (docs/design.md,
+    "Trust model"). ``founders``: when this peer creates the run, the keys that start with
+    standing beside its own (e.g. one machine per region of the organiser).
     """
 
     def __init__(self, task: Task | str | None, run_id: str, initial_peers: Sequence[str] = (), region: str = "auto", *,
@@ -74,8 +80,11 @@ class Swarm:
                  cross_region_period: int = 5, spot_check_rate: float = 0.2, seed: int = 0,
                  t0: float | None = None, attack: Any = None, evaluate: bool = True, verifier: Any = None,
                  ledger: str | None = None, manifest_wait_s: float = 3.0, start_timeout_s: float = 30.0,
-                 manifest_hash: str | None = None):
+                 manifest_hash: str | None = None, trust: Sequence[str] = (), founders: Sequence[str] = ()):
         self.pin = check_pin(manifest_hash)
+        bad = [k for k in (*trust, *founders) if not isinstance(k, str) or not _HEX64.fullmatch(k)]
+        if bad:
+            raise ConfigError(f"trusted and founder keys are 64-hex ed25519 public keys, got {bad[0]!r}")
         self.task = load_task(task) if isinstance(task, str) else task
         if self.task is not None and not isinstance(self.task, Task):
             raise ConfigError(f"task must be a dai_swarm.Task or a task spec, got {type(task).__name__}")
@@ -101,7 +110,8 @@ class Swarm:
                 codec_params=dict({"zstd": "always"} if codec_params is None else codec_params),
                 spot_check_rate=spot_check_rate, seed=seed,
                 t0=float(t0) if t0 is not None else float(math.ceil(time.time() + 2.0)),
-                versions=manifest_versions(), founders=(self.identity.public_key_hex,))
+                versions=manifest_versions(),
+                founders=tuple(dict.fromkeys((self.identity.public_key_hex, *founders))))
             wait_s = max(manifest_wait_s, 10.0) if self.pin else manifest_wait_s if initial_peers else 0.0
             self.manifest = self._agree_manifest(wanted, wait_s=wait_s)
             self.manifest_hash = manifest_hash_of(self.manifest)
@@ -112,7 +122,8 @@ class Swarm:
             if verifier is None:  # spot checks, verdicts, reputation and the robust rule (SPEC §7)
                 verifier = SpotChecker(self.task, self.manifest.spot_check_rate)
             self.runtime = RoundRuntime(self.task, self.dht, self.identity, self.manifest, self.region,
-                                        attack=attack, evaluate=evaluate, verifier=verifier or None, ledger=ledger)
+                                        attack=attack, evaluate=evaluate, verifier=verifier or None, ledger=ledger,
+                                        trusted=tuple(trust))
             for hooked in (verifier, attack):
                 if hasattr(hooked, "bind"):
                     hooked.bind(self.runtime)

@@ -38,7 +38,7 @@ from .download import StateOffer, fetch_chunked, parse_state_offer, pick_downloa
 from .exchange import fetch_from_any
 from .outer import OuterState, outer_step
 from .states import BaseState, BaseStore
-from .votes import Vote, confirm_state, majority_state_hash, tally
+from .votes import HeadCount, Vote, confirm_state, majority_state_hash, tally
 
 __all__ = ["Coordinator", "NullVerifier", "RoundOutcome", "compute_next_base"]
 
@@ -69,8 +69,17 @@ class NullVerifier:
         return dict(extra)
 
     def reputation(self, extra: Mapping) -> Mapping[str, float]:
-        """Aggregation and vote weight per public key, read from replicated metadata."""
+        """Aggregation weight per public key, read from replicated metadata."""
         return extra.get("reputation", {})
+
+    def vote_weights(self, extra: Mapping) -> Mapping[str, float]:
+        """Weight in votes and state majorities: without verification every signer counts once
+        (a swarm that trusts its members; no Sybil resistance)."""
+        return HeadCount()
+
+    def initial_extra(self, founders: Any) -> dict:
+        """Replicated metadata of the first base (none without verification)."""
+        return {}
 
     def verifier_counts(self, round: int, verdict_ids: tuple[str, ...]) -> dict[str, int]:
         """Verifications per verifier among the agreed verdict ids (for the reward split)."""
@@ -126,7 +135,8 @@ class Coordinator:
 
     ``ctx`` bundles the collaborators (set up by :class:`dai_swarm.optim.runtime.RoundRuntime`):
     run_id, region, identity, dht, netloop, p2p, store, traffic, clock, manifest fields, the
-    ``like`` base state (for shapes), and ``reputation()`` (weights for votes and aggregation).
+    ``like`` base state (for shapes), ``reputation()`` (aggregation weights) and
+    ``vote_weights()`` (standing: weights in votes, verdict sets and state majorities).
     """
 
     def __init__(self, ctx: Any, bases: BaseStore):
@@ -384,7 +394,7 @@ class Coordinator:
                 sets.append(Vote(self.ctx.run_id, q, rec.signer, tuple(ids), "0" * 64))
             except (MalformedRecord, TypeError):
                 continue
-        result = tally(sets, self.ctx.reputation(), run_id=self.ctx.run_id, round=q)
+        result = tally(sets, self.ctx.vote_weights(), run_id=self.ctx.run_id, round=q)
         return result.inclusion if result.decided else ()
 
     def tally_round(self, q: int) -> None:
@@ -394,7 +404,7 @@ class Coordinator:
         state = self._candidates.pop(q, None)
         outcome = self.outcomes.setdefault(q, RoundOutcome(q))
         votes = self._read_votes(q, book)
-        result = tally(votes, self.ctx.reputation(), run_id=self.ctx.run_id, round=q)
+        result = tally(votes, self.ctx.vote_weights(), run_id=self.ctx.run_id, round=q)
         self.verdict_winners[q] = self._tally_verdicts(q)
         self.verdict_winners.pop(q - 3, None)
         if book is not None and state is not None and result.decided and result.inclusion != book.inclusion():
@@ -409,14 +419,16 @@ class Coordinator:
                 state = None
         if state is not None and (not result.decided or state.hash == result.state_hash):
             outcome.agreed = result.decided
+            kept = True  # our own state (decided for it, or nobody with weight decided otherwise)
             if self.merger.is_sync_round(q + 2):
                 state = self.merger.merge(q, state)
             if state is not None:
                 self.bases.put(state)
             else:  # our region is off the global chain: adopt another region's merged state
-                state = self.resync(q + 2)
+                state, kept = self.resync(q + 2), False
                 outcome.resynced = state is not None
         else:
+            kept = False
             target = result.state_hash if result.decided else None
             winners = {v.voter for v in votes if v.state_hash == target}
             outcome.agreed = False
@@ -430,7 +442,7 @@ class Coordinator:
         if state is not None:
             outcome.state_hash = state.hash
             self._publish_state(state)
-            if outcome.agreed and (self.merger.is_sync_round(q + 2) or not self._all_voted_for(votes, state)):
+            if kept and (self.merger.is_sync_round(q + 2) or not self._all_voted_for(votes, state)):
                 confirmed = self._confirm_state(q, state, votes)
                 if confirmed is not state:
                     state, outcome.resynced = confirmed, True
@@ -478,8 +490,8 @@ class Coordinator:
         offers = [(o.signer, o.state_hash) for o in self.state_offers(q + 2) if o.signer in winners]
         if not offers:
             return None
-        maj = majority_state_hash(offers, self.ctx.reputation())
-        return self.resync(q + 2, maj.state_hash) if maj is not None else None
+        maj = majority_state_hash(offers, self.ctx.vote_weights())
+        return self.resync(q + 2, maj.state_hash) if maj is not None and maj.weight > 0 else None
 
     def _retry_resync(self, q: int, attempt: Callable[[], BaseState | None]) -> BaseState | None:
         """Call ``attempt`` until it returns a state or :meth:`_resync_deadline` passes (then None)."""
@@ -530,7 +542,7 @@ class Coordinator:
         starts instead of one round later. Weights come from base ``q+1``, which both sides held."""
         me = self.ctx.identity.public_key_hex
         held = self.bases.get(q + 1)
-        weights = self.ctx.verifier.reputation(held.extra) if held is not None else self.ctx.reputation()
+        weights = self.ctx.vote_weights(held.extra if held is not None else None)
 
         def check() -> BaseState | None:  # ours when settled, the majority's when re-synced, None: wait
             offers = [(o.signer, o.state_hash) for o in self.state_offers(q + 2)]
@@ -562,8 +574,17 @@ class Coordinator:
         offers = self.state_offers(round)
         if not offers:
             return None
-        maj = majority_state_hash([(o.signer, o.state_hash) for o in offers], self.ctx.reputation())
-        if maj is None:
+        weights = self.ctx.vote_weights()
+        maj = majority_state_hash([(o.signer, o.state_hash) for o in offers], weights)
+        if maj is not None and maj.weight <= 0 and target_hash is None and self.bases.latest() is None:
+            # a joiner none of whose trust anchors (founders, --trust keys) offers this region's
+            # state: the documented gap of a region without a founder; fall back to a head count
+            logger.warning("round %d: no founder or trusted key offers the state of region %s; choosing it by a "
+                           "head count of %d signer(s) (pass --trust KEY of a peer you trust to avoid this)",
+                           round, self.ctx.region, len({o.signer for o in offers}))
+            self.ctx.count("untrusted_join")
+            maj = majority_state_hash([(o.signer, o.state_hash) for o in offers], HeadCount())
+        if maj is None or maj.weight <= 0:
             return None
         target = target_hash or maj.state_hash
         picked = pick_download(offers, target, self.ctx.identity.public_key_hex,

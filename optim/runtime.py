@@ -54,7 +54,8 @@ class RoundRuntime:
 
     def __init__(self, task: Any, dht: Any, identity: Any, manifest: RunManifest, region: str, *,
                  model: torch.nn.Module | None = None, attack: Any = None, verifier: Any = None,
-                 evaluate: bool = True, max_payload_bytes: int | None = None, ledger: str | None = None):
+                 evaluate: bool = True, max_payload_bytes: int | None = None, ledger: str | None = None,
+                 trusted: tuple[str, ...] = ()):
         self.task, self.dht, self.identity, self.manifest, self.region = task, dht, identity, manifest, region
         self.run_id = manifest.run_id
         self.model = model if model is not None else task.build_model(manifest.seed)
@@ -73,6 +74,13 @@ class RoundRuntime:
         self.trained_from: dict[int, str] = {}  # round -> hash of the base its announced update started from
         self.attack, self.evaluate = attack, evaluate
         self.verifier = verifier if verifier is not None else NullVerifier()
+        # trust anchors of a peer that holds no state yet: the manifest's founders and --trust keys
+        self.anchor_keys = frozenset(manifest.founders) | frozenset(trusted)
+        initial = getattr(self.verifier, "initial_extra", None)
+        extra0 = initial(manifest.founders) if initial is not None else {}
+        # θ0 with the founders' standing (every peer reads the same manifest: the same hash)
+        self.genesis = BaseState.make(0, self.like.params, self.like.momentum, extra0, self.like.anchor) \
+            if extra0 else self.like
         limits = derive_limits(self.like, self.codec, self.codec_params)  # from the model, never fixed
         self.max_payload_bytes = min(limits.max_payload_bytes, max_payload_bytes or limits.max_payload_bytes)
         self.max_decoded_bytes = limits.max_decoded_bytes
@@ -110,6 +118,18 @@ class RoundRuntime:
         latest = self.bases.latest()
         return self.verifier.reputation(latest.extra) if latest is not None else {}
 
+    def vote_weights(self, extra: Mapping | None = None) -> Mapping[str, float]:
+        """Weights in every decision (votes, verdict sets, state majorities): standing in the newest
+        agreed replicated state (or in ``extra``). A peer that holds no state yet (a joiner) weighs
+        its trust anchors: the manifest's founders and the keys it was told to trust (``--trust``)."""
+        if extra is None:
+            latest = self.bases.latest()
+            if latest is None:
+                return {k: 1.0 for k in sorted(self.anchor_keys)}
+            extra = latest.extra
+        fn = getattr(self.verifier, "vote_weights", None)
+        return fn(extra) if fn is not None else self.verifier.reputation(extra)
+
     def region_mates(self) -> list[str]:
         """libp2p ids of the other live peers of this region (from the last peer-list refresh)."""
         return sorted(pid for pid, region in self.region_of.items() if region == self.region and pid != self.p2p_id)
@@ -145,8 +165,8 @@ class RoundRuntime:
         current = max(0, self.clock.round_at(now))
         mates = self.region_mates()
         if current <= 1:
-            self.bases.put(self.like.at_round(0))
-            self.bases.put(self.like.at_round(1))
+            self.bases.put(self.genesis.at_round(0))
+            self.bases.put(self.genesis.at_round(1))
             first = current
         elif not mates:
             first = self._found(current, "no other peer of this region is online")
@@ -180,8 +200,8 @@ class RoundRuntime:
         """Start this region's chain from θ0 at round ``current``; the next cross-region merge
         brings it onto the run's global chain (see optim/crossregion.py)."""
         logger.warning("%s: starting region %s from the initial state at round %d", why, self.region, current)
-        self.bases.put(self.like.at_round(current))
-        self.bases.put(self.like.at_round(current + 1))
+        self.bases.put(self.genesis.at_round(current))
+        self.bases.put(self.genesis.at_round(current + 1))
         return current
 
     # --- training side ------------------------------------------------------------------------
@@ -239,7 +259,7 @@ class RoundRuntime:
         give_up = time.time() + 2 * self.clock.round_s
         while not self._stop.is_set():
             if time.time() > give_up:
-                latest = self.bases.latest() or self.like
+                latest = self.bases.latest() or self.genesis
                 current = max(wanted, self.clock.round_at(time.time()))
                 logger.warning("no donor offers the base of round %d; continuing alone from round %d's base",
                                current, latest.round)

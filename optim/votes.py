@@ -6,12 +6,13 @@ included and the state hash it computed from them. :func:`tally` picks the reput
 majority inclusion; a peer in the minority adopts that set and recomputes (I1), and a peer whose
 state still differs re-syncs through :func:`majority_state_hash` (I6).
 
-Weights: a voter counts with its reputation; a voter with zero (or unknown) reputation counts
-with ``epsilon`` (default 1e-6) so that a brand-new swarm, where every reputation is 0, still
-reaches a decision by head count. A Sybil attacker needs ``1/epsilon`` fresh keys to outweigh one
-unit of honest reputation. Weights are summed with :func:`math.fsum` (exact, order-independent),
-and every tie is broken deterministically: larger total weight, then more voters, then the
-lexicographically smaller inclusion digest (or state hash).
+Weights: a voter counts with the weight the caller passes, normally its *standing* from the
+replicated state (``verifier.vote_weights``: founders and keys with verified work; SPEC I7). An
+unknown key counts ``epsilon``, which is 0 by default: no number of fresh keys moves a decision,
+and a tally in which nobody with weight voted is not decided. A swarm without verification passes
+:class:`HeadCount` (every signer counts once). Weights are summed with :func:`math.fsum` (exact,
+order-independent), and every tie is broken deterministically: larger total weight, then more
+voters, then the lexicographically smaller inclusion digest (or state hash).
 """
 
 from __future__ import annotations
@@ -24,11 +25,22 @@ from typing import Iterable, Mapping
 from dai_swarm.canonical import canonical_json, sha256_hex
 from dai_swarm.errors import ConfigError, MalformedRecord
 
-__all__ = ["Confirmation", "MajorityHash", "TallyResult", "Vote", "confirm_state", "inclusion_digest", "majority_state_hash",
+__all__ = ["Confirmation", "HeadCount", "MajorityHash", "TallyResult", "Vote", "confirm_state", "inclusion_digest", "majority_state_hash",
            "tally"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-DEFAULT_EPSILON = 1e-6
+DEFAULT_EPSILON = 0.0
+
+
+class HeadCount(dict):
+    """Weights for a swarm that trusts its members: every signer counts 1.0 (no Sybil resistance)."""
+
+    def get(self, key, default=None):  # type: ignore[override]
+        """1.0 for every key."""
+        return 1.0
+
+    def __missing__(self, key):
+        return 1.0
 
 
 def inclusion_digest(digests: Iterable[str]) -> str:
@@ -78,8 +90,9 @@ class Vote:
 class TallyResult:
     """Outcome of :func:`tally`.
 
-    ``decided`` is False when there were no valid votes or the winner's weight was below
-    ``min_weight``; then the peer keeps its local inclusion. ``weight_share`` is the winner's
+    ``decided`` is False when there were no valid votes, when no voter had weight (only unknown
+    keys voted), or when the winner's weight was below ``min_weight``; then the peer keeps its
+    local inclusion. ``weight_share`` is the winner's
     fraction of the total weight. ``ignored`` counts votes dropped (wrong run/round, or voters who
     cast two different votes: both dropped).
     """
@@ -130,8 +143,8 @@ def tally(votes: Iterable[Vote], reputation: Mapping[str, float], *, run_id: str
     different votes is ignored; identical repeats count once. The winning inclusion is chosen
     first; the winning state hash is then the heaviest among the votes for that inclusion.
     """
-    if not math.isfinite(epsilon) or epsilon <= 0:
-        raise ConfigError("epsilon must be a finite number > 0")
+    if not math.isfinite(epsilon) or epsilon < 0:
+        raise ConfigError("epsilon must be a finite number >= 0")
     by_voter: dict[str, Vote | None] = {}
     ignored = 0
     for v in votes:
@@ -162,7 +175,7 @@ def tally(votes: Iterable[Vote], reputation: Mapping[str, float], *, run_id: str
             by_hash.setdefault(v.state_hash, []).append(weights[v.voter])
     state, _, _ = _best(by_hash)
     total = math.fsum(weights.values())
-    return TallyResult(w >= min_weight, inc_of[win], win, state, w, total, len(valid), ignored)
+    return TallyResult(w > 0 and w >= min_weight, inc_of[win], win, state, w, total, len(valid), ignored)
 
 
 @dataclass(frozen=True)
@@ -190,8 +203,8 @@ def majority_state_hash(announcements: Mapping[str, str] | Iterable[tuple[str, s
     listed twice with different hashes is dropped). ``dissenters`` must re-sync; a joiner adopts a
     downloaded state only if it hashes to ``state_hash``.
     """
-    if not math.isfinite(epsilon) or epsilon <= 0:
-        raise ConfigError("epsilon must be a finite number > 0")
+    if not math.isfinite(epsilon) or epsilon < 0:
+        raise ConfigError("epsilon must be a finite number >= 0")
     pairs = announcements.items() if isinstance(announcements, Mapping) else announcements
     held: dict[str, str | None] = {}
     for peer, h in pairs:
@@ -243,7 +256,7 @@ def confirm_state(mine: str, me: str, offers: Iterable[tuple[str, str]], elector
     members = set(electorate) | {me}
     seen = [(s, h) for s, h in offers if s in members and s != me] + [(me, mine)]
     maj = majority_state_hash(seen, reputation, epsilon=epsilon)
-    if maj is None:
+    if maj is None or maj.weight <= 0:
         return Confirmation("wait")
     published = {s for s, _ in seen}
     total = math.fsum(_weight(k, reputation, epsilon) for k in sorted(members))

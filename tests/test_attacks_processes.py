@@ -53,18 +53,20 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
         try:
             initial = boot.wait_ready(60)
             t0 = int(time.time() + start_in_s)
-            for i, kind in enumerate(attacks):
+            for i, kind in enumerate(attacks):  # p0 (honest) first: it creates the run and is its founder
                 argv = [sys.executable, "-m", "dai_swarm", "peer", "--run-id", run_id, "--task", "regression",
                         "--round-s", str(round_s), "--until-round", str(until_round), "--t0", str(t0),
                         "--initial-peers", *initial, "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--region", "a",
                         "--threads", "1", "--quiet", "--max-inner-steps", str(max_steps),
-                        "--spot-check-rate", str(SPOT_CHECK_RATE),
+                        "--spot-check-rate", str(SPOT_CHECK_RATE), "--address-file", os.path.join(workdir, f"p{i}.addr"),
                         "--history-file", os.path.join(workdir, f"p{i}.json")]
                 if kind:
                     argv += ["--attack", kind]
                 log = open(os.path.join(workdir, f"p{i}.log"), "wb")
                 procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                               start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1")))
+                if i == 0:
+                    _wait_for_file(os.path.join(workdir, "p0.addr"), procs[0], timeout_s=60.0)
             deadline = t0 + (until_round + 4) * round_s + 60
             for p in procs:
                 p.wait(timeout=max(1.0, deadline - time.time()))
@@ -85,6 +87,15 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
         out.append({"attack": kind, "history": data["history"], "status": data["status"], "log": log,
                     "slashes": slashes})
     return out
+
+
+def _wait_for_file(path: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Wait until ``proc`` wrote ``path`` (its addresses: the run exists), or fail with why."""
+    deadline = time.time() + timeout_s
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"the first peer did not come up ({path})")
+        time.sleep(0.1)
 
 
 def rejection_counts(peers: list[dict]) -> dict:

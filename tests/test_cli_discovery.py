@@ -81,10 +81,14 @@ def test_bootstrap_unreadable_identity(tmp_path):
 @pytest.mark.integration
 def test_demo_runs_and_stops_cleanly_on_ctrl_c():
     with testing.SocketGuard():
-        proc = subprocess.Popen([*PY, "demo", "--peers", "4", "--minutes", "2", "--json"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        # --no-churn: this test is about Ctrl+C; with churn the demo SIGKILLs a peer at round 2 by
+        # design, which on a loaded machine can come before all 4 peers are visible (seen: exit -9).
+        proc = subprocess.Popen([*PY, "demo", "--peers", "4", "--minutes", "2", "--json", "--no-churn"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
-            deadline = time.monotonic() + 90
+            # visibility takes 15-25 s on a quiet 2-core machine and up to ~70 s beside another
+            # 8-peer swarm (peer start is CPU-bound: importing torch); 180 s is 2.5x the loaded figure
+            deadline = time.monotonic() + 180
             while time.monotonic() < deadline:
                 line = proc.stderr.readline()
                 if not line or "peers visible after" in line:

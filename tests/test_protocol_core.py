@@ -28,7 +28,7 @@ from dai_swarm.optim.outer import OuterState, outer_step
 from dai_swarm.optim.protocol import (
     Announce, ApplyBase, CloseRound, Done, RoundPlanner, Tally, TrainUntil, WaitUntil,
 )
-from dai_swarm.optim.votes import Vote, inclusion_digest, majority_state_hash, tally
+from dai_swarm.optim.votes import HeadCount, Vote, inclusion_digest, majority_state_hash, tally
 
 H0, H1 = "a" * 64, "b" * 64
 
@@ -265,15 +265,19 @@ def test_tally_ties_are_deterministic():
     assert tally(v4, {"a": 2.0, "b": 1.0}).state_hash == H1
 
 
-def test_tally_new_swarm_decides_by_head_count_and_drops_bad_votes():
+def test_tally_head_count_without_verification_and_drops_bad_votes():
     v = [vote("a", [dg(1)]), vote("b", [dg(1)]), vote("c", [dg(2)]),
          vote("x", [dg(2)]), vote("x", [dg(3)]),  # equivocating voter: both dropped
          vote("a", [dg(1)]),  # identical repeat counts once
          vote("d", [dg(2)], round=4), vote("e", [dg(2)], run_id="other")]
-    res = tally(v, {}, run_id="run", round=3)
+    res = tally(v, HeadCount(), run_id="run", round=3)
     assert res.decided and res.inclusion == (dg(1),) and res.voters == 3 and res.ignored == 4
-    assert math.isclose(res.weight, 2e-6)
-    assert not tally(v, {}, round=3, min_weight=1.0).decided
+    assert math.isclose(res.weight, 2.0)
+    assert not tally(v, HeadCount(), round=3, min_weight=3.0).decided
+    # standing weights: voters nobody knows weigh 0, and a vote of weightless keys decides nothing
+    unknown = tally(v, {}, run_id="run", round=3)
+    assert not unknown.decided and unknown.weight == 0.0 and unknown.voters == 3
+    assert tally(v, {"c": 0.3}, run_id="run", round=3).inclusion == (dg(2),)
     empty = tally([], {"a": 1.0})
     assert not empty.decided and empty.weight_share == 0.0 and not empty.agrees(vote("a"))
     with pytest.raises(ConfigError):

@@ -28,7 +28,7 @@ from dai_swarm.optim.clock import RoundClock
 from dai_swarm.optim.coordinator import Coordinator, NullVerifier
 from dai_swarm.optim.exchange import PayloadStore
 from dai_swarm.optim.states import BaseState, BaseStore
-from dai_swarm.optim.votes import confirm_state, tally
+from dai_swarm.optim.votes import HeadCount, confirm_state, tally
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 P3, P5, P6 = "03" * 32, "05" * 32, "06" * 32
@@ -108,6 +108,7 @@ def _coordinator(key: str, dht: MemoryDHT, clock: RoundClock, states: dict, peer
         peer_keys=peers, announcer=lambda k: peers.get(k, (None,))[0], counters={})
     c = Coordinator(ctx, BaseStore())
     ctx.reputation = lambda: {P3: 0.55, P5: 0.25}
+    ctx.vote_weights = lambda extra=None: dict((extra or {}).get("reputation", {P3: 0.55, P5: 0.25}))
 
     def resync(round, target_hash=None, timeout_s=None):  # a verified download from the holders
         state = states.get(target_hash)
@@ -138,7 +139,7 @@ def test_two_coordinators_that_missed_each_others_vote_converge_in_the_same_roun
     for key in (P3, P5):
         votes = coords[key]._votes(q)
         assert [v.voter for v in votes] == [key]
-        assert tally(votes, {}, run_id="run", round=q).state_hash == cand[key].hash
+        assert tally(votes, HeadCount(), run_id="run", round=q).state_hash == cand[key].hash
     # both tallies run "at once": each publishes its state, then confirms against the records
     coords[P3]._publish_state(cand[P3])
     coords[P5]._publish_state(cand[P5])

@@ -12,7 +12,9 @@ its arguments, visits digests and keys in sorted order and rounds every value to
 
 Rules, per checked update (one digest, its author = *target*), over the verdicts of one round:
 
-* Only verifiers that currently weigh > 0 count; *F*/*P* = verifiers that failed/passed it,
+* Only verifiers with *standing* (:func:`standing_of`: a founder, or a key with a verified pass,
+  not slashed) count; while nobody in the region holds standing yet, every verifier that weighs
+  > 0 counts (the bootstrap window of a region without a founder); *F*/*P* = verifiers that failed/passed it,
   weighed by reputation. A verifier that both passed and failed one digest is slashed.
 * **Confirmed failure** iff ``|F| >= min_fail_verifiers`` (default 2, two independent
   recomputations) and ``w(F) > w(P)``: the target is slashed (weight 0 for ``slash_rounds``) and
@@ -36,7 +38,8 @@ from dai_swarm.errors import ConfigError
 
 from .verdicts import Verdict
 
-__all__ = ["ReputationPolicy", "Weights", "is_slashed", "reputation_of", "update_reputation"]
+__all__ = ["ReputationPolicy", "Weights", "initial_extra", "is_slashed", "reputation_of", "standing_of",
+           "update_reputation", "vote_weights"]
 
 _DIGITS = 6
 
@@ -87,6 +90,40 @@ def reputation_of(extra: Mapping, policy: ReputationPolicy = ReputationPolicy())
     return Weights(clean, policy.newcomer)
 
 
+def initial_extra(founders: Iterable[str], policy: ReputationPolicy = ReputationPolicy()) -> dict:
+    """Replicated metadata of the run's first base: the founders named in the signed manifest hold
+    full standing (the round-0 trust anchor, SPEC I7); everyone else starts unknown."""
+    keys = sorted(set(founders))
+    if not keys:
+        return {}
+    return {"reputation": {k: _r(policy.max_reputation) for k in keys},
+            "trust": {k: [int(policy.warmup_passes), 0] for k in keys}, "trust_round": 0}
+
+
+def standing_of(extra: Mapping, policy: ReputationPolicy = ReputationPolicy()) -> dict[str, float]:
+    """Keys with *standing*: a founder, or a key with at least one verified pass, not slashed,
+    with reputation > 0; ``{key: reputation}``. Unknown and fresh keys are absent (weight 0)."""
+    if not isinstance(extra, Mapping):
+        return {}
+    rep = reputation_of(extra, policy)
+    trust = extra.get("trust", {})
+    out = {}
+    for key, entry in (trust.items() if isinstance(trust, Mapping) else ()):
+        if isinstance(entry, (list, tuple)) and len(entry) == 2 and int(entry[0]) >= 1 \
+                and not is_slashed(extra, key) and dict.get(rep, key, 0.0) > 0:
+            out[key] = float(dict.get(rep, key))
+    return out
+
+
+def vote_weights(extra: Mapping, policy: ReputationPolicy = ReputationPolicy()) -> Mapping[str, float]:
+    """Weights of signers in every decision (inclusion and verdict votes, state records): their
+    standing, unknown keys 0. A region in which nobody holds standing yet (no founder there, no
+    verified pass so far) decides by reputation with the newcomer weight instead, until its first
+    verified pass (the bootstrap window, docs/design.md "Trust model")."""
+    standing = standing_of(extra, policy)
+    return standing if standing else reputation_of(extra, policy)
+
+
 def _r(x: float) -> float:
     return round(float(x), _DIGITS)
 
@@ -115,6 +152,13 @@ def update_reputation(extra: Mapping, round: int, verdicts: Iterable[Verdict],
     def slashed(key: str) -> bool:
         return key in trust and trust[key][1] > round
 
+    # verdicts count from verifiers with standing only; a region with nobody standing yet counts
+    # every verifier with a reputation > 0 (the bootstrap window)
+    standing = standing_of(extra, policy)
+
+    def counts(key: str) -> bool:
+        return key in standing if standing else (weight(key) > 0 and not slashed(key))
+
     by_digest: dict[tuple[str, str], list[Verdict]] = {}
     for v in verdicts:
         by_digest.setdefault((v.digest, v.target), []).append(v)
@@ -126,8 +170,8 @@ def update_reputation(extra: Mapping, round: int, verdicts: Iterable[Verdict],
         passes = {v.verifier for v in vs if v.passed}
         both = fails & passes
         slash |= both
-        fails = {k for k in fails - both if weight(k) > 0 and not slashed(k)}
-        passes = {k for k in passes - both if weight(k) > 0 and not slashed(k)}
+        fails = {k for k in fails - both if counts(k)}
+        passes = {k for k in passes - both if counts(k)}
         if slashed(target):
             continue
         w_fail = sum(sorted(weight(k) for k in fails))

@@ -28,7 +28,7 @@ from dai_swarm.logging import get_logger
 from dai_swarm.optim import codecs
 
 from .recompute import recompute_update, relative_distance
-from .reputation import ReputationPolicy, is_slashed, reputation_of, update_reputation
+from .reputation import ReputationPolicy, initial_extra, is_slashed, reputation_of, update_reputation, vote_weights
 from .robust import CenteredClip
 from .verdicts import Verdict, record_body, verdicts_from_record
 
@@ -131,8 +131,17 @@ class SpotChecker:
         return out
 
     def reputation(self, extra: Mapping) -> Mapping[str, float]:
-        """Aggregation and vote weight per public key (unknown keys: the newcomer weight)."""
+        """Aggregation weight per public key (unknown keys: the newcomer weight, so newcomers earn)."""
         return reputation_of(extra, self.policy)
+
+    def vote_weights(self, extra: Mapping) -> Mapping[str, float]:
+        """Weight in every decision (votes, verdict sets, state records): standing only, unknown
+        keys 0 (:func:`.reputation.vote_weights`)."""
+        return vote_weights(extra, self.policy)
+
+    def initial_extra(self, founders) -> dict:
+        """Replicated metadata of the run's first base: the manifest's founders hold standing."""
+        return initial_extra(founders, self.policy)
 
     def metrics(self, extra: Mapping | None = None) -> dict:
         """This peer's reputation and slash status (from ``extra``) and its verification counters."""

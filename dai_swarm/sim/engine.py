@@ -28,7 +28,7 @@ from dai_swarm.optim.clock import RoundClock
 from dai_swarm.optim.limits import derive_limits
 from dai_swarm.optim.protocol import Announce, ApplyBase, CloseRound, Done, RoundPlanner, Tally, TrainUntil, WaitUntil
 from dai_swarm.optim.states import BaseState
-from dai_swarm.optim.votes import tally
+from dai_swarm.optim.votes import HeadCount, tally
 from dai_swarm.rewards.rules import Contributor, compute_round_record
 from dai_swarm.tasks import load_task
 
@@ -183,7 +183,7 @@ class Simulator(RoundSteps):
         included, slashed_now = 0, set()
         for g in self.protos:
             votes = [rec.vote for rec in self.votes[(g, q)].values()]
-            res = tally(votes, {}, run_id=self.cfg.run_id, round=q)
+            res = tally(votes, HeadCount(), run_id=self.cfg.run_id, round=q)
             included += len(res.inclusion)
             h = self.region_base.get((g, r))
             if h is None:

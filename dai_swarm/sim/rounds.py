@@ -27,7 +27,7 @@ from dai_swarm.optim.book import BookLimits, RoundBook, UpdateAnnouncement
 from dai_swarm.optim.coordinator import compute_next_base
 from dai_swarm.optim.crossregion import CrossRegionMerger, merge_region_deltas, merged_base, region_delta, weight_cap
 from dai_swarm.optim.crossregion import MERGE_END
-from dai_swarm.optim.votes import Vote, tally
+from dai_swarm.optim.votes import HeadCount, Vote, tally
 from dai_swarm.verification.recompute import recompute_update
 
 from .verify import check_prob_hit, make_verdict, recheck
@@ -175,7 +175,7 @@ class RoundSteps:
                 ck = (g, k, p.bases[q + 1])
                 if ck not in cache:
                     visible = sorted(j for _, j in by_time[:k])
-                    rep = self.verifier.reputation(extra)
+                    rep = self.verifier.vote_weights(extra)
                     res = tally([voters[j].vote for j in visible], rep, run_id=cfg.run_id, round=q)
                     vres = tally([Vote(cfg.run_id, q, voters[j].vote.voter, tuple(sorted(voters[j].verdicts)), ZERO64)
                                   for j in visible], rep, run_id=cfg.run_id, round=q)
@@ -224,7 +224,7 @@ class RoundSteps:
         t = self.clock.tally_time(q)
         for g in self.protos:
             votes = [r.vote for r in self.votes[(g, q)].values()]
-            res = tally(votes, {}, run_id=cfg.run_id, round=q)
+            res = tally(votes, HeadCount(), run_id=cfg.run_id, round=q)
             if not res.decided:
                 continue
             anns = {ann.digest: (ann, a) for ann, _, a in self.anns[(g, q)]}

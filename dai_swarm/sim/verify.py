@@ -18,7 +18,7 @@ import torch
 from dai_swarm.canonical import sha256_hex
 from dai_swarm.optim import codecs
 from dai_swarm.verification.recompute import recompute_update, relative_distance
-from dai_swarm.verification.reputation import ReputationPolicy, reputation_of, update_reputation
+from dai_swarm.verification.reputation import ReputationPolicy, reputation_of, update_reputation, vote_weights
 from dai_swarm.verification.verdicts import Verdict
 
 __all__ = ["SimVerifier", "check_prob_hit", "recheck"]
@@ -44,8 +44,12 @@ class SimVerifier:
         return update_reputation(extra, round + 2, known, self.policy)
 
     def reputation(self, extra: Mapping) -> Mapping[str, float]:
-        """Vote and aggregation weights from replicated metadata (unknown keys: newcomer)."""
+        """Aggregation weights from replicated metadata (unknown keys: newcomer)."""
         return reputation_of(extra, self.policy)
+
+    def vote_weights(self, extra: Mapping) -> Mapping[str, float]:
+        """Decision weights: standing, as the real spot-checker's (:func:`vote_weights`)."""
+        return vote_weights(extra, self.policy)
 
 
 def check_prob_hit(seed: int, digest: str, prob: float) -> bool:

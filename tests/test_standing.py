@@ -1,0 +1,145 @@
+"""Standing, not head count (SPEC I7): fresh keys weigh nothing in votes, verdict sets, state
+majorities and joins; the founders named in the signed manifest are the round-0 trust anchor.
+
+Regression tests of the security review's findings 2 (Sybil votes and verdict sets) and 3
+(joiners counting heads), on the pure rules the coordinator calls and on a coordinator driven
+over an in-memory DHT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from types import SimpleNamespace
+
+import torch
+
+from dai_swarm.optim.clock import RoundClock
+from dai_swarm.optim.coordinator import Coordinator, NullVerifier
+from dai_swarm.optim.download import state_record
+from dai_swarm.optim.exchange import PayloadStore
+from dai_swarm.optim.states import BaseState, BaseStore
+from dai_swarm.optim.votes import HeadCount, Vote, majority_state_hash, tally
+from dai_swarm.verification.reputation import (
+    ReputationPolicy, initial_extra, standing_of, update_reputation, vote_weights,
+)
+from dai_swarm.verification.verdicts import Verdict
+
+
+def _key(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+FOUNDER, HONEST, NEWCOMER = _key("founder"), _key("honest"), _key("newcomer")
+SYBILS = [_key(f"sybil-{i}") for i in range(1000)]
+GOOD, EVIL = _key("honest state"), _key("attacker's state")
+
+
+def _verdict(round, verifier, target, passed, digest=None):
+    return Verdict(round=round, verifier=verifier, target=target, digest=digest or _key(f"{target}:{round}"),
+                   passed=passed, distance=0.0 if passed else 0.5, recomputed="0" * 64, steps=5)
+
+
+def _established() -> dict:
+    """Base metadata: the founder, one honest key with a verified pass, one unproven newcomer."""
+    extra = initial_extra([FOUNDER])
+    return update_reputation(extra, 5, [_verdict(1, FOUNDER, HONEST, True)])
+
+
+# ------------------------------------------------------------------------------ standing
+def test_founders_hold_standing_from_round_zero_and_fresh_keys_none():
+    extra = initial_extra([FOUNDER])
+    assert standing_of(extra) == {FOUNDER: 1.0}
+    w = vote_weights(extra)
+    assert w.get(FOUNDER) == 1.0 and w.get(SYBILS[0], 0.0) == 0.0
+    assert initial_extra([]) == {}  # no founder: the bootstrap window (reputation with newcomer weights)
+    assert vote_weights({}).get(SYBILS[0]) == ReputationPolicy().newcomer
+
+
+def test_a_verified_pass_earns_standing_and_a_slash_takes_it_away():
+    extra = _established()
+    assert set(standing_of(extra)) == {FOUNDER, HONEST}
+    assert NEWCOMER not in standing_of(extra)
+    # two standing verifiers fail HONEST's update: slashed, standing gone
+    slash = [_verdict(6, FOUNDER, HONEST, False, _key("bad")), _verdict(6, _key("x"), HONEST, False, _key("bad"))]
+    extra2 = update_reputation(extra, 9, slash + [_verdict(6, HONEST, FOUNDER, True)])
+    assert HONEST in standing_of(extra2)  # one standing fail is not enough (the other verifier has none)
+    extra3 = update_reputation(extra, 9, [_verdict(6, FOUNDER, NEWCOMER, True)])
+    extra4 = update_reputation(extra3, 11, [_verdict(8, FOUNDER, HONEST, False, _key("b2")),
+                                            _verdict(8, NEWCOMER, HONEST, False, _key("b2"))])
+    assert HONEST not in standing_of(extra4) and extra4["slashed_now"] == [HONEST]
+
+
+# ------------------------------------------------------------------------------ finding 2: votes
+def test_a_thousand_fresh_keys_cannot_win_an_inclusion_vote_or_a_verdict_set():
+    weights = vote_weights(_established())
+    honest = [Vote("run", 7, FOUNDER, (), GOOD), Vote("run", 7, HONEST, (), GOOD)]
+    sybil = [Vote("run", 7, k, (), EVIL) for k in SYBILS]
+    res = tally(honest + sybil, weights, run_id="run", round=7)
+    assert res.decided and res.state_hash == GOOD
+    # the verdict-id set is tallied the same way: the Sybils cannot pick it (suppress a slash)
+    ids_h, ids_s = (_key("verdict of a cheater"),), (_key("nothing to see"),)
+    vres = tally([Vote("run", 7, FOUNDER, ids_h, "0" * 64)] + [Vote("run", 7, k, ids_s, "0" * 64) for k in SYBILS],
+                 weights, run_id="run", round=7)
+    assert vres.inclusion == ids_h
+    # a vote of fresh keys alone decides nothing
+    assert not tally(sybil, weights, run_id="run", round=7).decided
+
+
+def test_fresh_key_verdicts_do_not_count_once_anyone_holds_standing():
+    extra = _established()
+    target = HONEST
+    lies = [_verdict(6, k, target, False, _key("honest update")) for k in SYBILS[:40]]
+    out = update_reputation(extra, 9, lies + [_verdict(6, FOUNDER, target, True, _key("honest update"))])
+    assert "slashed_now" not in out and target in standing_of(out)
+    assert not any(k in out.get("trust", {}) and out["trust"][k][1] for k in SYBILS[:40])  # not even judged
+
+
+def test_re_sync_target_needs_standing_behind_it():
+    weights = vote_weights(_established())
+    offers = [(FOUNDER, GOOD)] + [(k, EVIL) for k in SYBILS]
+    assert majority_state_hash(offers, weights).state_hash == GOOD
+    only_sybils = majority_state_hash([(k, EVIL) for k in SYBILS], weights)
+    assert only_sybils.weight == 0.0  # the coordinator never re-syncs to a state nobody standing holds
+
+
+def test_without_verification_every_signer_counts_once():
+    res = tally([Vote("run", 1, k, (), GOOD) for k in SYBILS[:3]] + [Vote("run", 1, FOUNDER, (), EVIL)],
+                HeadCount(), run_id="run", round=1)
+    assert res.decided and res.state_hash == GOOD and NullVerifier().vote_weights({}).get("x") == 1.0
+
+
+# ------------------------------------------------------------------------------ finding 3: joiners
+class _Records:
+    def __init__(self, records):
+        self.records = records
+
+    def get_round_records(self, run_id, kind, round):
+        return [SimpleNamespace(signer=s, body=b) for s, b in self.records.get((kind, round), [])]
+
+
+def _joiner(records, anchors, count):
+    ctx = SimpleNamespace(run_id="run", region="r0", identity=SimpleNamespace(public_key_hex=_key("joiner")),
+                          dht=_Records(records), clock=RoundClock(time.time(), 4.0), cross_region_period=1000,
+                          store=PayloadStore(), p2p_id="p2p-joiner", verifier=NullVerifier(), region_of={},
+                          count=count, link_of_p2p=lambda p: "intra")
+    c = Coordinator(ctx, BaseStore())
+    ctx.vote_weights = lambda extra=None: {k: 1.0 for k in anchors} if c.bases.latest() is None else {}
+    return c
+
+
+def test_joiner_downloads_the_state_its_anchor_offers_not_the_state_of_fifty_fresh_keys(monkeypatch):
+    good, evil = (BaseState.make(6, {"w": torch.full((4,), v)}, {"w": torch.zeros(4)}) for v in (1.0, 9.0))
+    records = {("state.r0", 6): [(FOUNDER, state_record(good.hash, good.blob(), "p2p-founder")[0])]
+               + [(k, state_record(evil.hash, evil.blob(), f"p2p-{k[:6]}")[0]) for k in SYBILS[:50]]}
+    picked = []
+    monkeypatch.setattr("dai_swarm.optim.coordinator.pick_download",
+                        lambda offers, target, me, live: picked.append(target) or None)
+    counts = []
+    c = _joiner(records, {FOUNDER}, counts.append)
+    assert c.resync(6) is None and picked == [good.hash] and counts == []
+    # a joiner none of whose anchors offers anything falls back to a head count, and says so
+    picked.clear()
+    c = _joiner(records, {_key("somebody else")}, counts.append)
+    c.resync(6)
+    assert picked == [evil.hash] and counts == ["untrusted_join"]
