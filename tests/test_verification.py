@@ -16,7 +16,7 @@ from dai_swarm.optim.aggregate import weighted_mean
 from dai_swarm.tasks import load_task
 from dai_swarm.verification.assignment import assign
 from dai_swarm.verification.recompute import recompute_update, relative_distance
-from dai_swarm.verification.reputation import (ReputationPolicy, is_slashed, reputation_of,
+from dai_swarm.verification.reputation import (ReputationPolicy, initial_extra, is_slashed, reputation_of,
                                                update_reputation)
 from dai_swarm.verification.robust import CenteredClip
 from dai_swarm.verification.verdicts import Verdict, record_body, verdict_id, verdicts_from_record
@@ -156,7 +156,7 @@ P = ReputationPolicy()
 
 
 def test_newcomers_are_capped_until_warm():
-    extra = {}
+    extra = initial_extra([K[1], K[3]])  # the verifiers hold standing (founders)
     for r in range(1, 6):
         extra = update_reputation(extra, r, [_v(K[1], K[2], D[r], True, round=r), _v(K[3], K[2], D[r], True, round=r)])
         rep = reputation_of(extra)[K[2]]

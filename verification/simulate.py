@@ -26,7 +26,7 @@ from dai_swarm.optim.aggregate import update_weight, weighted_mean
 from dai_swarm.optim.outer import OuterState, outer_step
 
 from .recompute import recompute_update, relative_distance
-from .reputation import ReputationPolicy, is_slashed, reputation_of, update_reputation
+from .reputation import ReputationPolicy, initial_extra, is_slashed, reputation_of, update_reputation
 from .robust import CenteredClip
 from .verdicts import Verdict
 
@@ -52,10 +52,12 @@ def detection_trial(rng: random.Random, *, n_honest: int, n_attackers: int, p: f
     weighs in (slashed), or None if it was never slashed within ``rounds``.
 
     Honest updates are spot-checked (and pass) like any other, so honest verifiers build
-    reputation; colluding attackers vouch (pass) for a partner that an honest peer failed."""
+    reputation; colluding attackers vouch (pass) for a partner that an honest peer failed. The
+    honest verifiers hold standing from the start (they are the run's founders); the attackers'
+    verdicts never count (no standing), which is what SPEC I7 demands."""
     honest = [_key(i) for i in range(n_honest)]
     bad = [_key(n_honest + j) for j in range(n_attackers)]
-    extra: dict = {}
+    extra: dict = initial_extra(honest, policy)
     pending: dict[int, list[Verdict]] = {}
     caught: dict[str, int] = {}
     for r in range(rounds):
@@ -113,7 +115,8 @@ def training_run(task: Any, *, n_peers: int, attackers: dict[int, str], rounds: 
     params = {n: p_.detach().clone() for n, p_ in model.named_parameters()}
     momentum = {n: torch.zeros_like(t) for n, t in params.items()}
     keys = [_key(i) for i in range(n_peers)]
-    extra: dict = {}
+    # the honest peers are the run's founders (standing from round 0); attackers start unknown
+    extra: dict = initial_extra([k for i, k in enumerate(keys) if i not in attackers], policy)
     pending: dict[int, list[Verdict]] = {}
     out = {"val_loss": [], "slashed_round": {}, "honest_distances": [], "false_slashes": 0, "train_cpu_s": 0.0,
            "verify_cpu_s": 0.0, "checks": 0, "honest_checks": 0}
