@@ -394,7 +394,8 @@ class Coordinator:
                 sets.append(Vote(self.ctx.run_id, q, rec.signer, tuple(ids), "0" * 64))
             except (MalformedRecord, TypeError):
                 continue
-        result = tally(sets, self.ctx.vote_weights(), run_id=self.ctx.run_id, round=q)
+        result = tally(sets, self.ctx.vote_weights(), run_id=self.ctx.run_id, round=q,
+                       electorate=self._electorate(sets))
         return result.inclusion if result.decided else ()
 
     def tally_round(self, q: int) -> None:
@@ -404,7 +405,8 @@ class Coordinator:
         state = self._candidates.pop(q, None)
         outcome = self.outcomes.setdefault(q, RoundOutcome(q))
         votes = self._read_votes(q, book)
-        result = tally(votes, self.ctx.vote_weights(), run_id=self.ctx.run_id, round=q)
+        result = tally(votes, self.ctx.vote_weights(), run_id=self.ctx.run_id, round=q,
+                       electorate=self._electorate(votes))
         self.verdict_winners[q] = self._tally_verdicts(q)
         self.verdict_winners.pop(q - 3, None)
         if book is not None and state is not None and result.decided and result.inclusion != book.inclusion():
@@ -490,7 +492,7 @@ class Coordinator:
         offers = [(o.signer, o.state_hash) for o in self.state_offers(q + 2) if o.signer in winners]
         if not offers:
             return None
-        maj = majority_state_hash(offers, self.ctx.vote_weights())
+        maj = majority_state_hash(offers, self.ctx.vote_weights(), electorate=self._electorate([]))
         return self.resync(q + 2, maj.state_hash) if maj is not None and maj.weight > 0 else None
 
     def _retry_resync(self, q: int, attempt: Callable[[], BaseState | None]) -> BaseState | None:
@@ -575,7 +577,8 @@ class Coordinator:
         if not offers:
             return None
         weights = self.ctx.vote_weights()
-        maj = majority_state_hash([(o.signer, o.state_hash) for o in offers], weights)
+        maj = majority_state_hash([(o.signer, o.state_hash) for o in offers], weights,
+                                  electorate=self._electorate([]))
         if maj is not None and maj.weight <= 0 and target_hash is None and self.bases.latest() is None:
             # a joiner none of whose trust anchors (founders, --trust keys) offers this region's
             # state: the documented gap of a region without a founder; fall back to a head count

@@ -25,7 +25,7 @@ from typing import Iterable, Mapping
 from dai_swarm.canonical import canonical_json, sha256_hex
 from dai_swarm.errors import ConfigError, MalformedRecord
 
-__all__ = ["Confirmation", "HeadCount", "MajorityHash", "TallyResult", "Vote", "confirm_state", "inclusion_digest", "majority_state_hash",
+__all__ = ["Confirmation", "FallbackWeights", "HeadCount", "MajorityHash", "TallyResult", "Vote", "confirm_state", "inclusion_digest", "majority_state_hash",
            "tally"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -41,6 +41,25 @@ class HeadCount(dict):
 
     def __missing__(self, key):
         return 1.0
+
+
+class FallbackWeights(dict):
+    """Standing weights (unknown keys 0) with the weights to use instead when nobody in a decision
+    holds standing: ``fallback`` (e.g. reputation with the newcomer weight), the bootstrap window
+    of a region no founder and no verified key has reached yet. A decision in which any signer
+    holds standing never looks at ``fallback``, so fresh keys cannot outvote a standing signer."""
+
+    def __init__(self, table: Mapping[str, float], fallback: Mapping[str, float]):
+        super().__init__(table)
+        self.fallback = fallback
+
+
+def _effective(reputation: Mapping[str, float], signers: Iterable[str], epsilon: float) -> Mapping[str, float]:
+    """``reputation`` itself, or its fallback when no signer weighs anything under it."""
+    fallback = getattr(reputation, "fallback", None)
+    if fallback is not None and not any(_weight(k, reputation, epsilon) > 0 for k in signers):
+        return fallback
+    return reputation
 
 
 def inclusion_digest(digests: Iterable[str]) -> str:
@@ -136,9 +155,12 @@ def _best(groups: Mapping[str, list[float]]) -> tuple[str, float, int]:
 
 def tally(votes: Iterable[Vote], reputation: Mapping[str, float], *, run_id: str | None = None,
           round: int | None = None, min_weight: float = 0.0,
-          epsilon: float = DEFAULT_EPSILON) -> TallyResult:
+          epsilon: float = DEFAULT_EPSILON, electorate: Iterable[str] = ()) -> TallyResult:
     """Reputation-weighted majority over votes; deterministic whatever the order of ``votes``.
 
+    With :class:`FallbackWeights`, the fallback weights are used only if neither a voter nor a
+    member of ``electorate`` (the live peers of the region) holds standing: a region with a live
+    standing peer whose vote was not read stays undecided rather than let fresh keys decide.
     Votes for another ``run_id``/``round`` (when given) are ignored. A voter who cast two
     different votes is ignored; identical repeats count once. The winning inclusion is chosen
     first; the winning state hash is then the heaviest among the votes for that inclusion.
@@ -161,6 +183,7 @@ def tally(votes: Iterable[Vote], reputation: Mapping[str, float], *, run_id: str
     valid = [v for v in by_voter.values() if v is not None]
     if not valid:
         return TallyResult(False, (), inclusion_digest(()), "", 0.0, 0.0, 0, ignored)
+    reputation = _effective(reputation, [v.voter for v in valid] + list(electorate), epsilon)
     weights = {v.voter: _weight(v.voter, reputation, epsilon) for v in valid}
     by_inc: dict[str, list[float]] = {}
     inc_of: dict[str, tuple[str, ...]] = {}
@@ -196,12 +219,12 @@ class MajorityHash:
 
 def majority_state_hash(announcements: Mapping[str, str] | Iterable[tuple[str, str]],
                         reputation: Mapping[str, float], *,
-                        epsilon: float = DEFAULT_EPSILON) -> MajorityHash | None:
+                        epsilon: float = DEFAULT_EPSILON, electorate: Iterable[str] = ()) -> MajorityHash | None:
     """The state hash announced by the reputation-weighted majority of peers, or None if none.
 
     ``announcements`` maps peer -> announced state hash (or is an iterable of such pairs; a peer
     listed twice with different hashes is dropped). ``dissenters`` must re-sync; a joiner adopts a
-    downloaded state only if it hashes to ``state_hash``.
+    downloaded state only if it hashes to ``state_hash``. ``electorate``: as in :func:`tally`.
     """
     if not math.isfinite(epsilon) or epsilon < 0:
         raise ConfigError("epsilon must be a finite number >= 0")
@@ -214,6 +237,7 @@ def majority_state_hash(announcements: Mapping[str, str] | Iterable[tuple[str, s
     clean = {p: h for p, h in held.items() if h is not None}
     if not clean:
         return None
+    reputation = _effective(reputation, list(clean) + list(electorate), epsilon)
     groups: dict[str, list[float]] = {}
     for p, h in clean.items():
         groups.setdefault(h, []).append(_weight(p, reputation, epsilon))
@@ -255,6 +279,7 @@ def confirm_state(mine: str, me: str, offers: Iterable[tuple[str, str]], elector
     """
     members = set(electorate) | {me}
     seen = [(s, h) for s, h in offers if s in members and s != me] + [(me, mine)]
+    reputation = _effective(reputation, sorted(members), epsilon)
     maj = majority_state_hash(seen, reputation, epsilon=epsilon)
     if maj is None or maj.weight <= 0:
         return Confirmation("wait")

@@ -52,8 +52,23 @@ def test_founders_hold_standing_from_round_zero_and_fresh_keys_none():
     assert standing_of(extra) == {FOUNDER: 1.0}
     w = vote_weights(extra)
     assert w.get(FOUNDER) == 1.0 and w.get(SYBILS[0], 0.0) == 0.0
-    assert initial_extra([]) == {}  # no founder: the bootstrap window (reputation with newcomer weights)
-    assert vote_weights({}).get(SYBILS[0]) == ReputationPolicy().newcomer
+    assert initial_extra([]) == {}
+    # a decision in which no signer holds standing falls back to reputation (the bootstrap window)
+    assert vote_weights({}).fallback.get(SYBILS[0]) == ReputationPolicy().newcomer
+
+
+def test_a_region_the_founder_never_reached_still_decides_and_bootstraps_standing():
+    extra = initial_extra([FOUNDER])  # θ0 of every region names the founder; it trains in another one
+    a, b = _key("region-2 peer a"), _key("region-2 peer b")
+    res = tally([Vote("run", 4, a, (), GOOD), Vote("run", 4, b, (), GOOD)], vote_weights(extra), run_id="run", round=4)
+    assert res.decided and res.state_hash == GOOD
+    # their checks of each other count (no standing verifier checked these updates) and earn standing
+    out = update_reputation(extra, 6, [_verdict(2, a, b, True), _verdict(2, b, a, True)])
+    assert set(standing_of(out)) == {FOUNDER, a, b}
+    # from then on a decision with a standing signer ignores fresh keys
+    res = tally([Vote("run", 7, a, (), GOOD)] + [Vote("run", 7, k, (), EVIL) for k in SYBILS],
+                vote_weights(out), run_id="run", round=7)
+    assert res.state_hash == GOOD
 
 
 def test_a_verified_pass_earns_standing_and_a_slash_takes_it_away():
@@ -82,8 +97,8 @@ def test_a_thousand_fresh_keys_cannot_win_an_inclusion_vote_or_a_verdict_set():
     vres = tally([Vote("run", 7, FOUNDER, ids_h, "0" * 64)] + [Vote("run", 7, k, ids_s, "0" * 64) for k in SYBILS],
                  weights, run_id="run", round=7)
     assert vres.inclusion == ids_h
-    # a vote of fresh keys alone decides nothing
-    assert not tally(sybil, weights, run_id="run", round=7).decided
+    # a vote of fresh keys alone decides nothing while a standing peer of the region is live
+    assert not tally(sybil, weights, run_id="run", round=7, electorate=[FOUNDER, *SYBILS]).decided
 
 
 def test_fresh_key_verdicts_do_not_count_once_anyone_holds_standing():
@@ -99,7 +114,7 @@ def test_re_sync_target_needs_standing_behind_it():
     weights = vote_weights(_established())
     offers = [(FOUNDER, GOOD)] + [(k, EVIL) for k in SYBILS]
     assert majority_state_hash(offers, weights).state_hash == GOOD
-    only_sybils = majority_state_hash([(k, EVIL) for k in SYBILS], weights)
+    only_sybils = majority_state_hash([(k, EVIL) for k in SYBILS], weights, electorate=[FOUNDER, HONEST])
     assert only_sybils.weight == 0.0  # the coordinator never re-syncs to a state nobody standing holds
 
 

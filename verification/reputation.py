@@ -13,9 +13,9 @@ its arguments, visits digests and keys in sorted order and rounds every value to
 Rules, per checked update (one digest, its author = *target*), over the verdicts of one round:
 
 * Only verifiers with *standing* (:func:`standing_of`: a founder, or a key with a verified pass,
-  not slashed) count; while nobody in the region holds standing yet, every verifier that weighs
-  > 0 counts (the bootstrap window of a region without a founder); *F*/*P* = verifiers that failed/passed it,
-  weighed by reputation. A verifier that both passed and failed one digest is slashed.
+  not slashed) count; for an update that no verifier with standing checked, every verifier that
+  weighs > 0 counts (the bootstrap window of a region no founder reached). *F*/*P* = the counted
+  verifiers that failed/passed it, weighed by reputation. A verifier that both passed and failed one digest is slashed.
 * **Confirmed failure** iff ``|F| >= min_fail_verifiers`` (default 2, two independent
   recomputations) and ``w(F) > w(P)``: the target is slashed (weight 0 for ``slash_rounds``) and
   so is everyone who passed it (recomputation is exact, so vouching for a bad update is a lie).
@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from dai_swarm.errors import ConfigError
+
+from dai_swarm.optim.votes import FallbackWeights
 
 from .verdicts import Verdict
 
@@ -117,11 +119,10 @@ def standing_of(extra: Mapping, policy: ReputationPolicy = ReputationPolicy()) -
 
 def vote_weights(extra: Mapping, policy: ReputationPolicy = ReputationPolicy()) -> Mapping[str, float]:
     """Weights of signers in every decision (inclusion and verdict votes, state records): their
-    standing, unknown keys 0. A region in which nobody holds standing yet (no founder there, no
-    verified pass so far) decides by reputation with the newcomer weight instead, until its first
-    verified pass (the bootstrap window, docs/design.md "Trust model")."""
-    standing = standing_of(extra, policy)
-    return standing if standing else reputation_of(extra, policy)
+    standing, unknown keys 0. A decision in which no signer holds standing (a region no founder
+    and no verified key has reached yet) is taken by reputation with the newcomer weight instead:
+    the bootstrap window, docs/design.md "Trust model"."""
+    return FallbackWeights(standing_of(extra, policy), reputation_of(extra, policy))
 
 
 def _r(x: float) -> float:
@@ -152,12 +153,10 @@ def update_reputation(extra: Mapping, round: int, verdicts: Iterable[Verdict],
     def slashed(key: str) -> bool:
         return key in trust and trust[key][1] > round
 
-    # verdicts count from verifiers with standing only; a region with nobody standing yet counts
-    # every verifier with a reputation > 0 (the bootstrap window)
+    # per checked update, verdicts count from verifiers with standing only; an update no standing
+    # verifier checked counts every verifier with a reputation > 0 (the bootstrap window of a
+    # region no founder reached; a false accusation there is answered by honest re-checks)
     standing = standing_of(extra, policy)
-
-    def counts(key: str) -> bool:
-        return key in standing if standing else (weight(key) > 0 and not slashed(key))
 
     by_digest: dict[tuple[str, str], list[Verdict]] = {}
     for v in verdicts:
@@ -170,8 +169,10 @@ def update_reputation(extra: Mapping, round: int, verdicts: Iterable[Verdict],
         passes = {v.verifier for v in vs if v.passed}
         both = fails & passes
         slash |= both
-        fails = {k for k in fails - both if counts(k)}
-        passes = {k for k in passes - both if counts(k)}
+        judges = {k for k in (fails | passes) - both if k in standing}
+        if not judges:
+            judges = {k for k in (fails | passes) - both if weight(k) > 0 and not slashed(k)}
+        fails, passes = fails & judges, passes & judges
         if slashed(target):
             continue
         w_fail = sum(sorted(weight(k) for k in fails))
