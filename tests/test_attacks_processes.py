@@ -33,7 +33,8 @@ import pytest
 from benchmarks.churn import SLASH_RE
 from dai_swarm.testing import SocketGuard, spawn_bootstrap
 
-pytestmark = pytest.mark.integration
+# the three 8-peer swarms run one after another on one test worker (pytest -n 2 --dist loadgroup)
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]
 
 ROUND_S = 4.0
 SPOT_CHECK_RATE = 1.0  # deterministic detection: see the module docstring

@@ -38,6 +38,7 @@ def test_scripted_schedule_rejects_overlaps_and_bad_times():
 
 
 @pytest.mark.integration
+@pytest.mark.xdist_group("swarm8")  # an 8-peer swarm: never beside another (see test_attacks_processes)
 @pytest.mark.timeout(290)
 def test_quick_run_produces_complete_report(tmp_path):
     out = tmp_path / "churn"
