@@ -190,8 +190,6 @@ def run(args: argparse.Namespace) -> int:
         for i in range(args.peers):
             name, region = f"peer{i}", regions[i % len(regions)]
             peers.append(DemoPeer(name, region, _spawn(workdir, name, region, common, seeds), time.time()))
-            if i == 0:  # peer0 creates the run and is its founder (the trust anchor): the others join it
-                peers[0].proc.wait_ready(max(60.0, 2 * args.startup_s))
         procs.extend(p.proc for p in peers)
         kill_round = None if args.no_churn else max(2, int(until_round * 0.3))
         shot_round: int | None = max(3, int(until_round * 0.7))

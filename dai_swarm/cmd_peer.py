@@ -69,7 +69,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--codec", default="int8", help="update codec: none, fp16, int8, topk (new runs only)")
     p.add_argument("--cross-region-period", type=int, default=5,
                    help="rounds between cross-region merges (new runs only)")
-    p.add_argument("--t0", type=float, default=None, help="start time of round 0, Unix seconds (new runs only)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--t0", type=float, default=None, help="start time of round 0, Unix seconds (new runs only)")
+    when.add_argument("--start-in", type=float, default=None, metavar="S",
+                      help="start round 0 S seconds after this peer creates the run (new runs only; default 2)")
     p.add_argument("--seed", type=int, default=0, help="model and sampler seed (new runs only)")
     p.add_argument("--max-inner-steps", type=int, default=10_000, help="cap on inner steps per round (new runs only)")
     p.add_argument("--spot-check-rate", type=_probability, default=0.2, metavar="P",
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     task = args.task if args.task or args.initial_peers else "tinylm"
     swarm = Swarm(task, args.run_id, initial_peers=args.initial_peers, region=args.region,
                   identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s, codec=args.codec,
-                  t0=args.t0, seed=args.seed, max_inner_steps=args.max_inner_steps, attack=attack,
+                  t0=args.t0, start_in_s=args.start_in, seed=args.seed, max_inner_steps=args.max_inner_steps, attack=attack,
                   spot_check_rate=args.spot_check_rate,
                   cross_region_period=args.cross_region_period, ledger=args.ledger, manifest_hash=args.manifest,
                   trust=args.trust, founders=args.founder)

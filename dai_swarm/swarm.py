@@ -52,6 +52,18 @@ def manifest_versions() -> dict[str, str]:
     return out
 
 
+def _start_time(t0: float | None, start_in_s: float | None) -> float:
+    """Round 0's start: ``t0`` (Unix seconds), else ``start_in_s`` seconds from now (default 2 s)."""
+    if t0 is not None and start_in_s is not None:
+        raise ConfigError("give t0 or start_in_s, not both")
+    if t0 is not None:
+        return float(t0)
+    start_in_s = 2.0 if start_in_s is None else float(start_in_s)
+    if not math.isfinite(start_in_s) or start_in_s < 0:
+        raise ConfigError(f"start_in_s must be a number >= 0, got {start_in_s}")
+    return float(math.ceil(time.time() + start_in_s))
+
+
 class Swarm:
     """One peer of a training run; see the module docstring.
 
@@ -59,8 +71,8 @@ class Swarm:
     run's task from its signed manifest (joiners only). ``initial_peers``:
     multiaddrs of any peers of the swarm (empty: start a new swarm). ``region``: a name or
     ``"auto"`` (RTT clustering). ``identity``: an :class:`Identity`, a key path, or None
-    (ephemeral). The run settings (``round_s`` ... ``t0``) are used only when this peer creates the
-    run; a joiner takes them from the signed manifest. ``attack`` is for tests and benchmarks.
+    (ephemeral). The run settings (``round_s`` ... ``t0``, or ``start_in_s``: round 0 starts that
+    many seconds after this peer creates the run) are used only when this peer creates the run; a joiner takes them from the signed manifest. ``attack`` is for tests and benchmarks.
     ``ledger`` is the path of this peer's reward log (written as rounds close; None: no log).
     ``verifier``: the verification hooks (default: a :class:`SpotChecker` at the manifest's
     ``spot_check_rate``; ``False``: none, plain averaging and no reputation). ``manifest_hash``:
@@ -80,7 +92,8 @@ class Swarm:
                  cross_region_period: int = 5, spot_check_rate: float = 0.2, seed: int = 0,
                  t0: float | None = None, attack: Any = None, evaluate: bool = True, verifier: Any = None,
                  ledger: str | None = None, manifest_wait_s: float = 3.0, start_timeout_s: float = 30.0,
-                 manifest_hash: str | None = None, trust: Sequence[str] = (), founders: Sequence[str] = ()):
+                 manifest_hash: str | None = None, trust: Sequence[str] = (), founders: Sequence[str] = (),
+                 start_in_s: float | None = None):
         self.pin = check_pin(manifest_hash)
         bad = [k for k in (*trust, *founders) if not isinstance(k, str) or not _HEX64.fullmatch(k)]
         if bad:
@@ -109,7 +122,7 @@ class Swarm:
                 # updates are small next to a round: spend the CPU on zstd for 11-14% fewer bytes
                 codec_params=dict({"zstd": "always"} if codec_params is None else codec_params),
                 spot_check_rate=spot_check_rate, seed=seed,
-                t0=float(t0) if t0 is not None else float(math.ceil(time.time() + 2.0)),
+                t0=_start_time(t0, start_in_s),
                 versions=manifest_versions(),
                 founders=tuple(dict.fromkeys((self.identity.public_key_hex, *founders))))
             wait_s = max(manifest_wait_s, 10.0) if self.pin else manifest_wait_s if initial_peers else 0.0

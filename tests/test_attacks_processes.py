@@ -39,11 +39,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]
 ROUND_S = 4.0
 SPOT_CHECK_RATE = 1.0  # deterministic detection: see the module docstring
 SLASH_BOUND = 12  # base round by which every detectable attacker is slashed (module docstring)
+# Seven peers starting at once take up to 33 s to read the manifest on a 2-core machine whose other
+# core runs another test (measured; about 10 s when quiet): 60 s is 1.8x that.
+START_IN_S = 60.0
 
 
 def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id: str, max_steps: int = 15,
-              round_s: float = ROUND_S, start_in_s: float = 30.0) -> list[dict]:
+              round_s: float = ROUND_S, start_in_s: float = START_IN_S) -> list[dict]:
     """Run one swarm of ``dai-swarm peer`` processes (None = honest) until ``until_round``.
+
+    p0 (honest) starts first and creates the run (it is the run's founder) with round 0 starting
+    ``start_in_s`` after that; the other seven then start together and must be up by round 0.
 
     Returns, per peer: attack, history, status, log text and the slashes its log reports.
     """
@@ -53,21 +59,24 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
         procs = []
         try:
             initial = boot.wait_ready(60)
-            t0 = int(time.time() + start_in_s)
+            t0 = time.time() + start_in_s + 60  # replaced by an upper bound once p0 created the run
             for i, kind in enumerate(attacks):  # p0 (honest) first: it creates the run and is its founder
                 argv = [sys.executable, "-m", "dai_swarm", "peer", "--run-id", run_id, "--task", "regression",
-                        "--round-s", str(round_s), "--until-round", str(until_round), "--t0", str(t0),
+                        "--round-s", str(round_s), "--until-round", str(until_round),
                         "--initial-peers", *initial, "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--region", "a",
                         "--threads", "1", "--quiet", "--max-inner-steps", str(max_steps),
                         "--spot-check-rate", str(SPOT_CHECK_RATE), "--address-file", os.path.join(workdir, f"p{i}.addr"),
                         "--history-file", os.path.join(workdir, f"p{i}.json")]
                 if kind:
                     argv += ["--attack", kind]
+                if i == 0:
+                    argv += ["--start-in", str(start_in_s)]
                 log = open(os.path.join(workdir, f"p{i}.log"), "wb")
                 procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                               start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1")))
                 if i == 0:
                     _wait_for_file(os.path.join(workdir, "p0.addr"), procs[0], timeout_s=60.0)
+                    t0 = time.time() + start_in_s  # p0 set t0 = (creation time) + start_in_s, before this
             deadline = t0 + (until_round + 4) * round_s + 60
             for p in procs:
                 p.wait(timeout=max(1.0, deadline - time.time()))

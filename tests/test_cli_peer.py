@@ -32,3 +32,22 @@ def test_malformed_initial_peer_is_a_clear_error():
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert "not-a-multiaddr" in out.stderr
+
+
+def test_start_time_options():
+    import time
+
+    import pytest
+
+    from dai_swarm.errors import ConfigError
+    from dai_swarm.swarm import _start_time
+
+    assert _start_time(1234.5, None) == 1234.5
+    now = time.time()
+    assert now + 29 <= _start_time(None, 30.0) <= now + 32
+    assert now + 1 <= _start_time(None, None) <= now + 4
+    for bad in ((1.0, 2.0), (None, -1.0), (None, float("nan"))):
+        with pytest.raises(ConfigError):
+            _start_time(*bad)
+    out = _run("--run-id", "x", "--t0", "5", "--start-in", "5")
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr
