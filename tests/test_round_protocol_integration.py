@@ -21,7 +21,7 @@ from swarm_run import by_round, cleanup, spawn_peer, wait_all
 
 pytestmark = pytest.mark.integration
 
-ROUND_S = 4.0
+ROUND_S = 5.0  # 4 s rounds: beside a training demo, a region delta reached one region too late to merge
 # The joiner p5 is spawned when p4 is killed (round 4.5) and needs S seconds to start (importing
 # torch, DHT, manifest, state download): 5-8 s on a quiet 2-core machine, 20 s measured beside
 # another 8-peer swarm, so it joins at round 4.5 + S/T + 1, i.e. by round 10 under that load; it
