@@ -1,0 +1,89 @@
+"""The verification hooks the round driver calls (:class:`NullVerifier`, the no-verification
+default) and the pure rule that computes the next base from a closed round (:func:`compute_next_base`).
+
+Pure (no I/O, no clock): the network driver (:mod:`.coordinator`) and the simulator
+(:mod:`dai_swarm.sim`) both call them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from .aggregate import update_weight, weighted_mean
+from .book import RoundBook
+from .outer import OuterState, outer_step
+from .states import BaseState
+from .votes import HeadCount
+
+__all__ = ["NullVerifier", "compute_next_base"]
+
+
+class NullVerifier:
+    """The verification hooks the coordinator calls; :mod:`dai_swarm.verification` implements them.
+
+    Everything that changes replicated state (``next_extra``, ``reputation``, ``rule``) must be a
+    deterministic function of its arguments, so honest peers stay bitwise identical (I1).
+    """
+
+    rule = None  # robust aggregation rule for weighted_mean(rule=...), or None for the plain mean
+
+    def on_close(self, round: int, book: RoundBook, payloads: Mapping[str, Mapping[str, torch.Tensor]],
+                 base: BaseState) -> None:
+        """Round ``round`` closed here: schedule spot checks of some included updates (own thread)."""
+
+    def vote_verdicts(self, round: int) -> list[str]:
+        """Ids of the valid verdicts this peer has seen, to put in its vote of ``round``."""
+        return []
+
+    def next_extra(self, extra: Mapping, round: int, verdicts: tuple[str, ...]) -> dict:
+        """Replicated metadata of base ``round+2`` from that of ``round+1`` and the verdict ids the
+        swarm agreed on in round ``round-1``'s votes (reputation, slashes)."""
+        return dict(extra)
+
+    def reputation(self, extra: Mapping) -> Mapping[str, float]:
+        """Aggregation weight per public key, read from replicated metadata."""
+        return extra.get("reputation", {})
+
+    def vote_weights(self, extra: Mapping) -> Mapping[str, float]:
+        """Weight in votes and state majorities: without verification every signer counts once
+        (a swarm that trusts its members; no Sybil resistance)."""
+        return HeadCount()
+
+    def initial_extra(self, founders: Any) -> dict:
+        """Replicated metadata of the first base (none without verification)."""
+        return {}
+
+    def verifier_counts(self, round: int, verdict_ids: tuple[str, ...]) -> dict[str, int]:
+        """Verifications per verifier among the agreed verdict ids (for the reward split)."""
+        return {}
+
+
+def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch.Tensor]], base_next: BaseState,
+                      base_q: BaseState | None, verifier: Any, verdicts: tuple[str, ...], *, outer_lr: float,
+                      outer_momentum: float, delay_compensation: bool = True) -> BaseState:
+    """The base of round ``book.round + 2`` from base ``q+1``, the book's inclusion and its payloads.
+
+    Pure (no I/O, no clock): the network driver and the simulator (:mod:`dai_swarm.sim`) both call
+    it. ``verifier`` supplies ``next_extra``/``reputation``/``rule`` (see :class:`NullVerifier`),
+    ``verdicts`` the verdict ids agreed in round ``q-1``'s votes; ``base_q`` is needed only for
+    delay compensation.
+    """
+    extra = verifier.next_extra(base_next.extra, book.round, verdicts)
+    included = book.included()
+    extra["epoch_samples"] = int(base_next.extra.get("epoch_samples", 0)) + sum(a.samples for a, _ in included)
+    rep = verifier.reputation(extra)
+    updates = [(a.digest, update_weight(a.samples, rep.get(a.peer, 1.0), disc), payloads[a.digest])
+               for a, disc in included]
+    if not updates or all(w == 0 for _, w, _ in updates):
+        return BaseState.make(book.round + 2, base_next.params, base_next.momentum, extra, base_next.anchor)
+    delta = weighted_mean(updates, rule=verifier.rule)
+    # Delay compensation: the updates were computed from θ_q but are applied to θ_{q+1}; measure
+    # the pseudo-gradient against the base it is applied to: θ_{q+1} − mean(θ_local) =
+    # mean(Δ) + (θ_{q+1} − θ_q). Elementwise, hence deterministic (docs/design.md).
+    if base_q is not None and delay_compensation:
+        delta = {n: torch.add(d, torch.sub(base_next.params[n], base_q.params[n])) for n, d in delta.items()}
+    state = outer_step(OuterState(dict(base_next.params), dict(base_next.momentum)), delta,
+                       lr=outer_lr, momentum=outer_momentum, nesterov=True)
+    return BaseState.make(book.round + 2, state.params, state.momentum, extra, base_next.anchor)
