@@ -32,7 +32,7 @@ import time
 from typing import Any, Sequence
 
 from dai_swarm.errors import ConfigError
-from dai_swarm.testing import alive_count, exponential_churn_schedule, scripted_churn_schedule
+from dai_swarm.testing import alive_count, exponential_churn_schedule, founding_peers, scripted_churn_schedule
 
 from . import churn_report
 from .churn_fleet import Fleet, LifeRecord
@@ -65,6 +65,10 @@ def run_swarm(args: argparse.Namespace, schedule, label: str, workdir: str, net=
     t0 = math.ceil(time.time() + args.lead_s)
     run_id = f"churn-{label}-{int(t0)}"
 
+    # the honest peers of the first wave found the run: every region holds standing from round 0
+    founders = [r for r in schedule if r.start_s <= 0 and not r.byzantine]
+    founding = founding_peers(workdir, [f"slot{r.slot}" for r in founders])
+
     def argv(rec: LifeRecord, peers: list[str]) -> list[str]:
         a = ["-m", "dai_swarm", "peer", "--run-id", run_id, "--task", args.task, "--round-s", str(args.round_s),
              "--until-round", str(args.rounds), "--t0", str(t0), "--threads", "1", "--quiet",
@@ -74,6 +78,8 @@ def run_swarm(args: argparse.Namespace, schedule, label: str, workdir: str, net=
              "--host-maddrs", _host(net, rec.life.slot)]
         if rec.life.byzantine and args.attack:
             a += ["--attack", args.attack]
+        if rec.life in founders:  # a founder relaunched after a failed start keeps its key
+            a += founding[f"slot{rec.life.slot}"]
         return a + (["--initial-peers", *peers] if peers else [])
 
     fleet = Fleet(workdir, schedule, t0, argv, python=sys.executable, wrap=net.wrap if net else None,

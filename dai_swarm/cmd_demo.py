@@ -92,13 +92,14 @@ class DemoPeer:
             pass
 
 
-def _spawn(workdir: str, name: str, region: str, common: list[str], initial_peers: list[str]):
+def _spawn(workdir: str, name: str, region: str, common: list[str], initial_peers: list[str],
+           founding: list[str] | None = None):
     from .testing import PeerProcess
 
     address_file = os.path.join(workdir, f"{name}.addr")
     log_path = os.path.join(workdir, f"{name}.log")
     argv = ["-m", "dai_swarm", "peer", *common, "--region", region, "--address-file", address_file,
-            "--history-file", os.path.join(workdir, f"{name}.json"), "--metrics-port", "0"]
+            "--history-file", os.path.join(workdir, f"{name}.json"), "--metrics-port", "0", *(founding or [])]
     if initial_peers:
         argv += ["--initial-peers", *initial_peers]
     with open(log_path, "wb") as log:
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; Ctrl+C (or SIGTERM) stops everything it started and still prints a summary."""
     from . import demo_report
     from .logging import quiet_known_noise
-    from .testing import SocketGuard, spawn_bootstrap
+    from .testing import SocketGuard, founding_peers, spawn_bootstrap
 
     quiet_known_noise()
 
@@ -187,9 +188,13 @@ def run(args: argparse.Namespace) -> int:
         except BootstrapError as e:
             raise BootstrapError(f"the bootstrap node did not start: {e}; see {boot.log_path}") from e
         con.print(f"bootstrap up: --initial-peers {' '.join(seeds)}")
+        # the initial peers found the run (every region holds standing from round 0); churn's
+        # replacements are newcomers that earn theirs by verified work
+        founding = founding_peers(workdir, [f"peer{i}" for i in range(args.peers)])
         for i in range(args.peers):
             name, region = f"peer{i}", regions[i % len(regions)]
-            peers.append(DemoPeer(name, region, _spawn(workdir, name, region, common, seeds), time.time()))
+            peers.append(DemoPeer(name, region, _spawn(workdir, name, region, common, seeds, founding[name]),
+                                  time.time()))
         procs.extend(p.proc for p in peers)
         kill_round = None if args.no_churn else max(2, int(until_round * 0.3))
         shot_round: int | None = max(3, int(until_round * 0.7))

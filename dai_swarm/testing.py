@@ -43,6 +43,7 @@ __all__ = [
     "alive_count",
     "byzantine_slots",
     "exponential_churn_schedule",
+    "founding_peers",
     "launch_dht_swarm",
     "scripted_churn_schedule",
     "shutdown_all",
@@ -187,6 +188,19 @@ def spawn_peer(
     if identity:
         argv += ["--identity", identity]
     return _spawn(argv, workdir, name)
+
+
+def founding_peers(workdir: str, names: Sequence[str]) -> dict[str, list[str]]:
+    """Identities for the peers that found a local run, and the ``dai-swarm peer`` arguments that
+    name them all founders: ``{name: ["--identity", PATH, "--founder", KEY, ...]}``.
+
+    Whichever of them creates the run writes every key into the manifest (the others ignore
+    ``--founder``), so each region that has one of them is established from round 0: its votes,
+    state records and region deltas count (docs/design.md, "Trust model"). Keys live in
+    ``workdir/NAME.key`` (created on first use)."""
+    keys = {n: Identity.load_or_create(os.path.join(workdir, f"{n}.key")) for n in names}
+    founders = [k.public_key_hex for k in keys.values()]
+    return {n: ["--identity", k.path or "", "--founder", *founders] for n, k in keys.items()}
 
 
 class SocketGuard:

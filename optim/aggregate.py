@@ -28,7 +28,10 @@ import torch
 
 from dai_swarm.errors import ConfigError, NonFiniteValues, ShapeMismatch
 
-__all__ = ["AggregationRule", "sq_norm", "update_weight", "weighted_mean"]
+__all__ = ["AggregationRule", "NEWCOMER_SHARE", "cap_newcomers", "sq_norm", "update_weight", "weighted_mean"]
+
+#: At most this fraction of a round's aggregate weight comes from keys without standing (newcomers).
+NEWCOMER_SHARE = 0.1
 
 #: ``rule(updates, weights) -> dict``: updates sorted by digest, weights normalised to sum 1.
 AggregationRule = Callable[[Sequence[Mapping[str, torch.Tensor]], Sequence[float]], dict]
@@ -43,6 +46,26 @@ def update_weight(samples: int, reputation: float = 1.0, discount: float = 1.0) 
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
     return float(samples) * float(reputation) * float(discount)
+
+
+def cap_newcomers(weights: Sequence[float], proven: Sequence[bool], share: float = NEWCOMER_SHARE) -> list[float]:
+    """Scale the newcomers' weights (``proven[i]`` False) so that together they hold at most
+    ``share`` of the total, whatever their number (a flood of fresh keys announcing updates cannot
+    dominate a round before their spot checks come due; honest newcomers still contribute).
+
+    Unchanged when the newcomers are within the share, or when nobody is proven (a region that
+    nobody with standing has reached yet: the bootstrap rule). Deterministic: one factor computed
+    with :func:`math.fsum` in float64, applied to each newcomer weight.
+    """
+    if not 0.0 <= share < 1.0 or len(weights) != len(proven):
+        raise ConfigError(f"newcomer share must be in [0, 1) with one flag per weight, got {share!r}")
+    old = math.fsum(w for w, p in zip(weights, proven) if p)
+    new = math.fsum(w for w, p in zip(weights, proven) if not p)
+    limit = share / (1.0 - share) * old
+    if old <= 0.0 or new <= limit:
+        return [float(w) for w in weights]
+    factor = limit / new
+    return [float(w) if p else float(w) * factor for w, p in zip(weights, proven)]
 
 
 def sq_norm(tensors: Mapping[str, torch.Tensor]) -> float:

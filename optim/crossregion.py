@@ -15,14 +15,16 @@ outer momentum. A peer that misses a delta computes another state, which the nex
 exposes, and re-syncs (I1).
 
 Which region deltas count (:func:`admit_region_deltas`, pure): a record counts only if its signer
-has a live, signed peer record in the region the record names; a region counts only if a strict
+has a live, signed peer record in the region the record names and holds standing in this
+region's replicated state (a founder, or a key with verified work; SPEC I7); a region counts only if a strict
 majority of its members that published agree on the same (digest, size, samples, anchor), read
 again until 0.18 T after the tally while live members have not published, so one key cannot
 speak for a region of many that publish; this peer's own region's delta is the one it computed, never
 a record. The weight of a region is its claimed samples bounded by :func:`weight_cap`, what its
 live members could have trained since the anchor: a *plausibility cap*, not verification. With
-no second admitted region there is no merge. Refusals are counted (``xdelta_*`` counters). What
-this does not stop (a whole fake region of fresh keys) is in docs/design.md, "Cross-region trust".
+no second admitted region there is no merge. Refusals are counted (``xdelta_*`` counters). Why a
+region of fresh keys, whatever it claims, changes nothing, and what a region needs to be counted
+(a member with standing: a founder in each region), is in docs/design.md, "Cross-region trust".
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 import torch
 
@@ -44,6 +46,7 @@ from . import codecs
 from .aggregate import weighted_mean
 from .exchange import fetch_from_any, fetch_when_ready
 from .states import BaseState
+from .votes import standing_keys
 from dai_swarm.canonical import state_hash
 
 __all__ = ["Admission", "CrossRegionMerger", "RegionDelta", "admit_region_deltas", "anchor_merges",
@@ -144,7 +147,8 @@ def _parse_xdelta(body: Mapping, max_payload_bytes: int) -> tuple[str, tuple[str
 
 def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping[str, tuple[str, str]],
                         my_region: str, *, max_payload_bytes: int, per_member_cap: int,
-                        max_merges: int | None = None, final: bool = True) -> Admission:
+                        max_merges: int | None = None, final: bool = True,
+                        standing: Collection[str] | None = None) -> Admission:
     """Which other regions' deltas count in a merge (pure; see the module docstring).
 
     ``records``: ``(signer public key, xdelta body)``; ``members``: public key → (region, libp2p
@@ -152,7 +156,15 @@ def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping
     member. Refusal reasons: ``xdelta_malformed``, ``xdelta_not_member`` (no live peer record),
     ``xdelta_wrong_region`` (its peer record names another region), ``xdelta_no_majority`` (per
     region), ``xdelta_capped`` (per region whose claim exceeds its cap), ``xdelta_future_anchor``
-    (its anchor claims more merges than ``max_merges``, the merge points so far).
+    (its anchor claims more merges than ``max_merges``, the merge points so far),
+    ``xdelta_no_standing`` (its signer holds no standing).
+
+    ``standing``: the keys this peer's replicated state grants standing (founders and keys with
+    verified work, :func:`~dai_swarm.verification.reputation.standing_of`); None in a swarm that
+    trusts its members (no verification). With it, only records of standing signers count: a
+    region none of whose members holds standing (a region of fresh keys, whatever their number
+    and their claimed samples) is never admitted, and its fresh keys cannot outvote the standing
+    members of a real region.
 
     A region counts when a strict majority of *its members that published* this merge agree. With
     ``final=False`` a region some of whose live members have not published yet is withheld (listed
@@ -161,7 +173,7 @@ def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping
     a SIGKILLed peer's record stays live until its TTL, 30 s, and it never publishes again.)
     """
     out = Admission()
-    size = Counter(region for region, _ in members.values())
+    size = Counter(region for key, (region, _) in members.items() if standing is None or key in standing)
     votes: dict[str, Counter] = {}
     publishers: dict[tuple[str, tuple], list[str]] = {}
     seen: set[str] = set()
@@ -184,6 +196,9 @@ def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping
         if member_region != region:
             out.refused["xdelta_wrong_region"] += 1
             continue
+        if standing is not None and signer not in standing:
+            out.refused["xdelta_no_standing"] += 1
+            continue
         if region == my_region:
             out.mates.append(p2p_id)  # our own delta is ours; mates only serve as gateway candidates
             continue
@@ -199,7 +214,7 @@ def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping
             out.refused["xdelta_no_majority"] += 1
             continue
         digest, nbytes, claimed, anchor = key
-        cap = size[region] * int(per_member_cap)
+        cap = sum(1 for r, _ in members.values() if r == region) * int(per_member_cap)
         if claimed > cap:
             out.refused["xdelta_capped"] += 1
         out.regions[region] = RegionDelta(region, digest, nbytes, claimed, float(min(claimed, cap)), anchor,
@@ -238,7 +253,7 @@ class CrossRegionMerger:
         wait = ctx.clock.tally_time(q) + MERGE_AT * ctx.clock.round_s - time.time()
         if wait > 0:
             time.sleep(wait)
-        adm, members = self._admit(q, r)
+        adm, members = self._admit(q, r, state)
         anchors = {g: d.anchor for g, d in adm.regions.items()}
         anchors[ctx.region] = anchor
         majority = self._majority_anchor(anchors, anchor)
@@ -305,19 +320,21 @@ class CrossRegionMerger:
         out[ctx.identity.public_key_hex] = (ctx.region, ctx.p2p_id)
         return out
 
-    def _admit(self, q: int, r: int) -> tuple[Admission, dict]:
+    def _admit(self, q: int, r: int, state: BaseState) -> tuple[Admission, dict]:
         """Read round ``r``'s xdelta records and admit regions (:func:`admit_region_deltas`), reading
         again until ``MERGE_READ_END`` while some live member of a region has not published yet."""
         ctx = self.c.ctx
         read_end = ctx.clock.tally_time(q) + MERGE_READ_END * ctx.clock.round_s
         per_member = weight_cap(1, ctx.max_inner_steps, ctx.batch_size, ctx.cross_region_period)
         max_merges = sum(1 for b in range(2, r) if self.is_sync_round(b))  # merges an anchor can be behind
+        standing = standing_keys(ctx.verifier.vote_weights(state.extra))
         while True:
             members = self._members()
             records = [(rec.signer, rec.body) for rec in ctx.dht.get_round_records(ctx.run_id, "xdelta", r)]
             final = time.time() >= read_end
             adm = admit_region_deltas(records, members, ctx.region, max_payload_bytes=ctx.max_payload_bytes,
-                                      per_member_cap=per_member, max_merges=max_merges, final=final)
+                                      per_member_cap=per_member, max_merges=max_merges, final=final,
+                                      standing=standing)
             if not adm.short or final:
                 break
             time.sleep(min(0.5, 0.05 * ctx.clock.round_s))

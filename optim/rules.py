@@ -11,11 +11,11 @@ from typing import Any, Mapping
 
 import torch
 
-from .aggregate import update_weight, weighted_mean
+from .aggregate import cap_newcomers, update_weight, weighted_mean
 from .book import RoundBook
 from .outer import OuterState, outer_step
 from .states import BaseState
-from .votes import HeadCount
+from .votes import HeadCount, standing_keys
 
 __all__ = ["NullVerifier", "compute_next_base"]
 
@@ -66,7 +66,9 @@ def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch
     """The base of round ``book.round + 2`` from base ``q+1``, the book's inclusion and its payloads.
 
     Pure (no I/O, no clock): the network driver and the simulator (:mod:`dai_swarm.sim`) both call
-    it. ``verifier`` supplies ``next_extra``/``reputation``/``rule`` (see :class:`NullVerifier`),
+    it. ``verifier`` supplies ``next_extra``/``reputation``/``vote_weights``/``rule`` (see
+    :class:`NullVerifier`); keys without standing together weigh at most
+    :data:`~.aggregate.NEWCOMER_SHARE` of the aggregate (:func:`~.aggregate.cap_newcomers`),
     ``verdicts`` the verdict ids agreed in round ``q-1``'s votes; ``base_q`` is needed only for
     delay compensation.
     """
@@ -74,8 +76,11 @@ def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch
     included = book.included()
     extra["epoch_samples"] = int(base_next.extra.get("epoch_samples", 0)) + sum(a.samples for a, _ in included)
     rep = verifier.reputation(extra)
-    updates = [(a.digest, update_weight(a.samples, rep.get(a.peer, 1.0), disc), payloads[a.digest])
-               for a, disc in included]
+    weights = [update_weight(a.samples, rep.get(a.peer, 1.0), disc) for a, disc in included]
+    proven = standing_keys(verifier.vote_weights(extra))
+    if proven is not None:  # newcomers together weigh at most NEWCOMER_SHARE of the round
+        weights = cap_newcomers(weights, [a.peer in proven for a, _ in included])
+    updates = [(a.digest, w, payloads[a.digest]) for (a, _), w in zip(included, weights)]
     if not updates or all(w == 0 for _, w, _ in updates):
         return BaseState.make(book.round + 2, base_next.params, base_next.momentum, extra, base_next.anchor)
     delta = weighted_mean(updates, rule=verifier.rule)

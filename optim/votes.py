@@ -54,6 +54,14 @@ class FallbackWeights(dict):
         self.fallback = fallback
 
 
+def standing_keys(weights: Mapping[str, float]) -> frozenset[str] | None:
+    """The keys with standing in a state's vote weights (``verifier.vote_weights(extra)``), or None
+    (everyone counts) for a swarm that trusts its members (:class:`HeadCount`)."""
+    if isinstance(weights, HeadCount):
+        return None
+    return frozenset(k for k, w in weights.items() if w > 0)
+
+
 def _effective(reputation: Mapping[str, float], signers: Iterable[str], epsilon: float) -> Mapping[str, float]:
     """``reputation`` itself, or its fallback when no signer weighs anything under it."""
     fallback = getattr(reputation, "fallback", None)

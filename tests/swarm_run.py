@@ -58,8 +58,10 @@ class Peer:
 
 def spawn_peer(workdir: str, name: str, *, run_id: str, task: str, t0: float, round_s: float, until_round: int,
                region: str, initial_peers: list[str] | None = None, cross_region_period: int = 3,
-               max_inner_steps: int = 40, env: dict | None = None, extra_args: list[str] | None = None) -> Peer:
-    """Start one peer process that leaves by itself at ``until_round``."""
+               max_inner_steps: int = 40, env: dict | None = None, extra_args: list[str] | None = None,
+               founding: list[str] | None = None) -> Peer:
+    """Start one peer process that leaves by itself at ``until_round``; ``founding``: its
+    arguments from :func:`dai_swarm.testing.founding_peers` when it is one of the run's founders."""
     hist, addr, log = (os.path.join(workdir, f"{name}.{ext}") for ext in ("json", "addr", "log"))
     argv = [sys.executable, "-m", "dai_swarm", "peer", "--run-id", run_id, "--task", task, "--round-s", str(round_s),
             "--until-round", str(until_round), "--t0", str(t0), "--region", region, "--threads", "1", "--quiet",
@@ -67,7 +69,7 @@ def spawn_peer(workdir: str, name: str, *, run_id: str, task: str, t0: float, ro
             "--max-inner-steps", str(max_inner_steps), "--address-file", addr, "--history-file", hist]
     if initial_peers:
         argv += ["--initial-peers", *initial_peers]
-    argv += extra_args or []
+    argv += [*(founding or []), *(extra_args or [])]
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     full_env.update(env or {})
     with open(log, "w") as out:

@@ -1,7 +1,9 @@
-"""Finding "fake region in a cross-region merge", with real `dai-swarm peer` processes: a fresh key
-that is no member of any region publishes, at every merge, an xdelta record for a region "zz" and one
-for the real region r1, each claiming 10^12 samples with a huge delta it serves over P2P. Two honest
-peers in two regions must refuse both, count them, and still merge with each other."""
+"""Finding "fake region in a cross-region merge", with real `dai-swarm peer` processes: two fresh keys,
+each with a live, signed peer record (one a "member" of a made-up region "zz", one of the real region
+r1), publish at every merge an xdelta record for their region claiming 10^12 samples with a huge
+delta they serve over P2P. Two honest founders in two regions must refuse both (the keys hold no
+standing), count them, and still merge with each other (must-show (a): any claimed sample count
+changes nothing)."""
 
 from __future__ import annotations
 
@@ -11,15 +13,18 @@ import time
 
 import pytest
 
+from dai_swarm.testing import founding_peers
 from swarm_run import by_round, cleanup, spawn_peer, wait_all
 
 pytestmark = pytest.mark.integration
 
 ROUND_S, K, UNTIL = 3.0, 2, 8
+REGIONS = ("zz", "r1")  # a made-up region, and the real region r1
 
 
 class FakeRegion(threading.Thread):
-    """A fresh key with no peer record: copies the honest anchor tag and announces a poisoned delta."""
+    """Fresh keys with live peer records in ``REGIONS``: copy the honest anchor tag and announce a
+    poisoned delta for their region at every merge."""
 
     def __init__(self, initial_peers: list[str], run_id: str, t0: float):
         super().__init__(daemon=True)
@@ -32,37 +37,46 @@ class FakeRegion(threading.Thread):
         from dai_swarm.optim.netloop import NetLoop
         from dai_swarm.tasks import load_task
 
+        from dai_swarm.dht.records import PeerRecord
+
         self.run_id, self.t0, self.error, self.published = run_id, t0, None, []
-        self.dht = SwarmDHT(Identity.generate(), initial_peers=initial_peers, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
         self.loop = NetLoop()
-        p2p = self.loop.run(self.dht.replicate_p2p(), 30)
         model = load_task("regression").build_model(0)
         self.blob = codecs.encode({n: torch.full_like(p, -100.0) for n, p in model.named_parameters()}, "none")
         self.store = PayloadStore()
         self.digest = self.store.put(self.blob, 0)
-        self.loop.run(PayloadServer(p2p, run_id, self.store, Traffic()).start(), 30)
+        self.dhts = {}
+        for region in REGIONS:
+            key = Identity.generate()
+            dht = self.dhts[region] = SwarmDHT(key, initial_peers=initial_peers, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+            p2p = self.loop.run(dht.replicate_p2p(), 30)
+            self.loop.run(PayloadServer(p2p, run_id, self.store, Traffic()).start(), 30)
+            dht.publish_peer(PeerRecord(run_id=run_id, peer_id=dht.peer_id, region=region,
+                                        maddrs=tuple(dht.visible_maddrs), version="rogue",
+                                        public_key=key.public_key_hex), ttl_s=(UNTIL + 10) * ROUND_S + 60)
 
     def run(self) -> None:
         try:
             for i, r in enumerate(range(2 * K, UNTIL + 1, K)):  # merge points (base rounds) after the first
                 honest = []
                 while not honest and time.time() < self.t0 + r * ROUND_S:
-                    honest = self.dht.get_round_records(self.run_id, "xdelta", r)
+                    honest = self.dhts["zz"].get_round_records(self.run_id, "xdelta", r)
                     time.sleep(0.05)
                 if not honest:
                     continue
                 anchor = honest[0].body["anchor"]
-                region = ("zz", "r1")[i % 2]  # a made-up region, then the real one (one record per key and round)
-                self.dht.publish_round_record(self.run_id, "xdelta", r, {
-                    "region": region, "digest": self.digest, "size": len(self.blob), "samples": 10**12,
-                    "p2p_id": self.dht.peer_id, "anchor": anchor}, ttl_s=60)
-                self.published.append((r, region))
+                for region, dht in self.dhts.items():
+                    dht.publish_round_record(self.run_id, "xdelta", r, {
+                        "region": region, "digest": self.digest, "size": len(self.blob), "samples": 10**12,
+                        "p2p_id": dht.peer_id, "anchor": anchor}, ttl_s=60)
+                    self.published.append((r, region))
         except Exception as e:  # reported by the test
             self.error = e
 
     def close(self) -> None:
         self.loop.stop()
-        self.dht.shutdown()
+        for dht in self.dhts.values():
+            dht.shutdown()
 
 
 def test_fake_region_is_refused_and_real_regions_still_merge(tmp_path):
@@ -72,9 +86,11 @@ def test_fake_region_is_refused_and_real_regions_still_merge(tmp_path):
                   cross_region_period=K, max_inner_steps=20)
     peers, rogue = [], None
     try:
-        peers.append(spawn_peer(str(tmp_path), "p0", region="r0", **common))
+        founding = founding_peers(str(tmp_path), ["p0", "p1"])  # one founder per region
+        peers.append(spawn_peer(str(tmp_path), "p0", region="r0", founding=founding["p0"], **common))
         boot = peers[0].addresses()
-        peers.append(spawn_peer(str(tmp_path), "p1", region="r1", initial_peers=boot, **common))
+        peers.append(spawn_peer(str(tmp_path), "p1", region="r1", initial_peers=boot, founding=founding["p1"],
+                                **common))
         rogue = FakeRegion(boot, run_id, t0)
         rogue.start()
         wait_all(peers, timeout_s=UNTIL * ROUND_S + 90)
@@ -87,8 +103,9 @@ def test_fake_region_is_refused_and_real_regions_still_merge(tmp_path):
     assert rogue.published, "the fake region never published"
     hist = {p.name: p.history() for p in peers}
     rounds = {n: by_round(h) for n, h in hist.items()}
-    refused = {n: h["status"]["counters"].get("xdelta_not_member", 0) for n, h in hist.items()}
-    assert all(v >= 1 for v in refused.values()), (refused, [p.log()[-2000:] for p in peers])
+    refused = {n: h["status"]["counters"].get("xdelta_no_standing", 0) for n, h in hist.items()}
+    # every merge point after the first: both fake records refused by both peers
+    assert all(v >= 2 for v in refused.values()), (refused, [p.log()[-2000:] for p in peers])
     # the two real regions merged with each other (equal val loss after a merge), and nothing blew up
     merged = [r for r in rounds["p0"] if r in rounds["p1"] and (r + 2) % K == 0
               and rounds["p0"][r].get("val_loss") is not None and rounds["p1"][r].get("val_loss") is not None]

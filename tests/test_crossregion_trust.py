@@ -15,6 +15,8 @@ from dai_swarm.optim.crossregion import (CrossRegionMerger, admit_region_deltas,
                                          weight_cap)
 from dai_swarm.optim.exchange import PayloadStore
 from dai_swarm.optim.states import BaseState
+from dai_swarm.optim.votes import HeadCount, standing_keys
+from dai_swarm.verification.reputation import initial_extra, vote_weights
 
 ANCHOR = {"w": torch.zeros(4)}
 TAG = f"{1:08d}:{state_hash(ANCHOR)}"
@@ -109,9 +111,12 @@ def test_merge_region_deltas_weights():
 # --- the whole merge, with a fake DHT and network -----------------------------------------------------------
 
 
+FOUNDERS = (_key("me"), _key("b1"))  # one founder per region: both regions hold standing
+
+
 def _state(params: torch.Tensor, samples: int) -> BaseState:
-    return BaseState.make(5, {"w": params}, {"w": torch.zeros(4)}, {"epoch_samples": samples, "merges": 1},
-                          anchor=ANCHOR)
+    extra = {**initial_extra(FOUNDERS), "epoch_samples": samples, "merges": 1}
+    return BaseState.make(5, {"w": params}, {"w": torch.zeros(4)}, extra, anchor=ANCHOR)
 
 
 def _merge(my_state, peers, others):
@@ -126,7 +131,8 @@ def _merge(my_state, peers, others):
     ctx = SimpleNamespace(codec="none", codec_params={}, store=PayloadStore(), dht=dht, region="r0", p2p_id="pme",
                           identity=SimpleNamespace(public_key_hex=_key("me")), run_id="run", counters={},
                           clock=SimpleNamespace(tally_time=lambda q: 0.0, round_s=1.0), cross_region_period=K,
-                          max_payload_bytes=1 << 20, max_decoded_bytes=1 << 20, max_inner_steps=STEPS, batch_size=BS)
+                          max_payload_bytes=1 << 20, max_decoded_bytes=1 << 20, max_inner_steps=STEPS, batch_size=BS,
+                          verifier=SimpleNamespace(vote_weights=vote_weights))
     merger = CrossRegionMerger(SimpleNamespace(ctx=ctx, foreign_source={}))
     fetched = []
     merger._fetch = lambda r, chosen, providers, gw, deadline: {
@@ -150,6 +156,11 @@ def test_merge_single_region_swarm_ignores_a_fake_region():
     out, counters, fetched = _merge(mine, [(_key("me"), "r0", "pme")], [_attack(torch.full((4,), 1e3))])
     assert torch.equal(out.params["w"], mine.params["w"]) and fetched == []
     assert out.extra["merges"] == 2 and counters == {"xdelta_not_member": 1}
+    # the same attack from a key with a live peer record in its made-up region: no standing, no merge
+    fresh = _attack(torch.full((4,), 1e3))
+    out, counters, fetched = _merge(mine, [(_key("me"), "r0", "pme"), (fresh[0], "zz", "pz")], [fresh])
+    assert torch.equal(out.params["w"], mine.params["w"]) and fetched == []
+    assert counters == {"xdelta_no_standing": 1}
 
 
 def test_merge_two_regions_counts_only_the_real_region():
@@ -169,3 +180,31 @@ def test_merge_two_regions_counts_only_the_real_region():
     cap = weight_cap(1, STEPS, BS, K)
     assert torch.allclose(out.params["w"], torch.full((4,), (320 * 0.5 - cap * 0.5) / (320 + cap)))
     assert counters == {"xdelta_capped": 1}
+
+
+def test_fresh_members_of_a_real_region_cannot_outvote_its_standing_member():
+    """Finding 1 with peer records: 40 fresh keys join r1 and zz and publish a poisoned delta; only
+    the founder of r1 speaks for r1, and zz has nobody with standing."""
+    mine = _state(torch.full((4,), 0.5), samples=320)
+    theirs = _state(torch.full((4,), -0.5), samples=480)
+    body, blob = _xdelta(theirs, "r1", 480)
+    evil = _attack(torch.full((4,), 1e3), "r1")
+    fake = [(_key(f"sybil{i}"), ("r1", "zz")[i % 2], f"ps{i}") for i in range(40)]
+    peers = [(_key("me"), "r0", "pme"), (_key("b1"), "r1", "pb1"), *fake]
+    others = [(_key("b1"), body, blob), *[(k, dict(evil[1], region=g), evil[2]) for k, g, _ in fake]]
+    out, counters, fetched = _merge(mine, peers, others)
+    assert torch.allclose(out.params["w"], torch.full((4,), (320 * 0.5 + 480 * -0.5) / 800))
+    assert fetched == [body["digest"]] and counters == {"xdelta_no_standing": 40}
+
+
+def test_admission_without_standing_is_the_swarm_that_trusts_its_members():
+    """``standing=None`` (no verification: HeadCount weights) keeps the membership rules only;
+    with standing, fresh members' records are refused and do not delay the read."""
+    members = {_key("a"): ("r0", "pa"), _key("b1"): ("r1", "pb1"), _key("f"): ("r1", "pf")}
+    records = [(_key("b1"), _body("r1", HONEST_R1, 640)), (_key("f"), _body("r1", EVIL, 640))]
+    assert "r1" not in _admit(records, members).regions  # 1 of 2: no strict majority by head count
+    adm = _admit(records, members, standing={_key("a"), _key("b1")})
+    assert adm.regions["r1"].digest == HONEST_R1 and adm.refused == {"xdelta_no_standing": 1}
+    assert not _admit(records[:1], members, standing={_key("a"), _key("b1")}, final=False).short
+    assert standing_keys(HeadCount()) is None
+    assert standing_keys(vote_weights(initial_extra(FOUNDERS))) == frozenset(FOUNDERS)

@@ -17,6 +17,7 @@ import time
 import pytest
 import torch
 
+from dai_swarm.testing import founding_peers
 from swarm_run import by_round, cleanup, spawn_peer, wait_all
 
 pytestmark = pytest.mark.integration
@@ -106,14 +107,16 @@ def test_two_regions_with_kill_join_divergence_and_rogue(tmp_path):
     common = dict(run_id=run_id, task="regression", t0=t0, round_s=ROUND_S, until_round=UNTIL)
     peers = []
     try:
-        p0 = spawn_peer(str(tmp_path), "p0", region="r0", **common)
+        founding = founding_peers(str(tmp_path), ["p0", "p3"])  # one founder per region (docs/design.md)
+        p0 = spawn_peer(str(tmp_path), "p0", region="r0", founding=founding["p0"], **common)
         peers.append(p0)
         boot = p0.addresses()
         rogue = Rogue(boot, run_id, t0)
         rogue.start()
         for name, region, env in (("p1", "r0", None), ("p2", "r0", {"DAI_SWARM_TEST_PERTURB_ROUND": str(PERTURB_ROUND)}),
                                   ("p3", "r1", None), ("p4", "r1", None)):
-            peers.append(spawn_peer(str(tmp_path), name, region=region, initial_peers=boot, env=env, **common))
+            peers.append(spawn_peer(str(tmp_path), name, region=region, initial_peers=boot, env=env,
+                                    founding=founding.get(name), **common))
         p4 = peers[4]
         # SIGKILL p4 in the middle of round 4
         while time.time() < t0 + 4.5 * ROUND_S:
