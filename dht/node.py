@@ -38,7 +38,7 @@ from . import _proc
 from .envelope import SignedRecord, open_envelope, seal
 from .keys import manifest_key, peers_key, regions_key, round_key
 from .manifest import ManifestChoice, check_pin, select_manifest
-from .pipe import DHTPipe
+from .pipe import DHTPipe, WholeMessages
 from .records import PeerRecord, RegionMembership, RoundRecord, RunManifest, validate_maddr, validate_name
 from .validator import REASONS, SwarmRecordValidator, reason_of
 
@@ -98,6 +98,7 @@ class _DHTProcess(hivemind.DHT):
         # SIGTERM must stop this process, or shutdown's terminate() does nothing
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _proc.watch_parent(self._parent_pid)
+        self._inner_pipe = WholeMessages(self._inner_pipe)  # requests over 16 KB (see WholeMessages)
         super().run()
 
 

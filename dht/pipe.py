@@ -17,13 +17,14 @@ An abandoned future is simply dropped; its late answer is discarded by hivemind.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 import time
 from typing import Any, Callable
 
 from ..errors import DHTClosed, DHTTimeout
 
-__all__ = ["DHTPipe"]
+__all__ = ["DHTPipe", "WholeMessages"]
 
 
 class DHTPipe:
@@ -83,3 +84,32 @@ class DHTPipe:
     def release(self) -> None:
         """Release the lock taken by :meth:`acquire_for_shutdown`."""
         self._lock.release()
+
+
+class WholeMessages:
+    """The DHT process's end of hivemind's request pipe, reading each request whole.
+
+    hivemind reads its request pipe after ``poll()`` says data is there, on a descriptor its event
+    loop made non-blocking. A request over 16 KB (a verdict record naming many checked updates, a
+    vote with a large inclusion) is written in two parts, and a read that comes between them fails
+    with BlockingIOError halfway through the message; the next read then unpickles the rest as a
+    new message and the DHT process dies (EOFError), taking the peer's DHT with it. Reading a
+    message in blocking mode waits for the rest of one that is already arriving (the sender holds
+    the pipe lock until it is written) and changes nothing else.
+    """
+
+    def __init__(self, conn: Any):
+        self._conn = conn
+
+    def recv(self) -> Any:
+        """One whole message (blocking only while its remaining bytes arrive)."""
+        fd = self._conn.fileno()
+        was = os.get_blocking(fd)
+        os.set_blocking(fd, True)
+        try:
+            return self._conn.recv()
+        finally:
+            os.set_blocking(fd, was)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)

@@ -197,7 +197,8 @@ def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping
             out.refused["xdelta_wrong_region"] += 1
             continue
         if standing is not None and signer not in standing:
-            out.refused["xdelta_no_standing"] += 1
+            if region != my_region:  # a mate without standing is no refusal (it is never counted)
+                out.refused["xdelta_no_standing"] += 1
             continue
         if region == my_region:
             out.mates.append(p2p_id)  # our own delta is ours; mates only serve as gateway candidates

@@ -47,11 +47,14 @@ START_IN_S = 60.0
 
 
 def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id: str, max_steps: int = 15,
-              round_s: float = ROUND_S, start_in_s: float = START_IN_S) -> list[dict]:
+              round_s: float = ROUND_S, start_in_s: float = START_IN_S, late: dict[int, float] | None = None,
+              keys_dir: str | None = None) -> list[dict]:
     """Run one swarm of ``dai-swarm peer`` processes (None = honest) until ``until_round``.
 
     p0 (honest) starts first and creates the run (it is the run's founder) with round 0 starting
-    ``start_in_s`` after that; the other seven then start together and must be up by round 0.
+    ``start_in_s`` after that; the others then start together and must be up by round 0, except
+    the peers in ``late`` (index -> round), which start at that round (joiners). ``keys_dir``: peer
+    i uses the identity ``keys_dir/p{i}.key`` (the same keys, hence the same data, across runs).
 
     Returns, per peer: attack, history, status, log text and the slashes its log reports.
     """
@@ -62,7 +65,11 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
         try:
             initial = boot.wait_ready(60)
             t0 = time.time() + start_in_s + 60  # replaced by an upper bound once p0 created the run
-            for i, kind in enumerate(attacks):  # p0 (honest) first: it creates the run and is its founder
+            late = late or {}
+            for i, kind in sorted(enumerate(attacks), key=lambda ik: late.get(ik[0], -1.0)):
+                # p0 (honest) first: it creates the run and is its founder; joiners at their round
+                while i in late and time.time() < t0 + late[i] * round_s:
+                    time.sleep(0.1)
                 argv = [sys.executable, "-m", "dai_swarm", "peer", "--run-id", run_id, "--task", "regression",
                         "--round-s", str(round_s), "--until-round", str(until_round),
                         "--initial-peers", *initial, "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--region", "a",
@@ -71,6 +78,8 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
                         "--history-file", os.path.join(workdir, f"p{i}.json")]
                 if kind:
                     argv += ["--attack", kind]
+                if keys_dir:
+                    argv += ["--identity", os.path.join(keys_dir, f"p{i}.key")]
                 if i == 0:
                     argv += ["--start-in", str(start_in_s)]
                 log = open(os.path.join(workdir, f"p{i}.log"), "wb")

@@ -124,3 +124,24 @@ def test_votes_ignore_verdicts_about_updates_not_included(task):
     assert len(ids) == 1
     assert c.stats["invalid_verdicts"] == 1
     c.close()
+
+
+def test_a_flood_of_updates_costs_a_verifier_at_most_its_round_budget(task):
+    """40 announced updates at rate 1.0: the verifier recomputes MAX_CHECKS_PER_ROUND of them (a
+    random subset), not 40 (a fresh-key flood must not eat the honest peers' training time)."""
+    from dai_swarm.verification.spotcheck import MAX_CHECKS_PER_ROUND
+
+    dht = MemoryDHT()
+    base = {n: p.detach().clone() for n, p in task.build_model(0).named_parameters()}
+    delta = recompute_update(task, base, "run", 0, KEYS[1], 4, 1, raw=True)
+    blob = codecs.encode(delta, "int8")
+    payloads = {f"{i + 16:02x}" * 32: codecs.decode(blob) for i in range(40)}
+    anns = [UpdateAnnouncement("run", 4, BASE_HASH, f"{i + 16:02x}" * 32, 1, task.batch_size, "int8", d, len(blob))
+            for i, d in enumerate(sorted(payloads))]
+    c = _checker(task, dht, KEYS[0], 1.0)
+    try:
+        c.on_close(4, Book(anns), payloads, SimpleNamespace(params=base))
+        _drain([c])
+        assert c.metrics()["checks"] == MAX_CHECKS_PER_ROUND < len(anns)
+    finally:
+        c.close()

@@ -353,7 +353,14 @@ _FACTORIES = {
     "oversized": _Oversized,
     "forged_verdict": _ForgedVerdict,
     "replayed_verdict": _ReplayedVerdict,
+    "sybil": lambda: _sybil_flood(),
 }
+
+
+def _sybil_flood() -> Attack:
+    from .sybil import SybilFlood  # its own module (one attacker speaking for many fresh keys)
+
+    return SybilFlood()
 
 #: every attack kind ``make_attack`` knows, in catalogue order
 ATTACK_KINDS = tuple(_FACTORIES)

@@ -39,6 +39,9 @@ events = get_logger("dai_swarm.events")
 
 #: relative-L2 tolerance: >= 10x the worst honest distance in benchmarks/results/tau_calibration.json (4.1e-4)
 DEFAULT_TAU = 1e-2
+#: at most this many own checks and this many re-checks of others' fails per round and peer: a
+#: flood of announced updates (fresh keys) cannot make a verifier spend its round recomputing
+MAX_CHECKS_PER_ROUND = MAX_RECHECKS_PER_ROUND = 8
 
 
 class SpotChecker:
@@ -46,13 +49,16 @@ class SpotChecker:
 
     ``task`` is the run's task; ``rate`` the per-update check probability (manifest's
     ``spot_check_rate``); ``tau`` the pass threshold on :func:`.recompute.relative_distance`;
-    ``lag`` how many rounds a verdict has to arrive before it is voted on. Call :meth:`bind` with
-    the round runtime before the first round.
+    ``lag`` how many rounds a verdict has to arrive before it is voted on; ``max_checks`` and
+    ``max_rechecks`` bound the recomputations of one round (a random subset when more are drawn).
+    Call :meth:`bind` with the round runtime before the first round.
     """
 
     def __init__(self, task: Any, rate: float, *, tau: float = DEFAULT_TAU, lag: int = 2,
-                 policy: ReputationPolicy = ReputationPolicy(), rule: Any = None, rng: random.Random | None = None):
+                 policy: ReputationPolicy = ReputationPolicy(), rule: Any = None, rng: random.Random | None = None,
+                 max_checks: int = MAX_CHECKS_PER_ROUND, max_rechecks: int = MAX_RECHECKS_PER_ROUND):
         self.task, self.rate, self.tau, self.lag, self.policy = task, float(rate), float(tau), int(lag), policy
+        self.max_checks, self.max_rechecks = int(max_checks), int(max_rechecks)
         self.rule = rule if rule is not None else CenteredClip()
         self._rng = rng if rng is not None else random.SystemRandom()
         self._lock = threading.Lock()
@@ -84,10 +90,11 @@ class SpotChecker:
             self._held[round] = {"base": base.params, "anns": anns, "payloads": dict(payloads), "t": now}
             for r in [r for r in self._held if r < round - self.lag - 1]:
                 del self._held[r]
-        for digest in sorted(anns):
-            a = anns[digest]
-            if a.peer != me and digest in payloads and self._rng.random() < self.rate:
-                self._jobs.put((self._safe_check, (round, a, False, now)))
+        drawn = [d for d in sorted(anns) if anns[d].peer != me and d in payloads and self._rng.random() < self.rate]
+        if len(drawn) > self.max_checks:
+            drawn = sorted(self._rng.sample(drawn, self.max_checks))
+        for digest in drawn:
+            self._jobs.put((self._safe_check, (round, anns[digest], False, now)))
         self._jobs.put((self._scan, (round,)))
 
     def verifier_counts(self, round: int, verdict_ids: tuple[str, ...]) -> dict[str, int]:
@@ -214,6 +221,7 @@ class SpotChecker:
     def _scan(self, round: int) -> None:
         """Re-check the fail verdicts of recent rounds that this peer has not checked itself."""
         me = self.rt.identity.public_key_hex
+        todo = []
         for t in range(max(0, round - self.lag), round):
             for v in self._read(t):
                 if v.passed or v.target == me:
@@ -223,8 +231,14 @@ class SpotChecker:
                     a = held["anns"].get(v.digest) if held else None
                     done = (t, v.digest) in self._checked
                 if a is not None and not done and a.peer == v.target and a.steps == v.steps \
-                        and not self._closed.is_set():
-                    self._safe_check(t, a, True, time.time())
+                        and (t, a) not in todo:
+                    todo.append((t, a))
+        if len(todo) > self.max_rechecks:  # a random few of many fails: each still gets re-checked in time
+            todo = self._rng.sample(todo, self.max_rechecks)
+        for t, a in todo:
+            if self._closed.is_set():
+                return
+            self._safe_check(t, a, True, time.time())
 
     def _safe_check(self, t: int, ann: Any, recheck: bool, queued_at: float) -> None:
         try:
