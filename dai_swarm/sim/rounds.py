@@ -24,7 +24,7 @@ from dai_swarm.canonical import sha256_hex
 from dai_swarm.errors import CodecError, MalformedRecord
 from dai_swarm.optim import codecs
 from dai_swarm.optim.book import BookLimits, RoundBook, UpdateAnnouncement
-from dai_swarm.optim.coordinator import compute_next_base
+from dai_swarm.optim.rules import compute_next_base
 from dai_swarm.optim.crossregion import CrossRegionMerger, merge_region_deltas, merged_base, region_delta, weight_cap
 from dai_swarm.optim.crossregion import MERGE_END
 from dai_swarm.optim.votes import HeadCount, Vote, tally
