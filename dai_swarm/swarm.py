@@ -34,7 +34,7 @@ from .identity import Identity
 from .logging import get_logger
 from .optim import codecs
 from .optim.optimizer import SwarmOptimizer
-from .optim.runtime import RoundRuntime
+from .runtime import RoundRuntime
 from .tasks import Task, load_task
 from .tasks.contract import validate_task
 from .verification.spotcheck import SpotChecker

@@ -64,7 +64,7 @@ class RoundOutcome:
 class Coordinator(PayloadFetch, StateSync):
     """Background driver of the round protocol for one peer of one region.
 
-    ``ctx`` bundles the collaborators (set up by :class:`dai_swarm.optim.runtime.RoundRuntime`):
+    ``ctx`` bundles the collaborators (set up by :class:`dai_swarm.runtime.RoundRuntime`):
     run_id, region, identity, dht, netloop, p2p, store, traffic, clock, manifest fields, the
     ``like`` base state (for shapes), ``reputation()`` (aggregation weights) and
     ``vote_weights()`` (standing: weights in votes, verdict sets and state majorities).

@@ -12,7 +12,7 @@ import torch
 from dai_swarm.optim import codecs
 from dai_swarm.optim.coordinator import Coordinator
 from dai_swarm.optim.limits import FRAMING_MARGIN, MAX_EXTRA_BYTES, derive_limits
-from dai_swarm.optim.runtime import RoundRuntime
+from dai_swarm.runtime import RoundRuntime
 from dai_swarm.optim.states import BaseState, BaseStore
 from dai_swarm.tasks import load_task
 

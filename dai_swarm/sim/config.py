@@ -2,7 +2,7 @@
 
 Every number that changes a simulation's outcome lives in :class:`SimConfig`, so a config plus its
 ``seed`` names one trace exactly (the simulator is deterministic). The round-clock fractions and
-the training margin default to the values :class:`~dai_swarm.optim.runtime.RoundRuntime` uses, so a
+the training margin default to the values :class:`~dai_swarm.runtime.RoundRuntime` uses, so a
 simulated round has the same deadlines as a real one.
 """
 

@@ -16,22 +16,20 @@ from typing import Any, Mapping
 
 import torch
 
-from dai_swarm._version import __version__
-from dai_swarm.dht.records import PeerRecord, RunManifest
-from dai_swarm.errors import SwarmError
-from dai_swarm.logging import get_logger
-from dai_swarm.verification.assignment import assign
-from dai_swarm.verification.reputation import is_slashed
-
-from . import codecs
-from dai_swarm.rewards import Contributor, RewardLog, compute_round_record
-
-from .clock import RoundClock
-from .coordinator import Coordinator, NullVerifier, RoundOutcome
-from .exchange import PayloadServer, PayloadStore, Traffic
-from .limits import derive_limits
-from .netloop import NetLoop
-from .states import BaseState, BaseStore
+from ._version import __version__
+from .dht.records import PeerRecord, RunManifest
+from .errors import SwarmError
+from .logging import get_logger
+from .optim import codecs
+from .optim.clock import RoundClock
+from .optim.coordinator import Coordinator, NullVerifier, RoundOutcome
+from .optim.exchange import PayloadServer, PayloadStore, Traffic
+from .optim.limits import derive_limits
+from .optim.netloop import NetLoop
+from .optim.states import BaseState, BaseStore
+from .rewards import Contributor, RewardLog, compute_round_record
+from .verification.assignment import assign
+from .verification.reputation import is_slashed
 
 __all__ = ["RoundRuntime"]
 
