@@ -58,8 +58,7 @@ class RoundRuntime:
         self.run_id = manifest.run_id
         self.model = model if model is not None else task.build_model(manifest.seed)
         self.like = BaseState.initial(self.model)
-        self.clock = RoundClock(manifest.t0, manifest.round_s, close_frac=0.3, tally_frac=0.55,
-                                margin_s=min(0.1 * manifest.round_s, 2.0))
+        self.clock = RoundClock(manifest.t0, manifest.round_s, margin_s=min(0.1 * manifest.round_s, 2.0))
         self.cross_region_period = manifest.cross_region_period
         self.codec, self.codec_params = manifest.codec, dict(manifest.codec_params)
         self.batch_size = int(task.batch_size)
