@@ -347,6 +347,7 @@ class RoundRuntime:
                 "resyncs": sum(1 for h in self.history if h.get("resynced")),
                 "counters": dict(self.counters), "ledger_errors": self.ledger_errors,
                 "ledger_rounds": self.ledger.rounds if self.ledger is not None else None, "dropped_records": dict(self.dht.counters),
+                "network_error": self.coordinator.errored(),
                 "trust": self.verifier.metrics(getattr(self.bases.latest(), "extra", {})) if hasattr(self.verifier, "metrics") else None}
 
     def _refresh_peers(self) -> None:

@@ -84,7 +84,9 @@ class Coordinator(PayloadFetch, StateSync):
         self.merger = CrossRegionMerger(self)
         self.foreign_source: dict[int, str] = {}  # base round -> region whose state this region adopts
         self.first_round = 0
-        self.error: SwarmError | None = None
+        self.error: SwarmError | None = None  # the newest network-side error (see errored())
+        self.error_round: int | None = None
+        self.errors = 0
         self.on_round_tallied: list[Callable[[RoundOutcome], None]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="dai-swarm-coordinator", daemon=True)
@@ -95,6 +97,14 @@ class Coordinator(PayloadFetch, StateSync):
         """Start closing rounds from ``first_round`` on."""
         self.first_round = first_round
         self._thread.start()
+
+    def errored(self) -> dict | None:
+        """The newest error the network side latched (a skipped round), for the trainer's status:
+        ``{"round", "type", "message", "count"}``, or None if no round failed."""
+        if self.error is None:
+            return None
+        return {"round": self.error_round, "type": type(self.error).__name__, "message": str(self.error)[:300],
+                "count": self.errors}
 
     def stop(self) -> None:
         """Stop the thread (waits for the current step)."""
@@ -113,8 +123,9 @@ class Coordinator(PayloadFetch, StateSync):
                         self.close_round(q)
                     if q in self.closed and q not in self.tallied and now >= clock.tally_time(q):
                         self.tally_round(q)
-                except SwarmError as e:  # latched; the round is skipped, the peer re-syncs later
-                    self.error = e
+                except SwarmError as e:  # latched (errored()); the round is skipped, the peer re-syncs later
+                    self.error, self.error_round = e, q
+                    self.errors += 1
                     logger.warning("round %d: %s", q, e)
                     self.closed.add(q)
                     self.tallied.add(q)
