@@ -311,8 +311,9 @@ class RoundRuntime:
                 for n, p in self._eval_model.named_parameters():
                     p.copy_(state.params[n])
             entry["val_loss"] = float(self.task.evaluate(self._eval_model)["loss"])
-        if self.ledger is not None and state is not None:
-            entry["ledger"] = self._write_round_record(outcome, state)
+        if state is not None:  # whether this peer holds standing in that base (counts in votes)
+            entry["standing"] = self.vote_weights(state.extra).get(self.identity.public_key_hex, 0.0) > 0
+            entry["ledger"] = self._write_round_record(outcome, state) if self.ledger is not None else None
         self.history.append(entry)
 
     def _write_round_record(self, outcome: RoundOutcome, state: BaseState) -> dict | None:
