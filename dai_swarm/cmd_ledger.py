@@ -11,10 +11,11 @@ __all__ = ["add_parser", "run"]
 EPILOG = """examples:
   dai-swarm ledger verify rewards.log
   dai-swarm ledger verify rewards.log --trusted-keys 3f87...92ad 9c1e...0b7f --json
+  dai-swarm ledger verify rewards.log --model ./tinylm-42   # is this export's state the one the log records?
   dai-swarm ledger report peer1.log peer2.log --png rewards.png
   dai-swarm ledger diff peer1.log peer2.log
 
-exit status: 0 ok, 1 bad log / logs disagree / error.
+exit status: 0 ok, 1 bad log / logs disagree / export not recorded (first mismatch printed) / error.
 """
 
 
@@ -35,6 +36,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--png", metavar="FILE", default=None, help="report: also plot rewards per contributor")
     p.add_argument("--trusted-keys", nargs="*", metavar="HEX", default=None,
                    help="verify: hex public keys of the participants; others are rejected")
+    p.add_argument("--model", metavar="DIR", default=None,
+                   help="verify: also check an export (dai-swarm export) against the log: its state hash is the one "
+                        "recorded for its round and its provenance chain links to it")
     p.add_argument("--fast", action="store_true",
                    help="verify: skip recomputing Merkle roots and round-chain heads of checkpoints")
     return p
@@ -55,7 +59,31 @@ def _verify(args) -> int:
     else:
         hint = " (torn tail: the writer truncates it when it reopens the log)" if res["recoverable"] else ""
         print(f"BAD {args.paths[0]}: record {res['first_bad']} of {res['records']}: {res['reason']}{hint}")
+    if res["ok"] and args.model:
+        return _verify_model(args)
     return 0 if res["ok"] else 1
+
+
+def _verify_model(args) -> int:
+    from dai_swarm.errors import ExportError
+    from dai_swarm.export import load_export
+    from dai_swarm.rewards.provenance import check_model
+
+    try:
+        exported = load_export(args.model)
+        check = check_model(args.paths[0], exported.provenance, exported.state.hash)
+        out = {"ok": check.ok, "model": args.model, "round": check.round, "state_hash": check.state_hash,
+               "mismatch": check.mismatch, "linked": check.linked, "unchecked": check.unchecked}
+    except ExportError as e:
+        out = {"ok": False, "model": args.model, "round": None, "state_hash": None, "mismatch": str(e)}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    elif out["ok"]:
+        print(f"OK  {args.model}: round {out['round']} state {out['state_hash'][:12]} is recorded in {args.paths[0]}; "
+              f"{out['linked']} provenance rounds link to it ({out['unchecked']} not in this log)")
+    else:
+        print(f"BAD {args.model}: {out['mismatch']}")
+    return 0 if out["ok"] else 1
 
 
 def _report(args) -> int:
