@@ -51,6 +51,8 @@ def _verify(args) -> int:
         print("ledger verify takes exactly one PATH", file=sys.stderr)
         return 1
     res = verify_log(args.paths[0], trusted_keys=args.trusted_keys, full=not args.fast)
+    if res["ok"] and args.model:
+        return _verify_model(args, res)
     if args.json:
         print(json.dumps(res, indent=2))
     elif res["ok"]:
@@ -59,12 +61,11 @@ def _verify(args) -> int:
     else:
         hint = " (torn tail: the writer truncates it when it reopens the log)" if res["recoverable"] else ""
         print(f"BAD {args.paths[0]}: record {res['first_bad']} of {res['records']}: {res['reason']}{hint}")
-    if res["ok"] and args.model:
-        return _verify_model(args)
     return 0 if res["ok"] else 1
 
 
-def _verify_model(args) -> int:
+def _verify_model(args, log: dict) -> int:
+    """``ledger verify LOG --model DIR`` once the log verified: the export against the log."""
     from dai_swarm.errors import ExportError
     from dai_swarm.export import load_export
     from dai_swarm.rewards.provenance import check_model
@@ -77,7 +78,7 @@ def _verify_model(args) -> int:
     except ExportError as e:
         out = {"ok": False, "model": args.model, "round": None, "state_hash": None, "mismatch": str(e)}
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(json.dumps({**out, "log": log}, indent=2))
     elif out["ok"]:
         print(f"OK  {args.model}: round {out['round']} state {out['state_hash'][:12]} is recorded in {args.paths[0]}; "
               f"{out['linked']} provenance rounds link to it ({out['unchecked']} not in this log)")
@@ -120,8 +121,9 @@ def _report(args) -> int:
         ("slashing frequency (slashed peers per round)", f"{rep['slashing_frequency']:.3f}"),
         (f"verification latency mean / p95 ({lat['unit']})",
          "-" if lat["mean"] is None else f"{lat['mean']:.2f} / {lat['p95']:.2f}"),
-        ("model provenance depth (rounds / contributors)",
-         f"{rep['provenance_depth']['rounds']} / {rep['provenance_depth']['contributors']}"),
+        ("model provenance depth (rounds / contributors / hash-linked rounds)",
+         f"{rep['provenance_depth']['rounds']} / {rep['provenance_depth']['contributors']} / "
+         f"{rep['provenance_depth']['linked_rounds']}"),
         ("rounds where logs disagree", ", ".join(map(str, rep["round_disagreements"])) or "none"),
     ):
         m.add_row(name, value)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -31,6 +30,7 @@ import torch
 
 from ._version import __version__
 from .canonical import canonical_json
+from .dht.address_file import write_atomic
 from .errors import ExportCorrupt, ExportMismatch
 from .identity import Identity, verify_signature
 
@@ -112,20 +112,6 @@ def _hex64(v: Any) -> bool:
     return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _versions() -> dict:
     import safetensors
 
@@ -168,9 +154,9 @@ def write_export(out_dir: str, state: Any, *, task: Any, manifest: Any, manifest
                       contributors=tuple(led.get("contributors", ())), reward_units=int(led.get("reward_units", 0)))
     prov = Provenance(**{**prov.body(), "chain": prov.chain, "contributors": prov.contributors,
                          "signature": identity.sign(prov.message()).hex()})
-    _write_atomic(os.path.join(out_dir, MODEL_FILE), model)
-    _write_atomic(os.path.join(out_dir, STATE_FILE), blob)
-    _write_atomic(os.path.join(out_dir, PROVENANCE_FILE), canonical_json(prov.body()) + b"\n")
+    write_atomic(os.path.join(out_dir, MODEL_FILE), model)
+    write_atomic(os.path.join(out_dir, STATE_FILE), blob)
+    write_atomic(os.path.join(out_dir, PROVENANCE_FILE), canonical_json(prov.body()) + b"\n")
     return prov
 
 
