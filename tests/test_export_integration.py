@@ -47,6 +47,7 @@ def _records(path: str, rtype: str) -> list[dict]:
     return [r.body for r in iter_records(path) if r.type == rtype]
 
 
+@pytest.mark.timeout(600)
 def test_export_verify_and_resume(tmp_path):
     from safetensors.torch import load_file
 
@@ -123,15 +124,16 @@ def test_export_verify_and_resume(tmp_path):
     from dai_swarm.dht.records import RunManifest
     write_export(f"{w}/forged", forged, task=task, manifest=RunManifest(**prov.manifest),
                  manifest_hash=prov.manifest_hash, round=N, identity=dai_swarm.Identity.generate())
-    bad = _cli("ledger", "verify", f"{w}/p0.ledger", "--model", f"{w}/forged")
-    assert bad.returncode == 1 and f"round {N}: the log records state" in bad.stdout, bad.stdout
+    forged_out = _cli("ledger", "verify", f"{w}/p0.ledger", "--model", f"{w}/forged")
+    assert forged_out.returncode == 1 and f"round {N}: the log records state" in forged_out.stdout, forged_out.stdout
     shutil.copytree(f"{w}/export-a", f"{w}/tampered")
     with open(f"{w}/tampered/state.safetensors", "r+b") as f:
         f.seek(-3, 2)
         f.write(b"\x00\x01\x02")
     bad = _cli("ledger", "verify", f"{w}/p0.ledger", "--model", f"{w}/tampered")
     assert bad.returncode == 1 and "altered" in bad.stdout, bad.stdout
-    print(f"REPORT ledger verify --model: honest rc 0 on 3 logs; forged -> {bad.stdout.strip()[:160]}")
+    print(f"REPORT ledger verify --model: honest rc 0 on 3 logs; re-signed altered weights rc {forged_out.returncode}: "
+          f"{forged_out.stdout.strip()[-90:]}; altered byte rc {bad.returncode}: {bad.stdout.strip()[-70:]}")
 
     # every peer has stopped: a new peer resumes the run from the export in a fresh DHT; two more join
     origin = N + 2
