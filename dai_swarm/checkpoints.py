@@ -28,7 +28,7 @@ def export_held_state(swarm: Any, out_dir: str, round: int | None = None) -> Pro
 
     Raises :class:`ConfigError` when this peer no longer (or not yet) holds that state.
     """
-    from rewards.provenance import log_provenance
+    from .rewards.provenance import log_provenance
 
     rt = swarm.runtime
     closed = {h["round"]: h for h in list(rt.history)}
