@@ -172,3 +172,36 @@ def test_export_verify_and_resume(tmp_path):
         assert common_rounds and all(shared[r] == mine[r] for r in common_rounds), name
     print(f"REPORT resumed ledger: first round record {origin} has parent {first_record['parent_hash'][:12]} "
           f"= exported state {prov.state_hash[:12]}")
+
+
+def test_resume_while_the_run_is_live_joins_it(tmp_path):
+    """A peer started with --resume while peers of the run are live joins the run (no new generation)
+    and ends on the same state hashes as the live peer; an export of another run is refused."""
+    run_id = f"live-{os.getpid()}"
+    w = str(tmp_path)
+    t0 = float(int(time.time()) + 15)
+    common = dict(run_id=run_id, task="regression", round_s=3.0, until_round=12, region="r0", max_inner_steps=20)
+    peers = []
+    try:
+        p0 = spawn_peer(w, "p0", t0=t0, extra_args=["--checkpoint-dir", f"{w}/ckpt", "--checkpoint-every", "1"],
+                        **common)
+        peers.append(p0)
+        boot = p0.addresses()
+        deadline = time.time() + 90
+        while time.time() < deadline and not [d for d in os.listdir(f"{w}/ckpt") if d.startswith("round-")]:
+            time.sleep(0.5)
+        ckpt = sorted(d for d in os.listdir(f"{w}/ckpt") if d.startswith("round-"))[-1]
+        shutil.copytree(f"{w}/ckpt/{ckpt}", f"{w}/export")
+        wrong = _cli("peer", "--run-id", "another-run", "--resume", f"{w}/export", "--quiet")
+        assert wrong.returncode == 1 and "ExportMismatch" not in wrong.stderr and "not 'another-run'" in wrong.stderr
+        assert "Traceback" not in wrong.stderr
+        peers.append(spawn_peer(w, "p1", t0=None, task=None, initial_peers=boot,
+                                extra_args=["--resume", f"{w}/export"], **{k: v for k, v in common.items() if k != "task"}))
+        wait_all(peers, timeout_s=12 * 3.0 + 120)
+    finally:
+        cleanup(peers)
+    assert "has live peers: joining it" in peers[1].log()
+    h0, h1 = by_round(peers[0].history()), by_round(peers[1].history())
+    shared = sorted(set(h0) & set(h1))
+    assert len(shared) >= 2 and all(h0[r]["state_hash"] == h1[r]["state_hash"] for r in shared[-2:]), (h0, h1)
+    print(f"REPORT live resume: joined, {len(shared)} rounds in common, last {shared[-1]} agree")
