@@ -68,22 +68,22 @@ def _verify_model(args, log: dict) -> int:
     """``ledger verify LOG --model DIR`` once the log verified: the export against the log."""
     from dai_swarm.errors import ExportError
     from dai_swarm.export import load_export
-    from dai_swarm.rewards.provenance import check_model
+    from dai_swarm.rewards.provenance import require_recorded
 
     try:
-        exported = load_export(args.model)
-        check = check_model(args.paths[0], exported.provenance, exported.state.hash)
-        out = {"ok": check.ok, "model": args.model, "round": check.round, "state_hash": check.state_hash,
-               "mismatch": check.mismatch, "linked": check.linked, "unchecked": check.unchecked}
+        check = require_recorded(args.paths[0], load_export(args.model))
+        out = {"ok": True, "model": args.model, "round": check.round, "state_hash": check.state_hash,
+               "mismatch": None, "linked": check.linked, "unchecked": check.unchecked}
     except ExportError as e:
-        out = {"ok": False, "model": args.model, "round": None, "state_hash": None, "mismatch": str(e)}
+        out = {"ok": False, "model": args.model, "round": None, "state_hash": None, "mismatch": str(e),
+               "error": type(e).__name__}
     if args.json:
         print(json.dumps({**out, "log": log}, indent=2))
     elif out["ok"]:
         print(f"OK  {args.model}: round {out['round']} state {out['state_hash'][:12]} is recorded in {args.paths[0]}; "
               f"{out['linked']} provenance rounds link to it ({out['unchecked']} not in this log)")
     else:
-        print(f"BAD {args.model}: {out['mismatch']}")
+        print(f"BAD {args.model}: {out['error']}: {out['mismatch']}")
     return 0 if out["ok"] else 1
 
 

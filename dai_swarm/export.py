@@ -35,7 +35,7 @@ from .errors import ExportCorrupt, ExportMismatch
 from .identity import Identity, verify_signature
 
 __all__ = ["FORMAT", "MODEL_FILE", "PROVENANCE_FILE", "STATE_FILE", "Export", "Provenance", "load_export",
-           "write_export"]
+           "model_bytes", "read_provenance", "write_export"]
 
 FORMAT = "dai-swarm-export/1"
 MODEL_FILE, STATE_FILE, PROVENANCE_FILE = "model.safetensors", "state.safetensors", "provenance.json"

@@ -15,12 +15,12 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from dai_swarm.errors import LedgerError
+from dai_swarm.errors import ExportMismatch, LedgerError
 
 from .records import ROUND, ZERO_HASH
 from .verify import scan
 
-__all__ = ["ModelCheck", "check_model", "log_provenance", "round_records"]
+__all__ = ["ModelCheck", "check_model", "log_provenance", "require_recorded", "round_records"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +120,12 @@ def check_model(path: str, provenance: Any, state_hash: str) -> ModelCheck:
             return bad(f"provenance chain head {str(provenance.round_chain_head)[:12]} is not the log's {str(head)[:12]}",
                        linked)
     return ModelCheck(True, None, rnd, state_hash, linked, unchecked)
+
+
+def require_recorded(path: str, exported: Any) -> ModelCheck:
+    """:func:`check_model` for a loaded :class:`~dai_swarm.export.Export`; raises
+    :class:`ExportMismatch` naming the first mismatch (e.g. a state hash no record names)."""
+    check = check_model(path, exported.provenance, exported.state.hash)
+    if not check.ok:
+        raise ExportMismatch(f"export {exported.path} against {path}: {check.mismatch}")
+    return check

@@ -19,7 +19,7 @@ from dai_swarm.export import load_export, write_export
 from dai_swarm.optim.states import BaseState
 from dai_swarm.resume import resume_manifest
 from dai_swarm.rewards import RewardLog, compute_round_record
-from dai_swarm.rewards.provenance import check_model, log_provenance
+from dai_swarm.rewards.provenance import check_model, log_provenance, require_recorded
 from dai_swarm.swarm import manifest_versions
 
 ROUND = 5
@@ -119,6 +119,9 @@ def test_ledger_check_passes_honest_and_names_the_first_mismatch(tmp_path, task)
     short = _log(tmp_path / "short.log", earlier)
     bad = check_model(short, prov, honest.hash)
     assert not bad.ok and f"no round {ROUND} record" in bad.mismatch
+    with pytest.raises(ExportMismatch, match="no round"):
+        require_recorded(short, load_export(str(tmp_path / "a")))
+    assert require_recorded(log, load_export(str(tmp_path / "a"))).ok
     lying = _log(tmp_path / "lying.log", earlier[:-1] + [(ROUND - 1, other), (ROUND, honest)])
     bad = check_model(lying, prov, honest.hash)
     assert not bad.ok and "parent hash" in bad.mismatch
