@@ -23,13 +23,13 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from .checkpoints import Checkpointer, export_held_state
 from .dht.envelope import MAX_CLOCK_SKEW_S
 from .dht.manifest import MAX_LEAD_S, PIN_HEX, check_pin
 from .dht.manifest import manifest_hash as manifest_hash_of
 from .dht.node import SwarmDHT
 from .dht.records import RunManifest
 from .dht.regions import choose_region
-from .checkpoints import Checkpointer, export_held_state
 from .errors import ConfigError, ManifestMismatch, ManifestPinMismatch
 from .export import Provenance, load_export
 from .identity import Identity
@@ -292,7 +292,7 @@ class Swarm:
         return (f"--run-id {self.manifest.run_id} --manifest {self.manifest_hash[:PIN_HEX]} "
                 f"--initial-peers {' '.join(self.initial_peers)}")
 
-    def export(self, out_dir: str, round: int | None = None) -> "Provenance":
+    def export(self, out_dir: str, round: int | None = None) -> Provenance:
         """Write this peer's agreed state after ``round`` (default: the newest round closed here) to
         ``out_dir``: ``model.safetensors``, ``state.safetensors``, ``provenance.json`` (see
         :mod:`dai_swarm.export`). Returns the provenance written."""
