@@ -25,7 +25,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = ("bootstrap", "peer", "status", "ledger", "task", "demo")
+COMMANDS = ("bootstrap", "peer", "export", "status", "ledger", "task", "demo")
 ENV_PREFIX = "DAI_SWARM_"
 
 

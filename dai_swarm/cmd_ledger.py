@@ -11,10 +11,11 @@ __all__ = ["add_parser", "run"]
 EPILOG = """examples:
   dai-swarm ledger verify rewards.log
   dai-swarm ledger verify rewards.log --trusted-keys 3f87...92ad 9c1e...0b7f --json
+  dai-swarm ledger verify rewards.log --model ./tinylm-42   # is this export's state the one the log records?
   dai-swarm ledger report peer1.log peer2.log --png rewards.png
   dai-swarm ledger diff peer1.log peer2.log
 
-exit status: 0 ok, 1 bad log / logs disagree / error.
+exit status: 0 ok, 1 bad log / logs disagree / export not recorded (first mismatch printed) / error.
 """
 
 
@@ -35,6 +36,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--png", metavar="FILE", default=None, help="report: also plot rewards per contributor")
     p.add_argument("--trusted-keys", nargs="*", metavar="HEX", default=None,
                    help="verify: hex public keys of the participants; others are rejected")
+    p.add_argument("--model", metavar="DIR", default=None,
+                   help="verify: also check an export (dai-swarm export) against the log: its state hash is the one "
+                        "recorded for its round and its provenance chain links to it")
     p.add_argument("--fast", action="store_true",
                    help="verify: skip recomputing Merkle roots and round-chain heads of checkpoints")
     return p
@@ -47,6 +51,8 @@ def _verify(args) -> int:
         print("ledger verify takes exactly one PATH", file=sys.stderr)
         return 1
     res = verify_log(args.paths[0], trusted_keys=args.trusted_keys, full=not args.fast)
+    if res["ok"] and args.model:
+        return _verify_model(args, res)
     if args.json:
         print(json.dumps(res, indent=2))
     elif res["ok"]:
@@ -56,6 +62,29 @@ def _verify(args) -> int:
         hint = " (torn tail: the writer truncates it when it reopens the log)" if res["recoverable"] else ""
         print(f"BAD {args.paths[0]}: record {res['first_bad']} of {res['records']}: {res['reason']}{hint}")
     return 0 if res["ok"] else 1
+
+
+def _verify_model(args, log: dict) -> int:
+    """``ledger verify LOG --model DIR`` once the log verified: the export against the log."""
+    from dai_swarm.errors import ExportError
+    from dai_swarm.export import load_export
+    from dai_swarm.rewards.provenance import require_recorded
+
+    try:
+        check = require_recorded(args.paths[0], load_export(args.model))
+        out = {"ok": True, "model": args.model, "round": check.round, "state_hash": check.state_hash,
+               "mismatch": None, "linked": check.linked, "unchecked": check.unchecked}
+    except ExportError as e:
+        out = {"ok": False, "model": args.model, "round": None, "state_hash": None, "mismatch": str(e),
+               "error": type(e).__name__}
+    if args.json:
+        print(json.dumps({**out, "log": log}, indent=2))
+    elif out["ok"]:
+        print(f"OK  {args.model}: round {out['round']} state {out['state_hash'][:12]} is recorded in {args.paths[0]}; "
+              f"{out['linked']} provenance rounds link to it ({out['unchecked']} not in this log)")
+    else:
+        print(f"BAD {args.model}: {out['error']}: {out['mismatch']}")
+    return 0 if out["ok"] else 1
 
 
 def _report(args) -> int:
@@ -92,8 +121,9 @@ def _report(args) -> int:
         ("slashing frequency (slashed peers per round)", f"{rep['slashing_frequency']:.3f}"),
         (f"verification latency mean / p95 ({lat['unit']})",
          "-" if lat["mean"] is None else f"{lat['mean']:.2f} / {lat['p95']:.2f}"),
-        ("model provenance depth (rounds / contributors)",
-         f"{rep['provenance_depth']['rounds']} / {rep['provenance_depth']['contributors']}"),
+        ("model provenance depth (rounds / contributors / hash-linked rounds)",
+         f"{rep['provenance_depth']['rounds']} / {rep['provenance_depth']['contributors']} / "
+         f"{rep['provenance_depth']['linked_rounds']}"),
         ("rounds where logs disagree", ", ".join(map(str, rep["round_disagreements"])) or "none"),
     ):
         m.add_row(name, value)

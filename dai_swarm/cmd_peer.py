@@ -39,7 +39,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  dai-swarm peer --run-id tinylm-42 --manifest 3f9a... --initial-peers /ip4/203.0.113.5/tcp/31337/p2p/12D3KooW...\n"
                "  dai-swarm peer --run-id demo --task regression --round-s 5 --rounds 20\n"
-               "  dai-swarm peer --run-id mine --task mypkg.tasks:MyTask --region eu --identity ~/.dai_swarm/id.pem",
+               "  dai-swarm peer --run-id mine --task mypkg.tasks:MyTask --region eu --identity ~/.dai_swarm/id.pem\n"
+               "  dai-swarm peer --run-id tinylm-42 --resume ./tinylm-42-round-120 --checkpoint-dir ./ckpt --checkpoint-every 10",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-id", required=True, help="name of the run to join or create")
     p.add_argument("--trust", nargs="*", default=[], metavar="KEY",
@@ -62,6 +63,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--host-maddrs", nargs="*", default=["/ip4/0.0.0.0/tcp/0"], metavar="MADDR",
                    help="where to listen (default: all interfaces, random TCP port)")
     p.add_argument("--ledger", default=None, metavar="PATH", help="write the reward log here as rounds close")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="an export (dai-swarm export) to start from: starts the run's next generation from it when "
+                        "no peer of the run is live, else joins normally and uses it only as a faster start")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="export this peer's agreed state into DIR/round-NNNNNN every --checkpoint-every rounds")
+    p.add_argument("--checkpoint-every", type=int, default=10, metavar="K", help="rounds between checkpoints (default 10)")
+    p.add_argument("--checkpoint-keep", type=int, default=3, metavar="N", help="checkpoints kept (default 3, newest)")
     p.add_argument("--rounds", type=int, default=None, help="leave after training this many rounds")
     p.add_argument("--until-round", type=int, default=None, help="leave when the swarm reaches this round")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics and status.json here")
@@ -107,13 +115,14 @@ def run(args: argparse.Namespace) -> int:
     if args.attack:
         from .testing import make_attack
         attack = make_attack(args.attack)
-    task = args.task if args.task or args.initial_peers else "tinylm"
+    task = args.task if args.task or args.initial_peers or args.resume else "tinylm"
     swarm = Swarm(task, args.run_id, initial_peers=args.initial_peers, region=args.region,
                   identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s, codec=args.codec,
                   t0=args.t0, start_in_s=args.start_in, seed=args.seed, max_inner_steps=args.max_inner_steps, attack=attack,
                   spot_check_rate=args.spot_check_rate,
                   cross_region_period=args.cross_region_period, ledger=args.ledger, manifest_hash=args.manifest,
-                  trust=args.trust, founders=args.founder)
+                  trust=args.trust, founders=args.founder, resume=args.resume, checkpoint_dir=args.checkpoint_dir,
+                  checkpoint_every=args.checkpoint_every, checkpoint_keep=args.checkpoint_keep)
     logger.info("peer id %s, public key %s, region %s", swarm.dht.peer_id, swarm.identity.public_key_hex,
                 swarm.region)
     print(swarm.join_line, flush=True)

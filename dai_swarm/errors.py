@@ -33,6 +33,9 @@ Tree::
     │   └── ShapeMismatch           names, shapes or dtypes differ from what was expected
     ├── VerificationFailed          a recomputation disagrees with the claimed update
     ├── TaskError                   a task could not be loaded or misbehaved
+    ├── ExportError                 an exported model folder cannot be used
+    │   ├── ExportCorrupt           missing, truncated or tampered file, bad signature
+    │   └── ExportMismatch          another run or task, or a state hash the ledger does not record
     └── LedgerError                 reward-log trouble
         └── LedgerCorrupt           a record fails its CRC, hash chain or signature
 """
@@ -47,6 +50,9 @@ __all__ = [
     "DHTTimeout",
     "DigestMismatch",
     "ExpiredRecord",
+    "ExportCorrupt",
+    "ExportError",
+    "ExportMismatch",
     "ForgedRecord",
     "IdentityError",
     "LedgerCorrupt",
@@ -187,6 +193,19 @@ class VerificationFailed(SwarmError):
 
 class TaskError(SwarmError):
     """A task could not be loaded (bad ``module:attr``) or broke its contract."""
+
+
+class ExportError(SwarmError):
+    """An exported model folder (``dai-swarm export``, ``Swarm.export``) cannot be used."""
+
+
+class ExportCorrupt(ExportError):
+    """A file of an export is missing, truncated or altered, or its provenance signature is invalid."""
+
+
+class ExportMismatch(ExportError):
+    """An intact export that does not fit: another run or task, or a state hash (or provenance
+    chain) that the reward log does not record for its round."""
 
 
 class LedgerError(SwarmError):

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from .checkpoints import Checkpointer, export_held_state
 from .dht.envelope import MAX_CLOCK_SKEW_S
 from .dht.manifest import MAX_LEAD_S, PIN_HEX, check_pin
 from .dht.manifest import manifest_hash as manifest_hash_of
@@ -30,11 +31,13 @@ from .dht.node import SwarmDHT
 from .dht.records import RunManifest
 from .dht.regions import choose_region
 from .errors import ConfigError, ManifestMismatch, ManifestPinMismatch
+from .export import Provenance, load_export
 from .identity import Identity
 from .logging import get_logger
 from .optim import codecs
 from .optim.optimizer import SwarmOptimizer
-from .optim.runtime import RoundRuntime
+from .resume import live_peers, resume_manifest
+from .runtime import RoundRuntime
 from .tasks import Task, load_task
 from .tasks.contract import validate_task
 from .verification.spotcheck import SpotChecker
@@ -82,7 +85,11 @@ class Swarm:
     ``trust``: public keys (64 hex) of peers this peer trusts, beside the manifest's founders, when
     it joins and holds no state yet: they decide which state it downloads (docs/design.md,
     "Trust model"). ``founders``: when this peer creates the run, the keys that start with
-    standing beside its own (e.g. one machine per region of the organiser).
+    standing beside its own (e.g. one machine per region of the organiser). ``resume``: the folder
+    of an export (:meth:`export`, ``dai-swarm export``) to start from: when no peer of the run is
+    live this peer starts a new generation of the run from it, else it joins normally and the export
+    is only a faster start (see :mod:`dai_swarm.resume`). ``checkpoint_dir``: export this peer's
+    agreed state there every ``checkpoint_every`` rounds, keeping the newest ``checkpoint_keep``.
     """
 
     def __init__(self, task: Task | str | None, run_id: str, initial_peers: Sequence[str] = (), region: str = "auto", *,
@@ -93,7 +100,8 @@ class Swarm:
                  t0: float | None = None, attack: Any = None, evaluate: bool = True, verifier: Any = None,
                  ledger: str | None = None, manifest_wait_s: float = 3.0, start_timeout_s: float = 30.0,
                  manifest_hash: str | None = None, trust: Sequence[str] = (), founders: Sequence[str] = (),
-                 start_in_s: float | None = None):
+                 start_in_s: float | None = None, resume: str | None = None, checkpoint_dir: str | None = None,
+                 checkpoint_every: int = 10, checkpoint_keep: int = 3):
         self.pin = check_pin(manifest_hash)
         bad = [k for k in (*trust, *founders) if not isinstance(k, str) or not _HEX64.fullmatch(k)]
         if bad:
@@ -103,6 +111,11 @@ class Swarm:
             raise ConfigError(f"task must be a dai_swarm.Task or a task spec, got {type(task).__name__}")
         if isinstance(task, Task):
             validate_task(task)  # a broken contract is refused before the DHT starts (TaskError)
+        self.exported = load_export(resume, run_id=run_id, task=self.task) if resume else None
+        if self.task is None and self.exported is not None:
+            task = self.exported.provenance.manifest["task"]
+            self.task = load_task(task)
+            self.exported = load_export(resume, run_id=run_id, task=self.task)  # its config hash too
         if self.task is None and not initial_peers:
             raise ConfigError("no task given and no initial peers to read the run's task from: pass a task")
         task_spec = task if isinstance(task, str) else getattr(self.task, "name", None)
@@ -126,7 +139,10 @@ class Swarm:
                 versions=manifest_versions(),
                 founders=tuple(dict.fromkeys((self.identity.public_key_hex, *founders))))
             wait_s = max(manifest_wait_s, 10.0) if self.pin else manifest_wait_s if initial_peers else 0.0
-            self.manifest = self._agree_manifest(wanted, wait_s=wait_s)
+            if self.exported is not None and not self.pin:
+                self.manifest = self._resume_or_join(wanted, wait_s if initial_peers else 0.0, start_in_s, founders)
+            else:
+                self.manifest = self._agree_manifest(wanted, wait_s=wait_s)
             self.manifest_hash = manifest_hash_of(self.manifest)
             logger.info("run %s: manifest %s%s (others join with --run-id %s --manifest %s)", run_id,
                         self.manifest_hash[:PIN_HEX], " (pinned)" if self.pin else "", run_id,
@@ -136,7 +152,11 @@ class Swarm:
                 verifier = SpotChecker(self.task, self.manifest.spot_check_rate)
             self.runtime = RoundRuntime(self.task, self.dht, self.identity, self.manifest, self.region,
                                         attack=attack, evaluate=evaluate, verifier=verifier or None, ledger=ledger,
-                                        trusted=tuple(trust))
+                                        trusted=tuple(trust),
+                                        resume_state=self.exported.state if self.exported is not None else None)
+            if checkpoint_dir:
+                self.runtime.coordinator.on_round_tallied.append(
+                    Checkpointer(self, checkpoint_dir, checkpoint_every, checkpoint_keep))
             for hooked in (verifier, attack):
                 if hasattr(hooked, "bind"):
                     hooked.bind(self.runtime)
@@ -191,6 +211,30 @@ class Swarm:
             logger.info("created run %s (t0 %.0f, round %.1fs, codec %s)", wanted.run_id, wanted.t0, wanted.round_s,
                         wanted.codec)
             existing = self._read_manifest(wanted.run_id, 0.0) or wanted
+        return self._check_manifest(existing, wanted)
+
+    def _resume_or_join(self, wanted: RunManifest, wait_s: float, start_in_s: float | None,
+                        founders: Sequence[str]) -> RunManifest:
+        """With an export (``resume``): join the run if its peers are live, else start its next
+        generation from the export (:mod:`dai_swarm.resume`)."""
+        me = self.identity.public_key_hex
+        existing = self._read_manifest(wanted.run_id, wait_s) if wait_s else None
+        if existing is not None and live_peers(self.dht, wanted.run_id, me, wait_s=max(wait_s, existing.round_s)):
+            logger.info("run %s has live peers: joining it (the export is only a faster start)", wanted.run_id)
+            return self._check_manifest(existing, wanted)
+        mine = resume_manifest(self.exported, _start_time(None, start_in_s), (me, *founders), manifest_versions())
+        self.dht.publish_manifest(mine)
+        prov = self.exported.provenance
+        logger.info("no live peer holds run %s: resuming it from export %s (state %s closing round %d)",
+                    wanted.run_id, self.exported.path, prov.state_hash[:12], prov.round)
+        chosen = self._read_manifest(wanted.run_id, 2.0) or mine
+        if manifest_hash_of(chosen) != manifest_hash_of(mine):
+            logger.warning("run %s: another generation %s was issued first; following it", wanted.run_id,
+                           manifest_hash_of(chosen)[:PIN_HEX])
+        return self._check_manifest(chosen, wanted)
+
+    def _check_manifest(self, existing: RunManifest, wanted: RunManifest) -> RunManifest:
+        """``existing`` if this peer can train it (same task config, same codec library versions)."""
         if existing.task_config_hash != wanted.task_config_hash:
             raise ManifestMismatch(f"run {wanted.run_id!r} trains task {existing.task!r} with config hash "
                                    f"{existing.task_config_hash[:12]}, this peer has {wanted.task!r} with "
@@ -247,6 +291,12 @@ class Swarm:
         """``--run-id R --manifest HASH --initial-peers M...``: what another peer needs to join this run."""
         return (f"--run-id {self.manifest.run_id} --manifest {self.manifest_hash[:PIN_HEX]} "
                 f"--initial-peers {' '.join(self.initial_peers)}")
+
+    def export(self, out_dir: str, round: int | None = None) -> Provenance:
+        """Write this peer's agreed state after ``round`` (default: the newest round closed here) to
+        ``out_dir``: ``model.safetensors``, ``state.safetensors``, ``provenance.json`` (see
+        :mod:`dai_swarm.export`). Returns the provenance written."""
+        return export_held_state(self, out_dir, round)
 
     def shutdown(self) -> None:
         """Stop training threads, the payload server and the DHT. Idempotent."""

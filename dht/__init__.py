@@ -7,7 +7,8 @@
 
 from .announce import PeerAnnouncer
 from .envelope import MAX_RECORD_BYTES, SignedRecord, open_envelope, seal
-from .node import SwarmDHT, parse_initial_peers
+from .node import SwarmDHT
+from .startup import parse_initial_peers
 from .records import PeerRecord, RegionMembership, RoundRecord, RunManifest
 from .regions import RegionChoice, choose_region
 from .validator import SwarmRecordValidator

@@ -15,14 +15,14 @@ from ..errors import BootstrapError, ConfigError
 __all__ = ["read_address_file", "wait_for_address_file", "write_address_file", "write_atomic"]
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+def write_atomic(path: str, text: str | bytes) -> None:
+    """Write ``text`` (str or bytes) to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ConfigError(f"cannot write {path!r}: directory {directory!r} does not exist")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

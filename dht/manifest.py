@@ -23,7 +23,9 @@ Whatever the pin, a manifest record counts only if
   when the run started. (The envelope already refuses an ``issued_at`` in the future.)
 
 Without a pin a joiner takes the earliest issued of the remaining manifests (then the smaller
-hash), logs the hash it pinned, and warns when several compete. That is first-come, not proof:
+hash), then follows resumed generations: a valid manifest whose ``resume.parent`` is the chosen
+one supersedes it (the earliest issued such child, again and again). It logs the hash it pinned,
+and warns when several compete. That is first-come, not proof:
 an attacker can still sign a different manifest issued inside the window, so the pin is what
 protects a joiner; see docs/design.md.
 """
@@ -69,10 +71,11 @@ def refusal(signed: SignedRecord) -> str | None:
         return "names no founders"
     if signed.signer not in m.founders:
         return f"signed by {signed.signer[:16]}, not by a founder"
-    if signed.issued_at < m.t0 - MAX_LEAD_S:
-        return f"back-dated: issued {(m.t0 - signed.issued_at) / 3600:.1f} h before t0 (at most {MAX_LEAD_S / 3600:.0f} h)"
-    if signed.issued_at > m.t0 + MAX_CLOCK_SKEW_S:
-        return f"issued {signed.issued_at - m.t0:.0f} s after t0 (at most {MAX_CLOCK_SKEW_S:.0f} s)"
+    start = m.start_time  # t0, or the start of a resumed generation's first round
+    if signed.issued_at < start - MAX_LEAD_S:
+        return f"back-dated: issued {(start - signed.issued_at) / 3600:.1f} h before t0 (at most {MAX_LEAD_S / 3600:.0f} h)"
+    if signed.issued_at > start + MAX_CLOCK_SKEW_S:
+        return f"issued {signed.issued_at - start:.0f} s after t0 (at most {MAX_CLOCK_SKEW_S:.0f} s)"
     return None
 
 
@@ -127,5 +130,12 @@ def select_manifest(records: Iterable[SignedRecord], pin: str | None = None) -> 
                                   "the run prints", expected=pin, found=found)
     if not valid:
         return None
-    _, h, m = min(valid, key=lambda v: (v[0], v[1]))
+    known = {h for _, h, _ in valid}
+    roots = [v for v in valid if v[2].resume is None or v[2].resume.parent not in known]
+    _, h, m = min(roots or valid, key=lambda v: (v[0], v[1]))
+    for _ in range(len(valid)):  # a resumed generation supersedes its parent
+        children = [v for v in valid if v[2].resume is not None and v[2].resume.parent == h]
+        if not children:
+            break
+        _, h, m = min(children, key=lambda v: (v[0], v[1]))
     return ManifestChoice(m, h, False, tuple(x for x in hashes if x != h), refused)

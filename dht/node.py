@@ -22,11 +22,10 @@ import atexit
 import collections
 import os
 import signal
-import stat
 import time
 import weakref
 from functools import partial
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import hivemind
 from hivemind.p2p import P2P
@@ -40,6 +39,7 @@ from .keys import manifest_key, peers_key, regions_key, round_key
 from .manifest import ManifestChoice, check_pin, select_manifest
 from .pipe import DHTPipe, WholeMessages
 from .records import PeerRecord, RegionMembership, RoundRecord, RunManifest, validate_maddr, validate_name
+from .startup import check_p2p_identity, parse_initial_peers  # noqa: F401 (re-exported)
 from .validator import REASONS, SwarmRecordValidator, reason_of
 
 __all__ = ["DEFAULT_HOST_MADDRS", "SwarmDHT", "parse_initial_peers"]
@@ -54,37 +54,6 @@ RPC_TIMEOUTS_PER_REQUEST = 5
 #: how long shutdown lets the DHT process stop by itself, then after SIGTERM, then after SIGKILL
 SHUTDOWN_GRACE_S = (3.0, 2.0, 2.0)
 _LIVE: "weakref.WeakSet[SwarmDHT]" = weakref.WeakSet()
-
-
-def parse_initial_peers(maddrs: Iterable[str]) -> list[str]:
-    """Validate ``--initial-peers`` values: each a multiaddr ending in ``/p2p/<peer id>``; ConfigError else."""
-    out = []
-    for m in maddrs:
-        canonical = validate_maddr(m)
-        if "/p2p/" not in canonical:
-            raise ConfigError(f"initial peer {m!r} lacks its /p2p/<peer id> part (copy the whole line a bootstrap node prints)")
-        out.append(canonical)
-    return out
-
-
-def _check_p2p_identity(path: str | None) -> None:
-    """Refuse a corrupt or widely readable libp2p key (hivemind would fail obscurely or reuse it)."""
-    if path is None or not os.path.exists(path):
-        return
-    from hivemind.p2p import PeerID
-
-    try:
-        mode = os.stat(path).st_mode
-        with open(path, "rb") as f:
-            data = f.read(64 * 1024)
-    except OSError as e:
-        raise IdentityError(f"cannot read libp2p identity {path!r}: {e.strerror}") from e
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise IdentityError(f"libp2p identity {path!r} is readable by others (mode {oct(mode & 0o777)}); run: chmod 400 {path}")
-    try:
-        PeerID.from_identity(data)
-    except Exception as e:  # protobuf / RSA parsing errors come in several types
-        raise IdentityError(f"libp2p identity {path!r} is corrupt ({e}); restore it or remove it to get a new peer id") from e
 
 
 class _DHTProcess(hivemind.DHT):
@@ -132,7 +101,7 @@ class SwarmDHT:
         self.initial_peers = parse_initial_peers(initial_peers)
         host_maddrs = [validate_maddr(m) for m in host_maddrs]
         announce = [validate_maddr(m) for m in announce_maddrs] if announce_maddrs else None
-        _check_p2p_identity(identity.p2p_identity_path)
+        check_p2p_identity(identity.p2p_identity_path)
         self._read_drops: collections.Counter = collections.Counter()
         self._pipe = DHTPipe()
         self.request_timeout_s = float(request_timeout_s or RPC_TIMEOUTS_PER_REQUEST * dht_kwargs.get("wait_timeout", 3.0))

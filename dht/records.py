@@ -19,6 +19,7 @@ __all__ = [
     "RECORD_TYPES",
     "PeerRecord",
     "RegionMembership",
+    "ResumePoint",
     "RoundRecord",
     "RunManifest",
     "parse_body",
@@ -82,12 +83,25 @@ class _Record(BaseModel):
         return self.model_dump(mode="json")
 
 
+class ResumePoint(BaseModel):
+    """Where a resumed run starts: the exported state (``state_hash``), the round whose base it is
+    (``round``) and the manifest hash of the run generation it came from (``parent``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    parent: str = Field(pattern=r"^[0-9a-f]{64}$")
+    round: int = Field(ge=2)
+    state_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class RunManifest(_Record):
     """What a run is: task, its config hash, round clock, optimiser and codec settings, versions.
 
     Peers refuse to join a run whose manifest does not match their task (SPEC §4). ``founders``
     are the 64-hex ed25519 public keys of the run's founders (the creator's key, filled in by the
     ``Swarm`` that creates the run); a manifest record counts only if one of them signed it.
+    ``resume`` (absent in a run's first generation) names the exported state a later generation
+    starts from (``dai-swarm peer --resume DIR``); its rounds continue the parent's numbering, so
+    round ``resume.round`` starts at ``t0 + resume.round * round_s``.
     """
 
     TYPE: ClassVar[str] = "manifest"
@@ -106,11 +120,29 @@ class RunManifest(_Record):
     t0: float
     versions: dict[str, str] = Field(default_factory=dict)
     founders: tuple[str, ...] = ()
+    resume: ResumePoint | None = None
 
     @field_validator("run_id")
     @classmethod
     def _check_run_id(cls, v: str) -> str:
         return validate_name(v, "run id")
+
+    @property
+    def first_round(self) -> int:
+        """The round this generation starts at: 0, or the resume point's round."""
+        return self.resume.round if self.resume is not None else 0
+
+    @property
+    def start_time(self) -> float:
+        """When this generation's first round starts (Unix seconds)."""
+        return self.t0 + self.first_round * self.round_s
+
+    def to_body(self) -> dict:
+        """The signed JSON object; ``resume`` only when set (a first generation's hash is unchanged)."""
+        body = self.model_dump(mode="json")
+        if body.get("resume") is None:
+            body.pop("resume", None)
+        return body
 
     @field_validator("founders")
     @classmethod

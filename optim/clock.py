@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from dai_swarm.errors import ConfigError
 
-__all__ = ["RoundClock"]
+__all__ = ["CLOSE_FRAC", "TALLY_FRAC", "RoundClock"]
 
 
 def _finite(name: str, value: object) -> float:
@@ -37,6 +37,12 @@ def _round_index(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an int, got {value!r}")
     return value
+
+
+#: Where round ``r``'s close and tally fall inside round ``r+1`` (fractions of T): one definition for
+#: the real peer, the simulator and the tests. Close at 0.3 T leaves late announcements of a loaded
+#: peer time to arrive; tally at 0.55 T leaves 0.45 T for a minority peer's re-sync before ``end(r+1)``.
+CLOSE_FRAC, TALLY_FRAC = 0.3, 0.55
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,8 @@ class RoundClock:
 
     t0: float
     round_s: float
-    close_frac: float = 0.35
-    tally_frac: float = 0.7
+    close_frac: float = CLOSE_FRAC
+    tally_frac: float = TALLY_FRAC
     margin_s: float = 0.0
 
     def __post_init__(self) -> None:

@@ -14,12 +14,13 @@ Round ``q``'s life here (T = round length):
 * ``tally_time(q)``: tally the votes (reputation-weighted); a minority peer adopts the winning
   inclusion and recomputes; if its state hash still differs from the majority it downloads the
   majority's state (re-sync). Publishes a ``state.<region>`` record so joiners can find donors.
+
+Its two I/O halves are mixins in their own modules: :mod:`.fetching` (announcements and payload
+fetches) and :mod:`.statesync` (state records, re-syncs, post-tally confirmation, joins).
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,17 +28,17 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from dai_swarm.errors import CodecError, DigestMismatch, MalformedRecord, PeerUnreachable, ProtocolError, SwarmError
+from dai_swarm.errors import MalformedRecord, SwarmError
 from dai_swarm.logging import get_logger
 
 from . import codecs
-from .book import BookLimits, RoundBook, UpdateAnnouncement
+from .book import BookLimits, RoundBook
 from .crossregion import CrossRegionMerger
-from .download import StateOffer, fetch_chunked, parse_state_offer, pick_download, state_record
-from .exchange import fetch_from_any
+from .fetching import PayloadFetch
 from .states import BaseState, BaseStore
+from .statesync import StateSync
 from .rules import NullVerifier, compute_next_base  # re-exported: the driver and the simulator share them
-from .votes import HeadCount, Vote, confirm_state, majority_state_hash, tally
+from .votes import Vote, tally
 
 __all__ = ["Coordinator", "NullVerifier", "RoundOutcome", "compute_next_base"]
 
@@ -60,10 +61,10 @@ class RoundOutcome:
     close_s: float = 0.0
 
 
-class Coordinator:
+class Coordinator(PayloadFetch, StateSync):
     """Background driver of the round protocol for one peer of one region.
 
-    ``ctx`` bundles the collaborators (set up by :class:`dai_swarm.optim.runtime.RoundRuntime`):
+    ``ctx`` bundles the collaborators (set up by :class:`dai_swarm.runtime.RoundRuntime`):
     run_id, region, identity, dht, netloop, p2p, store, traffic, clock, manifest fields, the
     ``like`` base state (for shapes), ``reputation()`` (aggregation weights) and
     ``vote_weights()`` (standing: weights in votes, verdict sets and state majorities).
@@ -83,7 +84,9 @@ class Coordinator:
         self.merger = CrossRegionMerger(self)
         self.foreign_source: dict[int, str] = {}  # base round -> region whose state this region adopts
         self.first_round = 0
-        self.error: SwarmError | None = None
+        self.error: SwarmError | None = None  # the newest network-side error (see errored())
+        self.error_round: int | None = None
+        self.errors = 0
         self.on_round_tallied: list[Callable[[RoundOutcome], None]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="dai-swarm-coordinator", daemon=True)
@@ -94,6 +97,14 @@ class Coordinator:
         """Start closing rounds from ``first_round`` on."""
         self.first_round = first_round
         self._thread.start()
+
+    def errored(self) -> dict | None:
+        """The newest error the network side latched (a skipped round), for the trainer's status:
+        ``{"round", "type", "message", "count"}``, or None if no round failed."""
+        if self.error is None:
+            return None
+        return {"round": self.error_round, "type": type(self.error).__name__, "message": str(self.error)[:300],
+                "count": self.errors}
 
     def stop(self) -> None:
         """Stop the thread (waits for the current step)."""
@@ -112,8 +123,9 @@ class Coordinator:
                         self.close_round(q)
                     if q in self.closed and q not in self.tallied and now >= clock.tally_time(q):
                         self.tally_round(q)
-                except SwarmError as e:  # latched; the round is skipped, the peer re-syncs later
-                    self.error = e
+                except SwarmError as e:  # latched (errored()); the round is skipped, the peer re-syncs later
+                    self.error, self.error_round = e, q
+                    self.errors += 1
                     logger.warning("round %d: %s", q, e)
                     self.closed.add(q)
                     self.tallied.add(q)
@@ -150,112 +162,6 @@ class Coordinator:
         events.info("announced round %d update %s (%d steps, %d bytes)", round, digest[:12], steps, len(blob),
                     extra={"event": "announce", "round": round, "digest": digest, "bytes": len(blob)})
         return digest
-
-    # --- fetching -------------------------------------------------------------------------------
-    def _providers_for(self, digest: str) -> list:
-        from hivemind.p2p import PeerID
-        out = []
-        for pid in self.providers.get(digest, []):
-            try:
-                out.append((PeerID.from_base58(pid), self.ctx.link_of_p2p(pid)))
-            except Exception:
-                continue
-        return out
-
-    def _check_payload(self, digest: str, blob: bytes) -> Mapping[str, torch.Tensor]:
-        like = self.ctx.like
-        expect = {n: (tuple(t.shape), torch.float32) for n, t in like.params.items()}
-        return codecs.decode(blob, expect=expect, max_bytes=self.ctx.max_decoded_bytes)
-
-    def _mates(self) -> list:
-        """(PeerID, link) of the other live peers of this region: they serve every payload they hold."""
-        from hivemind.p2p import PeerID
-        return [(PeerID.from_base58(pid), "intra") for pid in self.ctx.region_mates()]
-
-    async def _fetch_payload(self, digest: str, timeout_s: float) -> bytes:
-        """Fetch a payload from its announcers; if that fails (a broken stream, a busy author) and
-        time remains, retry with the announcers first and then region mates that fetched it already."""
-        end = time.monotonic() + timeout_s
-        providers = self._providers_for(digest)
-        attempt, first = 0, None
-        while True:
-            try:
-                return await fetch_from_any(self.ctx.p2p, providers, self.ctx.run_id, digest,
-                                            max_bytes=self.ctx.max_payload_bytes,
-                                            timeout_s=max(0.2, (end - time.monotonic()) * (0.6 if attempt < 2 else 1.0)),
-                                            traffic=self.ctx.traffic)
-            except (PeerUnreachable, ProtocolError) as e:
-                if isinstance(e, DigestMismatch):  # the bytes are bad, not the connection: no retry
-                    raise
-                first = first or e
-                attempt += 1
-                if attempt >= 3 or end - time.monotonic() < 0.5:
-                    raise first from None  # the announcers' failure is what the counters report
-                await asyncio.sleep(0.2 * attempt)
-                known = {str(p) for p, _ in providers}
-                mates = [m for m in self._mates() if str(m[0]) not in known]
-                random.Random(f"{digest}:{attempt}").shuffle(mates)
-                providers = self._providers_for(digest) + mates[:3]
-
-    async def _fetch_one(self, book: RoundBook, digest: str, timeout_s: float) -> None:
-        local = self.ctx.store.get(digest)
-        try:
-            if local is None:
-                local = await self._fetch_payload(digest, timeout_s)
-                self.ctx.store.put(local, book.round, digest)
-            self.payloads[digest] = self._check_payload(digest, local)
-            book.mark_fetched(digest, True)
-        except CodecError as e:
-            book.mark_fetched(digest, False, type(e).__name__)
-            logger.info("round %d: payload %s refused: %s", book.round, digest[:12], e)
-        except SwarmError as e:
-            book.mark_fetched(digest, False, type(e).__name__)
-            logger.info("round %d: payload %s not fetched: %s", book.round, digest[:12], e)
-
-    def _fetch_all(self, book: RoundBook, deadline: float) -> None:
-        wanted = book.to_fetch()
-        if not wanted:
-            return
-        timeout_s = max(0.5, deadline - time.time())
-
-        async def go() -> None:
-            await asyncio.gather(*(self._fetch_one(book, d, timeout_s) for d in wanted))
-
-        self.ctx.netloop.run(go(), timeout_s=timeout_s + 5)
-
-    def _announcements(self, round: int) -> list[UpdateAnnouncement]:
-        """Round ``round``'s update announcements from live peers of this region (one per signer).
-
-        Only a key with a live, signed peer record in this region may announce; if an announcer is
-        unknown the peer records are re-read once (a mate's record may not have been read yet), and
-        announcements still unknown are dropped and counted (``unknown_announcer``). The provider
-        to fetch from is the libp2p id of the signer's own peer record, not one the body names.
-        """
-        out, records = [], self._records("update", round)
-        if any(self.ctx.announcer(rec.signer) is None for rec in records):
-            self.ctx.refresh_peers()
-        for rec in records:
-            provider = self.ctx.announcer(rec.signer)
-            if provider is None:
-                self.ctx.count("unknown_announcer")
-                logger.info("round %d: announcement from %s dropped: no live peer record in region %s",
-                            round, rec.signer[:12], self.ctx.region)
-                continue
-            body = dict(rec.body)
-            body.pop("p2p_id", None)
-            try:
-                if body.get("peer") != rec.signer:
-                    raise MalformedRecord("announcement names another peer than its signer")
-                ann = UpdateAnnouncement(**body)
-            except (TypeError, MalformedRecord) as e:
-                self.ctx.count("malformed_announcement")
-                logger.info("round %d: malformed announcement from %s: %s", round, rec.signer[:12], e)
-                continue
-            self.providers.setdefault(ann.digest, [])
-            if provider not in self.providers[ann.digest]:
-                self.providers[ann.digest].append(provider)
-            out.append(ann)
-        return out
 
     # --- close ----------------------------------------------------------------------------------
     def _compute(self, book: RoundBook, base_next: BaseState) -> BaseState:
@@ -394,50 +300,6 @@ class Coordinator:
         for cb in self.on_round_tallied:
             cb(outcome)
 
-    # --- state records, joins and re-syncs -----------------------------------------------------
-    def _publish_state(self, state: BaseState) -> None:
-        """Store the snapshot and its chunk list (both served to joiners) and publish the record."""
-        blob = state.blob()
-        body, hashes = state_record(state.hash, blob, self.ctx.p2p_id)
-        self.ctx.store.put(blob, state.round, body["digest"])
-        self.ctx.store.put(hashes, state.round, body["chunks_digest"])
-        self._publish("state", state.round, body)
-
-    def state_offers(self, round: int) -> list[StateOffer]:
-        """The well-formed state records of ``round`` (see :class:`~.download.StateOffer`)."""
-        offers = (parse_state_offer(rec.signer, rec.body)
-                  for rec in self._records("state", round, self.foreign_source.get(round)))
-        return [o for o in offers if o is not None]
-
-    def _resync_deadline(self, q: int) -> float:
-        """How long a minority peer keeps trying to re-sync the base of ``q+2`` at round ``q``'s
-        tally: until 0.15 T before round ``q+2`` starts (the base is not needed earlier), at least 1 s.
-        A peer that still has no base then catches up when its trainer needs it (0.05 T before)."""
-        clock = self.ctx.clock
-        return max(time.time() + 1.0, clock.start(q + 2) - 0.15 * clock.round_s)
-
-    def _resync_to_voters(self, q: int, winners: set[str]) -> BaseState | None:
-        """Merge rounds: the vote named the winners' pre-merge hash, but they publish the merged
-        base of ``q+2``; adopt the state most of the winning voters published (None: not yet)."""
-        offers = [(o.signer, o.state_hash) for o in self.state_offers(q + 2) if o.signer in winners]
-        if not offers:
-            return None
-        maj = majority_state_hash(offers, self.ctx.vote_weights(), electorate=self._electorate([]))
-        return self.resync(q + 2, maj.state_hash) if maj is not None and maj.weight > 0 else None
-
-    def _retry_resync(self, q: int, attempt: Callable[[], BaseState | None]) -> BaseState | None:
-        """Call ``attempt`` until it returns a state or :meth:`_resync_deadline` passes (then None)."""
-        give_up = self._resync_deadline(q)
-        while not self._stop.is_set():
-            try:
-                state = attempt()
-            except SwarmError as e:
-                logger.info("round %d: re-sync failed: %s", q, e)
-                state = None
-            if state is not None or time.time() >= give_up:
-                return state
-            self._stop.wait(0.25)
-        return None
 
     def _electorate(self, votes: list[Vote]) -> set[str]:
         """Public keys expected to publish this region's next state: live peers of the region
@@ -467,78 +329,5 @@ class Coordinator:
             votes = self._votes(q)
         return votes
 
-    def _confirm_state(self, q: int, state: BaseState, votes: list[Vote]) -> BaseState:
-        """Compare this peer's new base of ``q+2`` with its region's state records (pure rule:
-        :func:`~.votes.confirm_state`): a peer whose tally missed a mate's vote, or that merged a
-        different set of region deltas, re-syncs to the settled majority before round ``q+2``
-        starts instead of one round later. Weights come from base ``q+1``, which both sides held."""
-        me = self.ctx.identity.public_key_hex
-        held = self.bases.get(q + 1)
-        weights = self.ctx.vote_weights(held.extra if held is not None else None)
 
-        def check() -> BaseState | None:  # ours when settled, the majority's when re-synced, None: wait
-            offers = [(o.signer, o.state_hash) for o in self.state_offers(q + 2)]
-            decision = confirm_state(state.hash, me, offers, self._electorate(votes), weights)
-            if decision.action == "keep":
-                return state
-            if decision.action == "wait":
-                return None
-            adopted = self.resync(q + 2, decision.target)
-            if adopted is not None:
-                logger.warning("round %d: this peer's new state %s was in the region's minority; re-synced to %s",
-                               q, state.hash[:12], adopted.hash[:12])
-                self._publish_state(adopted)
-            return adopted
 
-        return self._retry_resync(q, check) or state
-
-    def _lying_donor(self, peer_id: Any, why: str) -> None:
-        """A donor sent state bytes that do not match the chunk list: count it (status counters)."""
-        self.ctx.count("lying_donor")  # the download itself logs a warning naming the donor
-
-    def resync(self, round: int, target_hash: str | None = None, timeout_s: float | None = None) -> BaseState | None:
-        """Download the base of ``round`` whose hash the reputation-weighted majority announced (I6).
-
-        Chunks come from every donor that announced the winning blob; the result is adopted only
-        if its hash matches. Returns the state (also stored), or None if nobody offered it yet.
-        """
-        from hivemind.p2p import PeerID
-        offers = self.state_offers(round)
-        if not offers:
-            return None
-        weights = self.ctx.vote_weights()
-        maj = majority_state_hash([(o.signer, o.state_hash) for o in offers], weights,
-                                  electorate=self._electorate([]))
-        if maj is not None and maj.weight <= 0 and target_hash is None and self.bases.latest() is None:
-            # a joiner none of whose trust anchors (founders, --trust keys) offers this region's
-            # state: the documented gap of a region without a founder; fall back to a head count
-            logger.warning("round %d: no founder or trusted key offers the state of region %s; choosing it by a "
-                           "head count of %d signer(s) (pass --trust KEY of a peer you trust to avoid this)",
-                           round, self.ctx.region, len({o.signer for o in offers}))
-            self.ctx.count("untrusted_join")
-            maj = majority_state_hash([(o.signer, o.state_hash) for o in offers], HeadCount())
-        if maj is None or maj.weight <= 0:
-            return None
-        target = target_hash or maj.state_hash
-        picked = pick_download(offers, target, self.ctx.identity.public_key_hex,
-                               set(getattr(self.ctx, "region_of", {}) or ()))
-        if picked is None:
-            return None
-        offer, donors = picked
-        donor_ids = []  # in any order: the fetch shuffles them
-        for p in donors:
-            try:
-                donor_ids.append((PeerID.from_base58(p), self.ctx.link_of_p2p(p)))
-            except Exception:  # a malformed libp2p id in a signed record: not a donor
-                continue
-        timeout_s = timeout_s or max(5.0, self.ctx.clock.round_s)
-        blob = self.ctx.netloop.run(
-            fetch_chunked(self.ctx.p2p, donor_ids, self.ctx.run_id, offer, max_bytes=self.ctx.max_state_bytes,
-                          traffic=self.ctx.traffic, timeout_s=timeout_s, on_liar=self._lying_donor),
-            timeout_s=timeout_s * 3)
-        state = BaseState.from_blob(round, blob, target, self.ctx.like)
-        self.bases.put(state)
-        self.ctx.store.put(blob, round, offer.digest)
-        events.info("re-synced base of round %d (%s) from %d donor(s)", round, target[:12], len(donor_ids),
-                    extra={"event": "resync", "round": round, "state_hash": target})
-        return state

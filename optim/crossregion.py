@@ -49,7 +49,7 @@ from .states import BaseState
 from .votes import standing_keys
 from dai_swarm.canonical import state_hash
 
-__all__ = ["Admission", "CrossRegionMerger", "RegionDelta", "admit_region_deltas", "anchor_merges",
+__all__ = ["Admission", "CrossRegionMerger", "RegionDelta", "admit_region_deltas", "anchor_merges", "gateway_of",
            "merge_region_deltas", "merged_base", "region_delta", "weight_cap"]
 
 logger = get_logger(__name__)
@@ -123,6 +123,13 @@ class Admission:
     mates: list[str] = field(default_factory=list)
     refused: Counter = field(default_factory=Counter)
     short: set[str] = field(default_factory=set)
+
+
+def gateway_of(keys: Iterable[str], merge_round: int) -> str:
+    """The region member (public key) that fetches the other regions' deltas at ``merge_round``:
+    the smallest SHA-256 of ``key|round`` (no election round trip; it rotates with the round).
+    The real merger and the simulator both call this."""
+    return min(sorted(keys), key=lambda k: hashlib.sha256(f"{k}|{merge_round}".encode()).digest())
 
 
 def anchor_merges(anchor: str) -> int:
@@ -271,8 +278,10 @@ class CrossRegionMerger:
             return self._finish(state, state.params)  # no second admitted region: no merge
         deadline = ctx.clock.tally_time(q) + MERGE_END * ctx.clock.round_s
         providers = {d.digest: [(pid, g) for pid in d.providers] for g, d in chosen.items()}
-        gateway = min(sorted(set(adm.mates) | {ctx.p2p_id}),
-                      key=lambda p: hashlib.sha256(f"{p}|{r}".encode()).digest())
+        published = set(adm.mates)
+        by_key = {k: p2p for k, (g, p2p) in members.items() if g == ctx.region and p2p in published}
+        by_key[ctx.identity.public_key_hex] = ctx.p2p_id
+        gateway = by_key[gateway_of(by_key, r)]
         decoded = self._fetch(r, {g: (d.digest, d.size, d.weight) for g, d in chosen.items()}, providers,
                               gateway, deadline)
         expect = {n: tuple(t.shape) for n, t in state.params.items()}

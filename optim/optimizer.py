@@ -3,7 +3,7 @@
 It honours the torch contract (``step(closure=None)``, ``zero_grad(set_to_none=True)``, live
 ``param_groups`` / ``state`` / ``defaults``, ``state_dict`` / ``load_state_dict`` including the
 round number) by delegating to the task's inner optimizer, and tells the round runtime after each
-inner step. The protocol itself lives in :mod:`dai_swarm.optim.runtime`; nothing here makes a
+inner step. The protocol itself lives in :mod:`dai_swarm.runtime`; nothing here makes a
 network round trip. Like torchft's wrapper, a network problem never raises out of ``step``: it is
 latched in the runtime and the swarm carries on (the peer re-syncs in a later round).
 """

@@ -12,7 +12,9 @@ leaves, slashes) are de-duplicated by their canonical body. Metrics:
 - ``slashing_frequency``: slashed peers per round; ``slash_events``: slash records;
 - ``verification_latency``: from verdict records (``latency_s`` if present, else
   ``issued_round - round`` in rounds): mean, p50, p95;
-- ``provenance_depth``: rounds and distinct contributors behind the last state hash.
+- ``provenance_depth``: rounds and distinct contributors behind the last state hash, and
+  ``linked_rounds``: how many consecutive round records end at it, each naming the previous
+  one's state as its parent (what an export of that state can prove, ``ledger verify --model``).
 """
 
 from __future__ import annotations
@@ -71,6 +73,16 @@ def _collect(paths: Sequence[str]):
             elif rec.type in events:
                 events[rec.type].setdefault(canonical_json(rec.body), rec.body)
     return rounds, {k: list(v.values()) for k, v in events.items()}, disagreements
+
+
+def _linked_rounds(rounds: dict[int, dict]) -> int:
+    """Consecutive round records ending at the last one, each naming its predecessor's state as parent."""
+    if not rounds:
+        return 0
+    r, n = max(rounds), 1
+    while r - 1 in rounds and rounds[r].get("parent_hash") and rounds[r]["parent_hash"] == rounds[r - 1].get("state_hash"):
+        r, n = r - 1, n + 1
+    return n
 
 
 def ledger_report(paths: str | Sequence[str]) -> dict:
@@ -146,7 +158,8 @@ def ledger_report(paths: str | Sequence[str]) -> dict:
             "p50": _percentile(latencies, 0.5) if latencies else None,
             "p95": _percentile(latencies, 0.95) if latencies else None,
         },
-        "provenance_depth": {"rounds": n_rounds, "contributors": len(behind), "state_hash": last.get("state_hash")},
+        "provenance_depth": {"rounds": n_rounds, "contributors": len(behind), "state_hash": last.get("state_hash"),
+                             "linked_rounds": _linked_rounds(rounds)},
     }
 
 

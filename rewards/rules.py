@@ -87,6 +87,7 @@ def compute_round_record(
     slashed: Iterable[str],
     state_hash: str,
     *,
+    parent_hash: str | None = None,
     emission: int = DEFAULT_EMISSION,
     verifier_share_ppm: int = DEFAULT_VERIFIER_SHARE_PPM,
 ) -> dict:
@@ -94,13 +95,16 @@ def compute_round_record(
 
     ``contributors`` are the updates the round included, ``verifications`` maps a peer to the
     number of verifications it did this round, ``slashed`` the peers slashed this round,
-    ``state_hash`` the hex state hash the round produced. Pure and deterministic: the order of the
+    ``state_hash`` the hex state hash the round produced, ``parent_hash`` (optional) the hash of
+    the base it was applied to: it links each round record to the previous state. Pure and deterministic: the order of the
     inputs does not matter. Raises :class:`LedgerError` on invalid input.
     """
     if not isinstance(round_no, int) or isinstance(round_no, bool) or round_no < 0:
         raise LedgerError(f"round must be a non-negative int, got {round_no!r}")
     if not isinstance(state_hash, str) or not _HEX64.match(state_hash):
         raise LedgerError("state_hash must be 64 lowercase hex characters")
+    if parent_hash is not None and (not isinstance(parent_hash, str) or not _HEX64.match(parent_hash)):
+        raise LedgerError("parent_hash must be 64 lowercase hex characters")
     if not isinstance(emission, int) or emission < 0:
         raise LedgerError(f"emission must be a non-negative int, got {emission!r}")
     if not isinstance(verifier_share_ppm, int) or not 0 <= verifier_share_ppm <= PPM:
@@ -137,7 +141,7 @@ def compute_round_record(
         if c.region is not None:
             row["region"] = str(c.region)
         rows.append(row)
-    return {
+    out = {
         "round": round_no,
         "state_hash": state_hash,
         "emission": emission,
@@ -146,3 +150,6 @@ def compute_round_record(
         "slashed": sorted(slashed_set),
         "unallocated": emission - paid,
     }
+    if parent_hash is not None:
+        out["parent_hash"] = parent_hash
+    return out

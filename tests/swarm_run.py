@@ -56,17 +56,20 @@ class Peer:
             self.proc.wait(10)
 
 
-def spawn_peer(workdir: str, name: str, *, run_id: str, task: str, t0: float, round_s: float, until_round: int,
+def spawn_peer(workdir: str, name: str, *, run_id: str, task: str | None, t0: float | None, round_s: float, until_round: int,
                region: str, initial_peers: list[str] | None = None, cross_region_period: int = 3,
                max_inner_steps: int = 40, env: dict | None = None, extra_args: list[str] | None = None,
                founding: list[str] | None = None) -> Peer:
-    """Start one peer process that leaves by itself at ``until_round``; ``founding``: its
-    arguments from :func:`dai_swarm.testing.founding_peers` when it is one of the run's founders."""
+    """Start one peer process that leaves by itself at ``until_round`` (``task``/``t0`` None: not
+    passed); ``founding``: its arguments from :func:`dai_swarm.testing.founding_peers` when it is one
+    of the run's founders."""
     hist, addr, log = (os.path.join(workdir, f"{name}.{ext}") for ext in ("json", "addr", "log"))
-    argv = [sys.executable, "-m", "dai_swarm", "peer", "--run-id", run_id, "--task", task, "--round-s", str(round_s),
-            "--until-round", str(until_round), "--t0", str(t0), "--region", region, "--threads", "1", "--quiet",
+    argv = [sys.executable, "-m", "dai_swarm", "peer", "--run-id", run_id, "--round-s", str(round_s),
+            "--until-round", str(until_round), "--region", region, "--threads", "1", "--quiet",
             "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--cross-region-period", str(cross_region_period),
             "--max-inner-steps", str(max_inner_steps), "--address-file", addr, "--history-file", hist]
+    argv += ["--task", task] if task is not None else []
+    argv += ["--t0", str(t0)] if t0 is not None else []
     if initial_peers:
         argv += ["--initial-peers", *initial_peers]
     argv += [*(founding or []), *(extra_args or [])]

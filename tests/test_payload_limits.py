@@ -12,7 +12,7 @@ import torch
 from dai_swarm.optim import codecs
 from dai_swarm.optim.coordinator import Coordinator
 from dai_swarm.optim.limits import FRAMING_MARGIN, MAX_EXTRA_BYTES, derive_limits
-from dai_swarm.optim.runtime import RoundRuntime
+from dai_swarm.runtime import RoundRuntime
 from dai_swarm.optim.states import BaseState, BaseStore
 from dai_swarm.tasks import load_task
 
@@ -118,3 +118,30 @@ def test_peer_keys_come_from_signed_peer_records_and_expire_after_two_rounds():
     RoundRuntime._refresh_peers(rt)
     assert RoundRuntime.announcer(rt, "a" * 64) is None and rt.peer_keys == {}
     assert RoundRuntime.announcer(rt, "b" * 64) is None
+
+
+def test_a_network_side_error_is_latched_and_reported_not_swallowed():
+    """Coordinator.errored() (read by the runtime's status): the newest failed round, its type and
+    a count; the round is skipped and the thread keeps going."""
+    import time as _time
+    from types import SimpleNamespace
+
+    from dai_swarm.errors import ProtocolError
+    from dai_swarm.optim.clock import RoundClock
+    from dai_swarm.optim.states import BaseStore
+
+    c = Coordinator(SimpleNamespace(clock=RoundClock(_time.time() - 25.0, 10.0)), BaseStore())
+    assert c.errored() is None
+
+    def fail(q):
+        raise ProtocolError(f"round {q}: the DHT said no")
+
+    c.close_round = fail
+    c.start(first_round=0)
+    deadline = _time.time() + 5
+    while c.errors < 1 and _time.time() < deadline:
+        _time.sleep(0.02)
+    c.stop()
+    err = c.errored()
+    assert err is not None and err["type"] == "ProtocolError" and "the DHT said no" in err["message"]
+    assert err["round"] in (0, 1) and err["count"] >= 1

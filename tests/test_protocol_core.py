@@ -23,7 +23,7 @@ from dai_swarm.errors import (
 )
 from dai_swarm.optim.aggregate import update_weight, weighted_mean
 from dai_swarm.optim.book import Accepted, BookLimits, Rejected, RoundBook, UpdateAnnouncement
-from dai_swarm.optim.clock import RoundClock
+from dai_swarm.optim.clock import CLOSE_FRAC, TALLY_FRAC, RoundClock
 from dai_swarm.optim.outer import OuterState, outer_step
 from dai_swarm.optim.protocol import (
     Announce, ApplyBase, CloseRound, Done, RoundPlanner, Tally, TrainUntil, WaitUntil,
@@ -52,7 +52,8 @@ def test_clock_spans_and_deadlines():
     c = RoundClock(1000.0, 60.0, margin_s=5.0)
     assert (c.start(0), c.end(0), c.start(3)) == (1000.0, 1060.0, 1180.0)
     assert c.train_deadline(0) == 1055.0 and c.train_deadline(0, margin_s=0.0) == 1060.0
-    assert c.close_time(0) == 1060.0 + 0.35 * 60 and c.tally_time(0) == 1060.0 + 0.7 * 60
+    assert (c.close_frac, c.tally_frac) == (CLOSE_FRAC, TALLY_FRAC) == (0.3, 0.55)  # one definition
+    assert c.close_time(0) == 1060.0 + 0.3 * 60 and c.tally_time(0) == 1060.0 + 0.55 * 60
     assert c.end(0) < c.close_time(0) < c.tally_time(0) < c.end(1)
     assert c.round_at(999.999) == -1 and c.round_at(1000.0) == 0 and c.round_at(1059.999) == 0
 
@@ -321,7 +322,7 @@ def run_planner(planner: RoundPlanner, clock: FakeClock, handle_s: float = 0.0, 
 
 
 def test_planner_timeline_follows_the_clock_only():
-    c = RoundClock(100.0, 10.0, margin_s=1.0)
+    c = RoundClock(100.0, 10.0, close_frac=0.35, tally_frac=0.7, margin_s=1.0)
     fc = FakeClock(95.0)
     tl = run_planner(RoundPlanner(c, 0, 2), fc)
     discrete = [(t, a) for t, a in tl if not isinstance(a, (TrainUntil, WaitUntil, Done))]
@@ -351,7 +352,7 @@ def test_planner_never_waits_on_a_silent_peer_and_catches_up_when_late():
 
 
 def test_planner_for_joiner_observes_the_previous_round():
-    c = RoundClock(0.0, 10.0)
+    c = RoundClock(0.0, 10.0, close_frac=0.35, tally_frac=0.7)
     p = RoundPlanner.for_joiner(c, 34.0, rounds=1)
     assert (p.first_round, p.last_round) == (4, 4)
     assert p.next_action(34.0) == WaitUntil(40.0)

@@ -150,7 +150,7 @@ def test_joiner_downloads_the_state_its_anchor_offers_not_the_state_of_fifty_fre
     records = {("state.r0", 6): [(FOUNDER, state_record(good.hash, good.blob(), "p2p-founder")[0])]
                + [(k, state_record(evil.hash, evil.blob(), f"p2p-{k[:6]}")[0]) for k in SYBILS[:50]]}
     picked = []
-    monkeypatch.setattr("dai_swarm.optim.coordinator.pick_download",
+    monkeypatch.setattr("dai_swarm.optim.statesync.pick_download",
                         lambda offers, target, me, live: picked.append(target) or None)
     counts = []
     c = _joiner(records, {FOUNDER}, counts.append)

@@ -2,7 +2,7 @@
 
 Every number that changes a simulation's outcome lives in :class:`SimConfig`, so a config plus its
 ``seed`` names one trace exactly (the simulator is deterministic). The round-clock fractions and
-the training margin default to the values :class:`~dai_swarm.optim.runtime.RoundRuntime` uses, so a
+the training margin default to the values :class:`~dai_swarm.runtime.RoundRuntime` uses, so a
 simulated round has the same deadlines as a real one.
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from dai_swarm.errors import ConfigError
+from dai_swarm.optim.clock import CLOSE_FRAC, TALLY_FRAC
 from dai_swarm.verification.spotcheck import DEFAULT_TAU
 
 __all__ = ["LinkSpec", "SimConfig"]
@@ -79,8 +80,8 @@ spot checker's pass threshold ``tau`` on the relative L2 distance.
     attack: str = "sign_flip"
     check_prob: float = 0.2
     tau: float = DEFAULT_TAU
-    close_frac: float = 0.3
-    tally_frac: float = 0.55
+    close_frac: float = CLOSE_FRAC
+    tally_frac: float = TALLY_FRAC
     margin_s: float | None = None
     compute_s_per_update: float = 0.0
     evaluate: bool = True

@@ -24,9 +24,9 @@ from dai_swarm.canonical import sha256_hex
 from dai_swarm.errors import CodecError, MalformedRecord
 from dai_swarm.optim import codecs
 from dai_swarm.optim.book import BookLimits, RoundBook, UpdateAnnouncement
-from dai_swarm.optim.coordinator import compute_next_base
-from dai_swarm.optim.crossregion import CrossRegionMerger, merge_region_deltas, merged_base, region_delta, weight_cap
-from dai_swarm.optim.crossregion import MERGE_END
+from dai_swarm.optim.rules import compute_next_base
+from dai_swarm.optim.crossregion import (MERGE_END, CrossRegionMerger, gateway_of, merge_region_deltas, merged_base,
+                                         region_delta, weight_cap)
 from dai_swarm.optim.votes import HeadCount, Vote, tally
 from dai_swarm.verification.recompute import recompute_update
 
@@ -304,7 +304,8 @@ class RoundSteps:
                        and self.peers[i].alive(t)]
             if not holders:
                 continue
-            gw = min(holders, key=lambda p: hashlib.sha256(f"{p.key}|{r}".encode()).digest())
+            gw_key = gateway_of((p.key for p in holders), r)  # the real merger's rule
+            gw = next(p for p in holders if p.key == gw_key)
             got, done = [], t
             for g2 in sorted(deltas):
                 if g2 == g:

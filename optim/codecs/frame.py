@@ -28,7 +28,6 @@ Version 1 frames (every stream zstd, no stage byte) are refused with :class:`Unk
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 from typing import Any, Mapping
@@ -37,9 +36,10 @@ import torch
 import zstandard
 
 from dai_swarm.canonical import canonical_json
-from dai_swarm.errors import CodecError, PayloadCorrupt, PayloadTooLarge, ShapeMismatch, UnknownCodec
+from dai_swarm.errors import CodecError, PayloadCorrupt, PayloadTooLarge, UnknownCodec
 
 from .base import DTYPE_CODES, Codec, check_finite, get_codec, get_codec_by_id
+from .frame_checks import check_expect, parse_params
 
 __all__ = [
     "FORMAT_VERSION",
@@ -307,7 +307,7 @@ def decode_frame(
         raise PayloadTooLarge(f"frame declares {total_raw} decompressed bytes, cap is {max_bytes}")
     if plen > MAX_PARAMS_BYTES:
         raise PayloadTooLarge(f"codec params of {plen} bytes, cap is {MAX_PARAMS_BYTES}")
-    params = _parse_params(codec, bytes(rd.take(plen)))
+    params = parse_params(codec, bytes(rd.take(plen)))
 
     entries, prev, raw_sum, elems, out_bytes, comp_sum = [], b"", 0, 0, 0, 0
     for _ in range(n):
@@ -360,7 +360,7 @@ def decode_frame(
     if rd.pos + comp_sum != end:
         raise PayloadCorrupt(f"payload is {end - rd.pos} bytes, the table declares {comp_sum} (truncated or trailing)")
     if expect is not None:
-        _check_expect(entries, expect)
+        check_expect(entries, expect)
 
     dev = torch.device(device)
     dctx = zstandard.ZstdDecompressor()
@@ -381,34 +381,3 @@ def decode_frame(
             check_finite(t, f"decoded tensor {name!r}")
         out[name] = t
     return out
-
-
-def _parse_params(codec: Codec, data: bytes) -> dict[str, Any]:
-    try:
-        params = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise PayloadCorrupt("codec params are not valid JSON") from None
-    if not isinstance(params, dict):
-        raise PayloadCorrupt("codec params are not a JSON object")
-    try:
-        if canonical_json(params) != data:
-            raise PayloadCorrupt("codec params are not canonical JSON")
-        checked = codec.check_params(dict(params))
-    except UnknownCodec:
-        raise
-    except (CodecError, ValueError, TypeError) as e:
-        raise PayloadCorrupt(f"bad codec params: {e}") from None
-    if checked != params:
-        raise PayloadCorrupt("codec params are incomplete or not normalised")
-    return params
-
-
-def _check_expect(entries: list, expect: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
-    got = {name for name, *_ in entries}
-    if got != set(expect):
-        missing, extra = sorted(set(expect) - got), sorted(got - set(expect))
-        raise ShapeMismatch(f"tensor names differ from expected: missing {missing[:5]}, unexpected {extra[:5]}")
-    for name, dtype, shape, *_ in entries:
-        want_shape, want_dtype = expect[name]
-        if tuple(want_shape) != shape or want_dtype != dtype:
-            raise ShapeMismatch(f"{name!r}: got {shape} {dtype}, expected {tuple(want_shape)} {want_dtype}")

@@ -16,32 +16,24 @@ from typing import Any, Mapping
 
 import torch
 
-from dai_swarm._version import __version__
-from dai_swarm.dht.records import PeerRecord, RunManifest
-from dai_swarm.errors import SwarmError
-from dai_swarm.logging import get_logger
-from dai_swarm.verification.assignment import assign
-from dai_swarm.verification.reputation import is_slashed
-
-from . import codecs
-from dai_swarm.rewards import Contributor, RewardLog, compute_round_record
-
-from .clock import RoundClock
-from .coordinator import Coordinator, NullVerifier, RoundOutcome
-from .exchange import PayloadServer, PayloadStore, Traffic
-from .limits import derive_limits
-from .netloop import NetLoop
-from .states import BaseState, BaseStore
+from ._version import __version__
+from .dht.records import PeerRecord, RunManifest
+from .errors import ConfigError, SwarmError
+from .logging import get_logger
+from .optim import codecs
+from .optim.clock import RoundClock
+from .optim.coordinator import Coordinator, NullVerifier, RoundOutcome
+from .optim.exchange import PayloadServer, PayloadStore, Traffic
+from .optim.limits import derive_limits
+from .optim.netloop import NetLoop
+from .optim.states import BaseState, BaseStore
+from .rewards import RewardLog
+from .roundlog import write_round_record
+from .verification.assignment import assign
 
 __all__ = ["RoundRuntime"]
 
 logger = get_logger(__name__)
-
-
-def _slashed(extra: Mapping) -> set[str]:
-    """Public keys slashed in a replicated state (empty without verification)."""
-    trust = extra.get("trust", {}) if isinstance(extra, Mapping) else {}
-    return {key for key in trust if is_slashed(extra, key)}
 
 
 class RoundRuntime:
@@ -50,18 +42,20 @@ class RoundRuntime:
     ``model`` is the user-visible model (its parameters are overwritten with each new canonical
     base); ``attack`` is an optional object from :mod:`dai_swarm.testing` that tampers with this
     peer's updates (benchmarks and tests only); ``rule`` an optional robust aggregation rule.
+    ``resume_state`` is a verified export's state (:func:`dai_swarm.export.load_export`): the
+    first base of a resumed generation (``manifest.resume``), else only a faster start when the
+    majority's state has its hash.
     """
 
     def __init__(self, task: Any, dht: Any, identity: Any, manifest: RunManifest, region: str, *,
                  model: torch.nn.Module | None = None, attack: Any = None, verifier: Any = None,
                  evaluate: bool = True, max_payload_bytes: int | None = None, ledger: str | None = None,
-                 trusted: tuple[str, ...] = ()):
+                 trusted: tuple[str, ...] = (), resume_state: BaseState | None = None):
         self.task, self.dht, self.identity, self.manifest, self.region = task, dht, identity, manifest, region
         self.run_id = manifest.run_id
         self.model = model if model is not None else task.build_model(manifest.seed)
         self.like = BaseState.initial(self.model)
-        self.clock = RoundClock(manifest.t0, manifest.round_s, close_frac=0.3, tally_frac=0.55,
-                                margin_s=min(0.1 * manifest.round_s, 2.0))
+        self.clock = RoundClock(manifest.t0, manifest.round_s, margin_s=min(0.1 * manifest.round_s, 2.0))
         self.cross_region_period = manifest.cross_region_period
         self.codec, self.codec_params = manifest.codec, dict(manifest.codec_params)
         self.batch_size = int(task.batch_size)
@@ -81,6 +75,10 @@ class RoundRuntime:
         # θ0 with the founders' standing (every peer reads the same manifest: the same hash)
         self.genesis = BaseState.make(0, self.like.params, self.like.momentum, extra0, self.like.anchor) \
             if extra0 else self.like
+        self.origin, self.preloaded = manifest.first_round, resume_state
+        if manifest.resume is not None:  # a resumed generation starts from the exported state
+            held = resume_state is not None and resume_state.hash == manifest.resume.state_hash
+            self.genesis = resume_state.at_round(self.origin) if held else None
         limits = derive_limits(self.like, self.codec, self.codec_params)  # from the model, never fixed
         self.max_payload_bytes = min(limits.max_payload_bytes, max_payload_bytes or limits.max_payload_bytes)
         self.max_decoded_bytes = limits.max_decoded_bytes
@@ -162,11 +160,13 @@ class RoundRuntime:
         """Pick the first round: θ0 for a fresh run, else download the majority's state (I6)."""
         self._refresh_peers()
         now = time.time()
-        current = max(0, self.clock.round_at(now))
+        current = max(self.origin, self.clock.round_at(now))
         mates = self.region_mates()
-        if current <= 1:
-            self.bases.put(self.genesis.at_round(0))
-            self.bases.put(self.genesis.at_round(1))
+        if current <= self.origin + 1 and self.genesis is not None:
+            for r in (self.origin, self.origin + 1):
+                self.bases.put(self.genesis.at_round(r))
+                if self.origin:  # a resumed run: peers without the export download it from here
+                    self.coordinator._publish_state(self.genesis.at_round(r))
             first = current
         elif not mates:
             first = self._found(current, "no other peer of this region is online")
@@ -174,9 +174,12 @@ class RoundRuntime:
             first = self._join(current, join_timeout_s or 3 * self.manifest.round_s)
         self._load_base(self.bases.get(first))
         self.round, self.steps = first, 0
-        self.coordinator.start(first_round=0 if first <= 1 else first)
+        self.coordinator.start(first_round=self.origin if first <= self.origin + 1 else first)
         if self.ledger is not None:
-            self.ledger.append("join", {"peer": self.identity.public_key_hex, "round": first, "region": self.region})
+            joined = {"peer": self.identity.public_key_hex, "round": first, "region": self.region}
+            if self.manifest.resume is not None:  # links this log to the exported state
+                joined["resume"] = self.manifest.resume.model_dump()
+            self.ledger.append("join", joined)
         self._heartbeat.start()
         logger.info("peer %s (key %s) in region %s starts at round %d", self.p2p_id, self.identity.public_key_hex[:16],
                     self.region, first)
@@ -199,6 +202,15 @@ class RoundRuntime:
     def _found(self, current: int, why: str) -> int:
         """Start this region's chain from θ0 at round ``current``; the next cross-region merge
         brings it onto the run's global chain (see optim/crossregion.py)."""
+        if self.preloaded is not None and self.manifest.resume is None:
+            logger.warning("%s: starting region %s from the export given with --resume (state %s) at round %d",
+                           why, self.region, self.preloaded.hash[:12], current)
+            self.bases.put(self.preloaded.at_round(current))
+            self.bases.put(self.preloaded.at_round(current + 1))
+            return current
+        if self.genesis is None:
+            raise ConfigError(f"run {self.run_id} resumes from state {self.manifest.resume.state_hash[:12]} and {why}: "
+                              "start with --resume DIR (an export of that state) or join while its peers are live")
         logger.warning("%s: starting region %s from the initial state at round %d", why, self.region, current)
         self.bases.put(self.genesis.at_round(current))
         self.bases.put(self.genesis.at_round(current + 1))
@@ -259,7 +271,7 @@ class RoundRuntime:
         give_up = time.time() + 2 * self.clock.round_s
         while not self._stop.is_set():
             if time.time() > give_up:
-                latest = self.bases.latest() or self.genesis
+                latest = self.bases.latest() or self.genesis or self.like
                 current = max(wanted, self.clock.round_at(time.time()))
                 logger.warning("no donor offers the base of round %d; continuing alone from round %d's base",
                                current, latest.round)
@@ -314,32 +326,10 @@ class RoundRuntime:
                 for n, p in self._eval_model.named_parameters():
                     p.copy_(state.params[n])
             entry["val_loss"] = float(self.task.evaluate(self._eval_model)["loss"])
-        if self.ledger is not None and state is not None:
-            entry["ledger"] = self._write_round_record(outcome, state)
+        if state is not None:  # whether this peer holds standing in that base (counts in votes)
+            entry["standing"] = self.vote_weights(state.extra).get(self.identity.public_key_hex, 0.0) > 0
+            entry["ledger"] = write_round_record(self, outcome, state) if self.ledger is not None else None
         self.history.append(entry)
-
-    def _write_round_record(self, outcome: RoundOutcome, state: BaseState) -> dict | None:
-        """Append round ``outcome.round``'s canonical reward record (a deterministic function of the
-        agreed state) and publish the round-chain head so peers can compare their logs."""
-        try:
-            prev = self.bases.get(outcome.round + 1)
-            rep = self.verifier.reputation(state.extra)
-            contributors = [Contributor(peer, int(samples), float(min(1.0, max(0.0, rep.get(peer, 1.0)))),
-                                        outcome.regions.get(peer) or None)
-                            for peer, samples in sorted(outcome.contributors.items())]
-            ids = self.coordinator.verdict_winners.get(outcome.round - 1, ())
-            before = _slashed(prev.extra) if prev is not None else set()
-            body = compute_round_record(outcome.round, contributors, self.verifier.verifier_counts(outcome.round - 1, ids),
-                                        sorted(_slashed(state.extra) - before), state.hash)
-            self.ledger.append_round(body).wait(10.0)
-            head = {"round_chain_head": self.ledger.round_chain_head, "rounds": self.ledger.rounds}
-            self.dht.publish_round_record(self.run_id, f"loghead.{self.region}", outcome.round, head,
-                                          ttl_s=max(60.0, 20 * self.manifest.round_s))
-            return head
-        except Exception as e:  # the log must never stop training; the error is counted and logged
-            self.ledger_errors += 1
-            logger.warning("round %d: reward log append failed: %r", outcome.round, e)
-            return None
 
     def metrics(self) -> dict:
         """Live figures for status records, the CLI and benchmarks."""
@@ -350,6 +340,7 @@ class RoundRuntime:
                 "resyncs": sum(1 for h in self.history if h.get("resynced")),
                 "counters": dict(self.counters), "ledger_errors": self.ledger_errors,
                 "ledger_rounds": self.ledger.rounds if self.ledger is not None else None, "dropped_records": dict(self.dht.counters),
+                "network_error": self.coordinator.errored(),
                 "trust": self.verifier.metrics(getattr(self.bases.latest(), "extra", {})) if hasattr(self.verifier, "metrics") else None}
 
     def _refresh_peers(self) -> None:

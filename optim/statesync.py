@@ -1,0 +1,153 @@
+"""The state half of the round driver: publishing state records, re-syncing a minority peer to
+its region's majority, confirming a kept state after the tally, and joining.
+
+A mixin of :class:`~.coordinator.Coordinator` (it uses the coordinator's ``ctx``, ``bases``,
+record helpers and electorate). Downloads are chunk-verified (:mod:`.download`); the target is
+always a state backed by standing weight (:mod:`.votes`), or, for a joiner, by its trust anchors.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from dai_swarm.errors import SwarmError
+from dai_swarm.logging import get_logger
+
+from .download import StateOffer, fetch_chunked, parse_state_offer, pick_download, state_record
+from .states import BaseState
+from .votes import HeadCount, Vote, confirm_state, majority_state_hash
+
+__all__ = ["StateSync"]
+
+logger = get_logger("dai_swarm.optim.coordinator")  # one logger name for the whole driver
+events = get_logger("dai_swarm.events")
+
+
+class StateSync:
+    """State records, re-syncs and post-tally confirmation (see the module docstring)."""
+
+    def _publish_state(self, state: BaseState) -> None:
+        """Store the snapshot and its chunk list (both served to joiners) and publish the record."""
+        blob = state.blob()
+        body, hashes = state_record(state.hash, blob, self.ctx.p2p_id)
+        self.ctx.store.put(blob, state.round, body["digest"])
+        self.ctx.store.put(hashes, state.round, body["chunks_digest"])
+        self._publish("state", state.round, body)
+
+    def state_offers(self, round: int) -> list[StateOffer]:
+        """The well-formed state records of ``round`` (see :class:`~.download.StateOffer`)."""
+        offers = (parse_state_offer(rec.signer, rec.body)
+                  for rec in self._records("state", round, self.foreign_source.get(round)))
+        return [o for o in offers if o is not None]
+
+    def _resync_deadline(self, q: int) -> float:
+        """How long a minority peer keeps trying to re-sync the base of ``q+2`` at round ``q``'s
+        tally: until 0.15 T before round ``q+2`` starts (the base is not needed earlier), at least 1 s.
+        A peer that still has no base then catches up when its trainer needs it (0.05 T before)."""
+        clock = self.ctx.clock
+        return max(time.time() + 1.0, clock.start(q + 2) - 0.15 * clock.round_s)
+
+    def _resync_to_voters(self, q: int, winners: set[str]) -> BaseState | None:
+        """Merge rounds: the vote named the winners' pre-merge hash, but they publish the merged
+        base of ``q+2``; adopt the state most of the winning voters published (None: not yet)."""
+        offers = [(o.signer, o.state_hash) for o in self.state_offers(q + 2) if o.signer in winners]
+        if not offers:
+            return None
+        maj = majority_state_hash(offers, self.ctx.vote_weights(), electorate=self._electorate([]))
+        return self.resync(q + 2, maj.state_hash) if maj is not None and maj.weight > 0 else None
+
+    def _retry_resync(self, q: int, attempt: Callable[[], BaseState | None]) -> BaseState | None:
+        """Call ``attempt`` until it returns a state or :meth:`_resync_deadline` passes (then None)."""
+        give_up = self._resync_deadline(q)
+        while not self._stop.is_set():
+            try:
+                state = attempt()
+            except SwarmError as e:
+                logger.info("round %d: re-sync failed: %s", q, e)
+                state = None
+            if state is not None or time.time() >= give_up:
+                return state
+            self._stop.wait(0.25)
+        return None
+
+    def _confirm_state(self, q: int, state: BaseState, votes: list[Vote]) -> BaseState:
+        """Compare this peer's new base of ``q+2`` with its region's state records (pure rule:
+        :func:`~.votes.confirm_state`): a peer whose tally missed a mate's vote, or that merged a
+        different set of region deltas, re-syncs to the settled majority before round ``q+2``
+        starts instead of one round later. Weights come from base ``q+1``, which both sides held."""
+        me = self.ctx.identity.public_key_hex
+        held = self.bases.get(q + 1)
+        weights = self.ctx.vote_weights(held.extra if held is not None else None)
+
+        def check() -> BaseState | None:  # ours when settled, the majority's when re-synced, None: wait
+            offers = [(o.signer, o.state_hash) for o in self.state_offers(q + 2)]
+            decision = confirm_state(state.hash, me, offers, self._electorate(votes), weights)
+            if decision.action == "keep":
+                return state
+            if decision.action == "wait":
+                return None
+            adopted = self.resync(q + 2, decision.target)
+            if adopted is not None:
+                logger.warning("round %d: this peer's new state %s was in the region's minority; re-synced to %s",
+                               q, state.hash[:12], adopted.hash[:12])
+                self._publish_state(adopted)
+            return adopted
+
+        return self._retry_resync(q, check) or state
+
+    def _lying_donor(self, peer_id: Any, why: str) -> None:
+        """A donor sent state bytes that do not match the chunk list: count it (status counters)."""
+        self.ctx.count("lying_donor")  # the download itself logs a warning naming the donor
+
+    def resync(self, round: int, target_hash: str | None = None, timeout_s: float | None = None) -> BaseState | None:
+        """Download the base of ``round`` whose hash the reputation-weighted majority announced (I6).
+
+        Chunks come from every donor that announced the winning blob; the result is adopted only
+        if its hash matches. Returns the state (also stored), or None if nobody offered it yet.
+        """
+        from hivemind.p2p import PeerID
+        offers = self.state_offers(round)
+        if not offers:
+            return None
+        weights = self.ctx.vote_weights()
+        maj = majority_state_hash([(o.signer, o.state_hash) for o in offers], weights,
+                                  electorate=self._electorate([]))
+        if maj is not None and maj.weight <= 0 and target_hash is None and self.bases.latest() is None:
+            # a joiner none of whose trust anchors (founders, --trust keys) offers this region's
+            # state: the documented gap of a region without a founder; fall back to a head count
+            logger.warning("round %d: no founder or trusted key offers the state of region %s; choosing it by a "
+                           "head count of %d signer(s) (pass --trust KEY of a peer you trust to avoid this)",
+                           round, self.ctx.region, len({o.signer for o in offers}))
+            self.ctx.count("untrusted_join")
+            maj = majority_state_hash([(o.signer, o.state_hash) for o in offers], HeadCount())
+        if maj is None or maj.weight <= 0:
+            return None
+        target = target_hash or maj.state_hash
+        local = getattr(self.ctx, "preloaded", None)  # a verified export with the majority's hash
+        if local is not None and local.hash == target:
+            self.bases.put(local.at_round(round))
+            logger.info("base of round %d (%s) taken from the export given with --resume", round, target[:12])
+            return self.bases.get(round)
+        picked = pick_download(offers, target, self.ctx.identity.public_key_hex,
+                               set(getattr(self.ctx, "region_of", {}) or ()))
+        if picked is None:
+            return None
+        offer, donors = picked
+        donor_ids = []  # in any order: the fetch shuffles them
+        for p in donors:
+            try:
+                donor_ids.append((PeerID.from_base58(p), self.ctx.link_of_p2p(p)))
+            except Exception:  # a malformed libp2p id in a signed record: not a donor
+                continue
+        timeout_s = timeout_s or max(5.0, self.ctx.clock.round_s)
+        blob = self.ctx.netloop.run(
+            fetch_chunked(self.ctx.p2p, donor_ids, self.ctx.run_id, offer, max_bytes=self.ctx.max_state_bytes,
+                          traffic=self.ctx.traffic, timeout_s=timeout_s, on_liar=self._lying_donor),
+            timeout_s=timeout_s * 3)
+        state = BaseState.from_blob(round, blob, target, self.ctx.like)
+        self.bases.put(state)
+        self.ctx.store.put(blob, round, offer.digest)
+        events.info("re-synced base of round %d (%s) from %d donor(s)", round, target[:12], len(donor_ids),
+                    extra={"event": "resync", "round": round, "state_hash": target})
+        return state
