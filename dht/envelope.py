@@ -13,6 +13,7 @@ Size is checked before anything is parsed: an envelope is at most :data:`MAX_REC
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 import math
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from .keys import key_for
 from .records import RoundRecord, _Record, parse_body, validate_name
 
 __all__ = [
+    "EnvelopeCache",
     "ENVELOPE_VERSION",
     "MAX_CLOCK_SKEW_S",
     "MAX_RECORD_BYTES",
@@ -210,3 +212,38 @@ def open_envelope(
         signature=fields["sig"],
         raw=bytes(data),
     )
+
+
+class EnvelopeCache:
+    """Envelopes already verified, by their exact bytes and where they were read (LRU).
+
+    A peer reads the same round records several times a round (votes for the tally, again for the
+    verdict set and the post-tally check); with a thousand fresh-key votes under one key, checking
+    every signature on every read cost honest peers whole rounds of CPU. A hit is re-checked only
+    for what changes with time (expiry); anything :func:`open_envelope` refuses is never cached.
+    """
+
+    def __init__(self, size: int = 50_000):
+        self.size = int(size)
+        self._items: "OrderedDict[tuple, SignedRecord]" = OrderedDict()
+
+    def open(self, data: bytes, *, now: float, expected_key: str, expected_type: str, expected_run_id: str,
+             expected_subkey: str) -> "SignedRecord":
+        """:func:`open_envelope` with the same checks, from the cache when these bytes passed before."""
+        if not isinstance(data, bytes):  # never cached (open_envelope refuses what is not bytes)
+            return open_envelope(data, now=now, expected_key=expected_key, expected_type=expected_type,
+                                 expected_run_id=expected_run_id, expected_subkey=expected_subkey)
+        k = (expected_key, expected_subkey, expected_type, expected_run_id, data)
+        signed = self._items.get(k)
+        if signed is not None:
+            if signed.expiration <= now:
+                del self._items[k]
+                raise ExpiredRecord(f"{signed.kind or 'round'} record expired {now - signed.expiration:.1f} s ago")
+            self._items.move_to_end(k)
+            return signed
+        signed = open_envelope(data, now=now, expected_key=expected_key, expected_type=expected_type,
+                               expected_run_id=expected_run_id, expected_subkey=expected_subkey)
+        self._items[k] = signed
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return signed

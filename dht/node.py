@@ -34,7 +34,7 @@ from ..errors import BootstrapError, ConfigError, DHTClosed, IdentityError, Reco
 from ..identity import Identity
 from ..logging import get_logger
 from . import _proc
-from .envelope import SignedRecord, open_envelope, seal
+from .envelope import EnvelopeCache, SignedRecord, open_envelope, seal
 from .keys import manifest_key, peers_key, regions_key, round_key
 from .manifest import ManifestChoice, check_pin, select_manifest
 from .pipe import DHTPipe, WholeMessages
@@ -103,6 +103,7 @@ class SwarmDHT:
         announce = [validate_maddr(m) for m in announce_maddrs] if announce_maddrs else None
         check_p2p_identity(identity.p2p_identity_path)
         self._read_drops: collections.Counter = collections.Counter()
+        self._envelopes = EnvelopeCache()  # records verified once, not on every read
         self._pipe = DHTPipe()
         self.request_timeout_s = float(request_timeout_s or RPC_TIMEOUTS_PER_REQUEST * dht_kwargs.get("wait_timeout", 3.0))
         validators = [SwarmRecordValidator()] if validate else []
@@ -245,10 +246,8 @@ class SwarmDHT:
             try:
                 if not isinstance(subkey, str):
                     raise RecordRejected("subkey is not a string")
-                signed = open_envelope(
-                    item.value, now=now, expected_key=key, expected_type=expected_type,
-                    expected_run_id=run_id, expected_subkey=subkey,
-                )
+                signed = self._envelopes.open(item.value, now=now, expected_key=key, expected_type=expected_type,
+                                              expected_run_id=run_id, expected_subkey=subkey)
                 if item.expiration_time != signed.expiration:
                     raise RecordRejected("DHT expiration differs from the signed expiration")
             except RecordRejected as e:

@@ -16,7 +16,7 @@ from dai_swarm.logging import get_logger
 
 from .download import StateOffer, fetch_chunked, parse_state_offer, pick_download, state_record
 from .states import BaseState
-from .votes import HeadCount, Vote, confirm_state, majority_state_hash
+from .votes import Vote, confirm_state, majority_state_hash
 
 __all__ = ["StateSync"]
 
@@ -26,6 +26,8 @@ events = get_logger("dai_swarm.events")
 
 class StateSync:
     """State records, re-syncs and post-tally confirmation (see the module docstring)."""
+
+    _no_anchor_warned: int | None = None  # the round a joiner last said that no anchor offers state
 
     def _publish_state(self, state: BaseState) -> None:
         """Store the snapshot and its chunk list (both served to joiners) and publish the record."""
@@ -115,12 +117,15 @@ class StateSync:
                                   electorate=self._electorate([]))
         if maj is not None and maj.weight <= 0 and target_hash is None and self.bases.latest() is None:
             # a joiner none of whose trust anchors (founders, --trust keys) offers this region's
-            # state: the documented gap of a region without a founder; fall back to a head count
-            logger.warning("round %d: no founder or trusted key offers the state of region %s; choosing it by a "
-                           "head count of %d signer(s) (pass --trust KEY of a peer you trust to avoid this)",
-                           round, self.ctx.region, len({o.signer for o in offers}))
-            self.ctx.count("untrusted_join")
-            maj = majority_state_hash([(o.signer, o.state_hash) for o in offers], HeadCount())
+            # state: no download (a head count would hand the choice to whoever has most keys);
+            # it asks again until its join deadline, then carries on alone and says so
+            if self._no_anchor_warned != round:
+                self._no_anchor_warned = round
+                logger.warning("round %d: no founder or trusted key offers the state of region %s (%d other "
+                               "signer(s) do): not downloading; pass --trust KEY of a peer you trust",
+                               round, self.ctx.region, len({o.signer for o in offers}))
+                self.ctx.count("no_trusted_offer")
+            return None
         if maj is None or maj.weight <= 0:
             return None
         target = target_hash or maj.state_hash

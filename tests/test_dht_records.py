@@ -172,3 +172,37 @@ def test_pick_region_rule():
     assert pick_region({}, 1.0) == (None, None)
     assert founded_region_name("run", "ab" * 32) == founded_region_name("run", "ab" * 32)
     assert founded_region_name("run", "ab" * 32) != founded_region_name("run", "cd" * 32)
+
+
+def test_envelope_cache_verifies_once_and_still_expires_and_refuses(monkeypatch):
+    """A thousand-vote read costs one signature check per record, not one per read; a cached
+    record still expires; forged or non-bytes values are refused and never cached."""
+    from dai_swarm.dht import envelope
+    from dai_swarm.dht.envelope import EnvelopeCache
+    from dai_swarm.dht.records import RoundRecord
+    from dai_swarm.errors import ExpiredRecord, ForgedRecord, MalformedRecord
+    from dai_swarm.identity import Identity
+
+    calls = []
+    real = envelope.verify_signature
+    monkeypatch.setattr(envelope, "verify_signature", lambda *a: calls.append(1) or real(*a))
+    key = round_key("run", "vote.a", 3)
+    ids = [Identity.generate() for _ in range(20)]
+    now = time.time()
+    data = [seal(i, RoundRecord(kind="vote.a", round=3, body={"n": 1}), run_id="run", ttl_s=60, issued_at=now)
+            for i in ids]
+    cache = EnvelopeCache()
+    kw = dict(expected_key=key, expected_type="round", expected_run_id="run")
+    for _ in range(5):
+        got = [cache.open(d, now=now, expected_subkey=i.public_key_hex, **kw) for d, i in zip(data, ids)]
+    assert len(calls) == 20 and {g.signer for g in got} == {i.public_key_hex for i in ids}
+    with pytest.raises(ExpiredRecord):
+        cache.open(data[0], now=now + 61, expected_subkey=ids[0].public_key_hex, **kw)
+    forged = data[1].replace(b'"n":1', b'"n":2')
+    for _ in range(2):
+        with pytest.raises(ForgedRecord):
+            cache.open(forged, now=now, expected_subkey=ids[1].public_key_hex, **kw)
+    with pytest.raises(ForgedRecord):  # the same bytes under another subkey are checked, not served
+        cache.open(data[2], now=now, expected_subkey=ids[3].public_key_hex, **kw)
+    with pytest.raises(MalformedRecord):
+        cache.open(10**9, now=now, expected_subkey=ids[0].public_key_hex, **kw)

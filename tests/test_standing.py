@@ -155,11 +155,11 @@ def test_joiner_downloads_the_state_its_anchor_offers_not_the_state_of_fifty_fre
     counts = []
     c = _joiner(records, {FOUNDER}, counts.append)
     assert c.resync(6) is None and picked == [good.hash] and counts == []
-    # a joiner none of whose anchors offers anything falls back to a head count, and says so
+    # a joiner none of whose anchors offers anything downloads nothing (no head count), and says so
     picked.clear()
     c = _joiner(records, {_key("somebody else")}, counts.append)
-    c.resync(6)
-    assert picked == [evil.hash] and counts == ["untrusted_join"]
+    assert c.resync(6) is None and c.resync(6) is None
+    assert picked == [] and counts == ["no_trusted_offer"]  # said once per round
 
 
 # --- aggregation: newcomers together weigh at most NEWCOMER_SHARE (must-show (g), pure) ----------------

@@ -84,7 +84,7 @@ def test_c_joiner_facing_fifty_fresh_offers_adopts_the_honest_state(runs):
     assert not set(joiner.values()) & poisoned
     both = sorted(set(joiner) & set(founder))
     assert both and sum(joiner[r] == founder[r] for r in both) >= len(both) - 1, (joiner, founder)
-    assert attacked[JOINER]["status"]["counters"].get("untrusted_join", 0) == 0
+    assert attacked[JOINER]["status"]["counters"].get("no_trusted_offer", 0) == 0
 
 
 def test_f_oversized_announcement_from_a_fresh_key_is_never_fetched(runs):
