@@ -8,13 +8,12 @@ SIGINT/SIGTERM set an event and the node shuts down cleanly (no leftover p2pd or
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 
 from .dht.address_file import write_address_file
 from .dht.node import SwarmDHT
 from .errors import NetworkError
+from .exit_guard import ExitGuard
 from .identity import Identity
 from .logging import get_logger, setup_logging
 
@@ -57,10 +56,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Start the node, print the --initial-peers line, serve until SIGINT/SIGTERM."""
     setup_logging()
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    guard = ExitGuard().install()
+    stop = guard.stop
     identity = Identity.load_or_create(args.identity) if args.identity else Identity.generate()
-    dht = SwarmDHT(identity, host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs)
+    with guard.starting():
+        dht = SwarmDHT(identity, host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs)
     try:
         maddrs = dht.visible_maddrs
         print("--initial-peers " + " ".join(maddrs), flush=True)
@@ -74,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
                 logger.warning("DHT status: %s", e)
     finally:
         dht.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        guard.uninstall()
         logger.info("bootstrap node stopped")
     return 0
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 import time
 
 from .dht.address_file import write_atomic
 from .display import megabytes, num
+from .exit_guard import FLUSH_TIMEOUT_S, ExitGuard
 from .logging import get_logger, setup_logging
 
 logger = get_logger(__name__)
@@ -94,26 +94,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    guard = ExitGuard().install()
+    stop = guard.stop
     attack = None
     if args.attack:
         from .testing import make_attack
         attack = make_attack(args.attack)
     task = args.task if args.task or args.initial_peers else "tinylm"
-    swarm = Swarm(task, args.run_id, initial_peers=args.initial_peers, region=args.region,
-                  identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s, codec=args.codec,
-                  t0=args.t0, start_in_s=args.start_in, seed=args.seed, max_inner_steps=args.max_inner_steps, attack=attack,
-                  spot_check_rate=args.spot_check_rate,
-                  cross_region_period=args.cross_region_period, ledger=args.ledger, manifest_hash=args.manifest,
-                  trust=args.trust, founders=args.founder)
+    with guard.starting():  # a signal now unwinds the start-up through its clean-up
+        swarm = Swarm(task, args.run_id, initial_peers=args.initial_peers, region=args.region,
+                      identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s, codec=args.codec,
+                      t0=args.t0, start_in_s=args.start_in, seed=args.seed, max_inner_steps=args.max_inner_steps,
+                      attack=attack, spot_check_rate=args.spot_check_rate,
+                      cross_region_period=args.cross_region_period, ledger=args.ledger, manifest_hash=args.manifest,
+                      trust=args.trust, founders=args.founder)
+    if swarm.runtime.ledger is not None:
+        guard.on_force.append(lambda: swarm.runtime.ledger.flush(FLUSH_TIMEOUT_S))
     logger.info("peer id %s, public key %s, region %s", swarm.dht.peer_id, swarm.identity.public_key_hex,
                 swarm.region)
     print(swarm.join_line, flush=True)
@@ -154,13 +150,16 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if metrics_server is not None:
             metrics_server.stop()
-        summary = swarm.status()
+        rt_stop.set()
         history = list(rt.history)
         swarm.shutdown()
+        summary = swarm.status()
         if args.history_file:
             write_atomic(args.history_file, json.dumps({"status": summary, "history": history,
                                                          "start_round": start_round}, default=str))
         _print_summary(summary, history)
+        if guard.signalled_at is not None:
+            logger.info("stopped %.1f s after the signal", time.monotonic() - guard.signalled_at)
     return 0
 
 

@@ -248,12 +248,20 @@ class Swarm:
         return (f"--run-id {self.manifest.run_id} --manifest {self.manifest_hash[:PIN_HEX]} "
                 f"--initial-peers {' '.join(self.initial_peers)}")
 
-    def shutdown(self) -> None:
-        """Stop training threads, the payload server and the DHT. Idempotent."""
-        if self.runtime is not None:
-            self.runtime.shutdown()
-            if hasattr(self.runtime.verifier, "close"):
-                self.runtime.verifier.close()
+    def shutdown(self, grace_s: float = 2.0) -> None:
+        """Stop training threads, the payload server and the DHT; bounded, idempotent.
+
+        Threads get ``grace_s`` to finish their current step; then every request to the DHT fails at
+        once (nothing waits on a busy or dead DHT process), the reward log gets its "leave" record
+        and is closed, and the DHT process and its p2pd are stopped (SwarmDHT.shutdown).
+        """
+        rt = self.runtime
+        if rt is not None:
+            rt.stop_threads(grace_s)
+            self.dht.close_requests()
+            rt.shutdown(timeout_s=1.0)
+            if hasattr(rt.verifier, "close"):
+                rt.verifier.close(timeout_s=1.0)
         self.dht.shutdown()
 
     def __enter__(self) -> "Swarm":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import collections
 import os
-import signal
 import stat
 import time
 import weakref
@@ -40,6 +39,7 @@ from .keys import manifest_key, peers_key, regions_key, round_key
 from .manifest import ManifestChoice, check_pin, select_manifest
 from .pipe import DHTPipe
 from .records import PeerRecord, RegionMembership, RoundRecord, RunManifest, validate_maddr, validate_name
+from .transport import DHTProcess
 from .validator import REASONS, SwarmRecordValidator, reason_of
 
 __all__ = ["DEFAULT_HOST_MADDRS", "SwarmDHT", "parse_initial_peers"]
@@ -87,20 +87,6 @@ def _check_p2p_identity(path: str | None) -> None:
         raise IdentityError(f"libp2p identity {path!r} is corrupt ({e}); restore it or remove it to get a new peer id") from e
 
 
-class _DHTProcess(hivemind.DHT):
-    """hivemind's DHT process, in its own process group (a terminal's Ctrl+C reaches only our main
-    process, which then shuts the DHT down in order) and exiting if its parent dies."""
-
-    def run(self) -> None:
-        """Detach from the terminal's process group, watch the parent, then serve the DHT."""
-        os.setpgid(0, 0)
-        # a fork inherits the parent's Python signal handlers (a CLI's "set the stop flag" on SIGTERM):
-        # SIGTERM must stop this process, or shutdown's terminate() does nothing
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _proc.watch_parent(self._parent_pid)
-        super().run()
-
-
 class SwarmDHT:
     """A running DHT node for one peer; see the module docstring.
 
@@ -133,13 +119,13 @@ class SwarmDHT:
         announce = [validate_maddr(m) for m in announce_maddrs] if announce_maddrs else None
         _check_p2p_identity(identity.p2p_identity_path)
         self._read_drops: collections.Counter = collections.Counter()
-        self._pipe = DHTPipe()
+        self._pipe = DHTPipe(alive=lambda: getattr(self, "_dht", None) is None or self._dht.is_alive())
         self.request_timeout_s = float(request_timeout_s or RPC_TIMEOUTS_PER_REQUEST * dht_kwargs.get("wait_timeout", 3.0))
         validators = [SwarmRecordValidator()] if validate else []
         deadline = time.monotonic() + start_timeout_s
         for attempt in range(1, BOOTSTRAP_ATTEMPTS + 1):
             before = _proc.hivemind_sockets()
-            self._dht = _DHTProcess(
+            self._dht = DHTProcess(
                 initial_peers=self.initial_peers or None,
                 start=False,
                 host_maddrs=host_maddrs,
@@ -358,6 +344,10 @@ class SwarmDHT:
         return [s for s in self._read(key, "round", run_id) if s.kind == kind and s.round == round]
 
     # -- life cycle ----------------------------------------------------------------------------
+    def close_requests(self, why: str = "the peer is shutting down") -> None:
+        """Fail every waiting and later request with DHTClosed at once (the node keeps running)."""
+        self._pipe.close(why)
+
     def shutdown(self) -> None:
         """Stop the DHT process and its p2pd; remove the sockets they leave behind. Idempotent.
 

@@ -95,11 +95,11 @@ class Coordinator:
         self.first_round = first_round
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the thread (waits for the current step)."""
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the thread (waits up to ``timeout_s`` for the current step)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout_s)
 
     def _main(self) -> None:
         clock = self.ctx.clock

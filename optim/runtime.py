@@ -214,12 +214,14 @@ class RoundRuntime:
         """Count one inner step; at the round's training deadline, hand the update over and move on."""
         self.steps += 1
         self.samples_total += self.batch_size
+        if self._stop.is_set():  # leaving: an update announced now could not be served anyway
+            return
         now = time.time()
         deadline = self.clock.train_deadline(self.round)
         if self.steps >= self.max_inner_steps and now < deadline:
             self._stop.wait(deadline - now)  # the cap is reached: wait for the clock, never for peers
             now = time.time()
-        if now >= deadline or self._stop.is_set():
+        if now >= deadline and not self._stop.is_set():
             self._finish_round(opt, now)
 
     def _finish_round(self, opt: Any, now: float) -> None:
@@ -349,8 +351,15 @@ class RoundRuntime:
                 "traffic": self.traffic.snapshot(), "rounds_trained": self.rounds_trained,
                 "resyncs": sum(1 for h in self.history if h.get("resynced")),
                 "counters": dict(self.counters), "ledger_errors": self.ledger_errors,
-                "ledger_rounds": self.ledger.rounds if self.ledger is not None else None, "dropped_records": dict(self.dht.counters),
+                "ledger_rounds": self.ledger.rounds if self.ledger is not None else None,
+                "dropped_records": self._dropped_records(),
                 "trust": self.verifier.metrics(getattr(self.bases.latest(), "extra", {})) if hasattr(self.verifier, "metrics") else None}
+
+    def _dropped_records(self) -> dict:
+        try:
+            return dict(self.dht.counters)
+        except SwarmError:  # the DHT is busy, shutting down or gone: report nothing rather than block
+            return {}
 
     def _refresh_peers(self) -> None:
         try:
@@ -378,24 +387,32 @@ class RoundRuntime:
             self._refresh_peers()
             self._stop.wait(period)
 
-    def shutdown(self) -> None:
-        """Stop threads and the payload server; the DHT belongs to the caller. Idempotent."""
+    def stop_threads(self, grace_s: float = 2.0) -> None:
+        """Ask the training, coordinator and heartbeat threads to stop; wait up to ``grace_s`` for them."""
+        self._stop.set()
+        self.coordinator._stop.set()
+        deadline = time.monotonic() + grace_s
+        for t in (self.coordinator._thread, self._heartbeat):
+            if t.is_alive():
+                t.join(max(0.0, deadline - time.monotonic()))
+
+    def shutdown(self, timeout_s: float = 2.0) -> None:
+        """Stop threads and the payload server, waiting at most ``timeout_s`` for each part, then write
+        the reward log's "leave" record and close it; the DHT belongs to the caller. Idempotent."""
         if getattr(self, "_shut", False):
             return
         self._shut = True
-        self._stop.set()
-        self.coordinator.stop()
-        if self._heartbeat.is_alive():
-            self._heartbeat.join(timeout=10)
+        self.stop_threads(timeout_s)
+        self.coordinator.stop(timeout_s)
         try:
-            self.netloop.run(self.server.stop(), timeout_s=5)
+            self.netloop.run(self.server.stop(), timeout_s=timeout_s)
         except Exception:
             pass
-        self.netloop.stop()
+        self.netloop.stop(timeout_s)
         if self.ledger is not None:
             try:
                 self.ledger.append("leave", {"peer": self.identity.public_key_hex, "round": self.round,
-                                             "region": self.region}).wait(5.0)
+                                             "region": self.region}).wait(timeout_s)
                 self.ledger.close()
             except Exception as e:
                 logger.warning("closing the reward log failed: %r", e)
