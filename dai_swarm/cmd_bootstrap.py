@@ -12,6 +12,7 @@ import sys
 
 from .dht.address_file import write_address_file
 from .dht.node import SwarmDHT
+from .dht.reach import p2p_options
 from .errors import NetworkError
 from .exit_guard import ExitGuard
 from .identity import Identity
@@ -46,6 +47,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="public multiaddrs to announce (behind NAT/port forwarding)")
     p.add_argument("--identity", default=None, metavar="PATH",
                    help="ed25519 key file, created 0600 if missing; keeps the peer id stable (default: ephemeral)")
+    p.add_argument("--reachability", choices=("auto", "public", "private"), default="auto",
+                   help="auto (default): public, offering relay service to peers behind NAT, when the machine has "
+                        "a global address; public/private: force it")
     p.add_argument("--address-file", default=None, metavar="PATH",
                    help="also write the multiaddrs to PATH atomically, one per line")
     p.add_argument("--refresh-period-s", type=float, default=30.0, metavar="S",
@@ -60,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     stop = guard.stop
     identity = Identity.load_or_create(args.identity) if args.identity else Identity.generate()
     with guard.starting():
-        dht = SwarmDHT(identity, host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs)
+        dht = SwarmDHT(identity, host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs,
+                       **p2p_options(args.reachability, [], args.host_maddrs))
     try:
         maddrs = dht.visible_maddrs
         print("--initial-peers " + " ".join(maddrs), flush=True)

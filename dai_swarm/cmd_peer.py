@@ -61,6 +61,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--identity", default=None, metavar="PATH", help="ed25519 key file (created on first use)")
     p.add_argument("--host-maddrs", nargs="*", default=["/ip4/0.0.0.0/tcp/0"], metavar="MADDR",
                    help="where to listen (default: all interfaces, random TCP port)")
+    p.add_argument("--reachability", choices=("auto", "public", "private"), default="auto",
+                   help="can other peers dial this machine? auto (default): public with a global address on an "
+                        "interface, behind NAT (reachable through a relay, no port forwarding) with only private "
+                        "addresses and public initial peers; private: force the relay; public: force direct")
     p.add_argument("--ledger", default=None, metavar="PATH", help="write the reward log here as rounds close")
     p.add_argument("--rounds", type=int, default=None, help="leave after training this many rounds")
     p.add_argument("--until-round", type=int, default=None, help="leave when the swarm reaches this round")
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                       t0=args.t0, start_in_s=args.start_in, seed=args.seed, max_inner_steps=args.max_inner_steps,
                       attack=attack, spot_check_rate=args.spot_check_rate,
                       cross_region_period=args.cross_region_period, ledger=args.ledger, manifest_hash=args.manifest,
-                      trust=args.trust, founders=args.founder)
+                      trust=args.trust, founders=args.founder, reachability=args.reachability)
     if swarm.runtime.ledger is not None:
         guard.on_force.append(lambda: swarm.runtime.ledger.flush(FLUSH_TIMEOUT_S))
     logger.info("peer id %s, public key %s, region %s", swarm.dht.peer_id, swarm.identity.public_key_hex,

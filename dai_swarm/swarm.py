@@ -27,6 +27,7 @@ from .dht.envelope import MAX_CLOCK_SKEW_S
 from .dht.manifest import MAX_LEAD_S, PIN_HEX, check_pin
 from .dht.manifest import manifest_hash as manifest_hash_of
 from .dht.node import SwarmDHT
+from .dht.reach import ReachabilityWatch, p2p_options
 from .dht.records import RunManifest
 from .dht.regions import choose_region
 from .errors import ConfigError, ManifestMismatch, ManifestPinMismatch
@@ -82,7 +83,9 @@ class Swarm:
     ``trust``: public keys (64 hex) of peers this peer trusts, beside the manifest's founders, when
     it joins and holds no state yet: they decide which state it downloads (docs/design.md,
     "Trust model"). ``founders``: when this peer creates the run, the keys that start with
-    standing beside its own (e.g. one machine per region of the organiser).
+    standing beside its own (e.g. one machine per region of the organiser). ``reachability``:
+    ``"auto"``, ``"public"`` or ``"private"`` (behind NAT: reachable through a relay), see
+    :mod:`dai_swarm.dht.reach`; :meth:`status` says what others can use.
     """
 
     def __init__(self, task: Task | str | None, run_id: str, initial_peers: Sequence[str] = (), region: str = "auto", *,
@@ -93,7 +96,7 @@ class Swarm:
                  t0: float | None = None, attack: Any = None, evaluate: bool = True, verifier: Any = None,
                  ledger: str | None = None, manifest_wait_s: float = 3.0, start_timeout_s: float = 30.0,
                  manifest_hash: str | None = None, trust: Sequence[str] = (), founders: Sequence[str] = (),
-                 start_in_s: float | None = None):
+                 start_in_s: float | None = None, reachability: str = "auto"):
         self.pin = check_pin(manifest_hash)
         bad = [k for k in (*trust, *founders) if not isinstance(k, str) or not _HEX64.fullmatch(k)]
         if bad:
@@ -109,10 +112,13 @@ class Swarm:
         if isinstance(identity, str):
             identity = Identity.load_or_create(identity)
         self.identity = identity or Identity.generate()
+        p2p = p2p_options(reachability, initial_peers, host_maddrs)
         self.dht = SwarmDHT(self.identity, initial_peers=initial_peers, host_maddrs=host_maddrs,
-                            start_timeout_s=start_timeout_s)
+                            start_timeout_s=start_timeout_s, **p2p)
         self.runtime: RoundRuntime | None = None
+        self.reach = ReachabilityWatch(lambda: self.dht.maddrs(latest=True), p2p["force_reachability"])
         try:
+            self.reach.start()
             if self.task is None:  # a volunteer who did not name the task: take the run's
                 self.task, task_spec = self._task_from_manifest(run_id, max(manifest_wait_s, 10.0))
             wanted = RunManifest(
@@ -235,6 +241,7 @@ class Swarm:
         out.update({"run_id": self.manifest.run_id, "manifest_hash": getattr(self, "manifest_hash", None),
                     "region": getattr(self, "region", None),
                     "peer_id": self.dht.peer_id, "public_key": self.identity.public_key_hex})
+        out.update(self.reach.status())
         return out
 
     @property
@@ -255,6 +262,7 @@ class Swarm:
         once (nothing waits on a busy or dead DHT process), the reward log gets its "leave" record
         and is closed, and the DHT process and its p2pd are stopped (SwarmDHT.shutdown).
         """
+        self.reach.stop()
         rt = self.runtime
         if rt is not None:
             rt.stop_threads(grace_s)

@@ -187,8 +187,12 @@ class SwarmDHT:
     @property
     def visible_maddrs(self) -> list[str]:
         """Multiaddrs (with ``/p2p/<peer id>``) other peers can use as ``--initial-peers``."""
-        maddrs = self._call(partial(hivemind.DHT._get_visible_maddrs, latest=False), timeout_s=LOCAL_TIMEOUT_S)
-        return [str(m) for m in maddrs]
+        return self.maddrs(latest=False)
+
+    def maddrs(self, latest: bool = True) -> list[str]:
+        """This node's announced multiaddrs, asked from its p2p daemon now if ``latest`` (relay circuits appear later)."""
+        return [str(m) for m in self._call(partial(hivemind.DHT._get_visible_maddrs, latest=latest),
+                                           timeout_s=LOCAL_TIMEOUT_S)]
 
     async def replicate_p2p(self) -> P2P:
         """A hivemind ``P2P`` sharing this node's daemon, for payload exchange; await it in your loop."""
