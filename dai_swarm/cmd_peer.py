@@ -105,13 +105,20 @@ def run(args: argparse.Namespace) -> int:
         from .testing import make_attack
         attack = make_attack(args.attack)
     task = args.task if args.task or args.initial_peers else "tinylm"
-    with guard.starting():  # a signal now unwinds the start-up through its clean-up
-        swarm = Swarm(task, args.run_id, initial_peers=args.initial_peers, region=args.region,
-                      identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s, codec=args.codec,
-                      t0=args.t0, start_in_s=args.start_in, seed=args.seed, max_inner_steps=args.max_inner_steps,
-                      attack=attack, spot_check_rate=args.spot_check_rate,
-                      cross_region_period=args.cross_region_period, ledger=args.ledger, manifest_hash=args.manifest,
-                      trust=args.trust, founders=args.founder, reachability=args.reachability)
+    swarm = None
+    try:
+        with guard.starting():  # a signal now unwinds the start-up through its clean-up
+            swarm = Swarm(task, args.run_id, initial_peers=args.initial_peers, region=args.region,
+                          identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s,
+                          codec=args.codec, t0=args.t0, start_in_s=args.start_in, seed=args.seed,
+                          max_inner_steps=args.max_inner_steps, attack=attack, spot_check_rate=args.spot_check_rate,
+                          cross_region_period=args.cross_region_period, ledger=args.ledger,
+                          manifest_hash=args.manifest, trust=args.trust, founders=args.founder,
+                          reachability=args.reachability)
+    except KeyboardInterrupt:
+        if swarm is not None:  # the signal came just after the start-up
+            swarm.shutdown()
+        raise
     if swarm.runtime.ledger is not None:
         guard.on_force.append(lambda: swarm.runtime.ledger.flush(FLUSH_TIMEOUT_S))
     logger.info("peer id %s, public key %s, region %s", swarm.dht.peer_id, swarm.identity.public_key_hex,

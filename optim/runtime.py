@@ -21,27 +21,21 @@ from dai_swarm.dht.records import PeerRecord, RunManifest
 from dai_swarm.errors import SwarmError
 from dai_swarm.logging import get_logger
 from dai_swarm.verification.assignment import assign
-from dai_swarm.verification.reputation import is_slashed
 
 from . import codecs
-from dai_swarm.rewards import Contributor, RewardLog, compute_round_record
+from dai_swarm.rewards import RewardLog
 
 from .clock import RoundClock
 from .coordinator import Coordinator, NullVerifier, RoundOutcome
 from .exchange import PayloadServer, PayloadStore, Traffic
 from .limits import derive_limits
 from .netloop import NetLoop
+from .round_ledger import write_round_record
 from .states import BaseState, BaseStore
 
 __all__ = ["RoundRuntime"]
 
 logger = get_logger(__name__)
-
-
-def _slashed(extra: Mapping) -> set[str]:
-    """Public keys slashed in a replicated state (empty without verification)."""
-    trust = extra.get("trust", {}) if isinstance(extra, Mapping) else {}
-    return {key for key in trust if is_slashed(extra, key)}
 
 
 class RoundRuntime:
@@ -321,27 +315,8 @@ class RoundRuntime:
         self.history.append(entry)
 
     def _write_round_record(self, outcome: RoundOutcome, state: BaseState) -> dict | None:
-        """Append round ``outcome.round``'s canonical reward record (a deterministic function of the
-        agreed state) and publish the round-chain head so peers can compare their logs."""
-        try:
-            prev = self.bases.get(outcome.round + 1)
-            rep = self.verifier.reputation(state.extra)
-            contributors = [Contributor(peer, int(samples), float(min(1.0, max(0.0, rep.get(peer, 1.0)))),
-                                        outcome.regions.get(peer) or None)
-                            for peer, samples in sorted(outcome.contributors.items())]
-            ids = self.coordinator.verdict_winners.get(outcome.round - 1, ())
-            before = _slashed(prev.extra) if prev is not None else set()
-            body = compute_round_record(outcome.round, contributors, self.verifier.verifier_counts(outcome.round - 1, ids),
-                                        sorted(_slashed(state.extra) - before), state.hash)
-            self.ledger.append_round(body).wait(10.0)
-            head = {"round_chain_head": self.ledger.round_chain_head, "rounds": self.ledger.rounds}
-            self.dht.publish_round_record(self.run_id, f"loghead.{self.region}", outcome.round, head,
-                                          ttl_s=max(60.0, 20 * self.manifest.round_s))
-            return head
-        except Exception as e:  # the log must never stop training; the error is counted and logged
-            self.ledger_errors += 1
-            logger.warning("round %d: reward log append failed: %r", outcome.round, e)
-            return None
+        """Append round ``outcome.round``'s reward record; see :func:`~.round_ledger.write_round_record`."""
+        return write_round_record(self, outcome, state)
 
     def metrics(self) -> dict:
         """Live figures for status records, the CLI and benchmarks."""

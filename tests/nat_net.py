@@ -14,17 +14,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import uuid
 
+from benchmarks.wan import _run  # raises NetworkError with the command's message
+
 PUBLIC_NET, HOME_NET = "11.77.0", "192.168.77"
-
-
-def _run(*argv: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
-    r = subprocess.run(list(argv), capture_output=True, text=True, input=stdin, timeout=30)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {r.stderr.strip() or r.stdout.strip()}")
-    return r
 
 
 def nat_available() -> tuple[bool, str]:
