@@ -332,9 +332,10 @@ class RoundRuntime:
 
     def _dropped_records(self) -> dict:
         try:
-            return dict(self.dht.counters)
-        except SwarmError:  # the DHT is busy, shutting down or gone: report nothing rather than block
-            return {}
+            self._last_dropped = dict(self.dht.counters)
+        except SwarmError:  # the DHT is busy, shutting down or gone: the last counts (the heartbeat's)
+            pass
+        return dict(getattr(self, "_last_dropped", {}))
 
     def _refresh_peers(self) -> None:
         try:
