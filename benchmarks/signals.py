@@ -124,12 +124,14 @@ def _measure(peer: dict, mode: str, limit_s: float) -> dict:
     phase = _phase(peer)
 
     def sample() -> None:
-        for p in [proc.pid] + _proc.descendants(proc.pid):
+        tree = [proc.pid] + _proc.descendants(proc.pid)
+        for p in tree:
             if p not in pids:
                 ident = _identity(p)
                 if ident is not None:
                     pids[p] = ident
             sockets.update(_proc.daemon_sockets(p))
+        sockets.update(_proc.owned_sockets(tree))
 
     sample()
     t0 = time.monotonic()

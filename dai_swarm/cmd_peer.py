@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         _print_summary(summary, history)
         if guard.signalled_at is not None:
             logger.info("stopped %.1f s after the signal", time.monotonic() - guard.signalled_at)
+    guard.finish(0)  # never returns (see ExitGuard.finish)
     return 0
 
 

@@ -38,9 +38,10 @@ FLUSH_TIMEOUT_S = 1.0
 
 
 def force_cleanup() -> None:
-    """SIGKILL every descendant of this process and remove the p2pd sockets they own."""
+    """SIGKILL every descendant of this process; remove the hivemind sockets it and they hold."""
     pids = _proc.descendants(os.getpid())
     sockets = [path for pid in pids for path in _proc.daemon_sockets(pid)]
+    sockets += _proc.owned_sockets([os.getpid(), *pids])  # e.g. the payload server's P2P replica
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
@@ -103,6 +104,24 @@ class ExitGuard:
     def _watchdog(self) -> None:
         time.sleep(self.grace_s)
         self.force_exit(1, f"shutdown took over {self.grace_s:g} s")
+
+    @staticmethod
+    def finish(code: int) -> None:
+        """End the process after an orderly shutdown: flush logs and stdio, then ``os._exit(code)``.
+
+        Interpreter finalization would stop daemon threads that may still be inside native code (a
+        spot check's torch ops, codec libraries), and a C++ runtime then aborts the process
+        ("terminate called without an active exception", exit by SIGABRT): a clean stop that a
+        service manager would record as a crash.
+        """
+        import logging
+
+        with contextlib.suppress(Exception):
+            logging.shutdown()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
     def force_exit(self, code: int, why: str) -> None:
         """Flush, kill the DHT process tree, remove its sockets and ``os._exit(code)``; never returns."""
