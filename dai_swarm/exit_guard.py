@@ -96,8 +96,9 @@ class ExitGuard:
         self.stop.set()
         faulthandler.dump_traceback_later(self.hard_s, exit=True)
         threading.Thread(target=self._watchdog, name="dai-swarm-exit-watchdog", daemon=True).start()
-        print(f"{name}: stopping (at most {self.grace_s:g} s; signal again to stop at once)", file=sys.stderr,
-              flush=True)
+        with contextlib.suppress(Exception):  # the signal may have interrupted a write to stderr (reentrant)
+            print(f"{name}: stopping (at most {self.grace_s:g} s; signal again to stop at once)", file=sys.stderr,
+                  flush=True)
         if self._starting:
             raise KeyboardInterrupt
 
