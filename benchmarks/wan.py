@@ -45,8 +45,8 @@ BRIDGE = "dsw-br"
 MAX_SLOTS = 250
 
 
-def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(list(argv), capture_output=True, text=True)
+def _run(*argv: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+    r = subprocess.run(list(argv), capture_output=True, text=True, input=stdin, timeout=60)
     if check and r.returncode != 0:
         raise NetworkError(f"{' '.join(argv)} failed: {r.stderr.strip() or r.stdout.strip()}")
     return r

@@ -3,7 +3,24 @@
 The public surface is what ``__all__`` lists; everything else is internal.
 """
 
-from ._version import __version__
+import os as _os
+import signal as _signal
+import sys as _sys
+
+
+def _launched_as_cli() -> bool:
+    """True while ``dai-swarm ...`` or ``python -m dai_swarm ...`` is starting (not for library users)."""
+    argv = getattr(_sys, "orig_argv", [])
+    return argv[1:3] == ["-m", "dai_swarm"] or (len(argv) > 1 and _os.path.basename(argv[1]) == "dai-swarm")
+
+
+if _launched_as_cli():
+    # the imports below take seconds; a Ctrl+C among them could be swallowed as KeyboardInterrupt by
+    # the code it lands in, so until the CLI is up SIGINT ends the process at once, like SIGTERM
+    # (nothing has been started or written yet); cli.main restores Python's handler
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+
+from ._version import __version__  # noqa: E402
 from .errors import (
     BootstrapError,
     CodecError,

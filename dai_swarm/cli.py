@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -94,6 +95,8 @@ def _apply_defaults(sub_parser: argparse.ArgumentParser, config: dict) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dai-swarm`` and ``python -m dai_swarm``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_DFL:  # set while the package was imported (__init__)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -8,13 +8,13 @@ SIGINT/SIGTERM set an event and the node shuts down cleanly (no leftover p2pd or
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 
 from .dht.address_file import write_address_file
 from .dht.node import SwarmDHT
+from .dht.reach import p2p_options
 from .errors import NetworkError
+from .exit_guard import ExitGuard
 from .identity import Identity
 from .logging import get_logger, setup_logging
 
@@ -47,6 +47,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="public multiaddrs to announce (behind NAT/port forwarding)")
     p.add_argument("--identity", default=None, metavar="PATH",
                    help="ed25519 key file, created 0600 if missing; keeps the peer id stable (default: ephemeral)")
+    p.add_argument("--reachability", choices=("auto", "public", "private"), default="auto",
+                   help="auto (default): public, offering relay service to peers behind NAT, when the machine has "
+                        "a global address; public/private: force it")
     p.add_argument("--address-file", default=None, metavar="PATH",
                    help="also write the multiaddrs to PATH atomically, one per line")
     p.add_argument("--refresh-period-s", type=float, default=30.0, metavar="S",
@@ -57,10 +60,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Start the node, print the --initial-peers line, serve until SIGINT/SIGTERM."""
     setup_logging()
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    guard = ExitGuard().install()
+    stop = guard.stop
     identity = Identity.load_or_create(args.identity) if args.identity else Identity.generate()
-    dht = SwarmDHT(identity, host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs)
+    with guard.starting():
+        dht = SwarmDHT(identity, host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs,
+                       **p2p_options(args.reachability, [], args.host_maddrs))
     try:
         maddrs = dht.visible_maddrs
         print("--initial-peers " + " ".join(maddrs), flush=True)
@@ -74,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 logger.warning("DHT status: %s", e)
     finally:
         dht.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        guard.uninstall()
         logger.info("bootstrap node stopped")
     return 0
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 import time
 
 from .dht.address_file import write_atomic
 from .display import megabytes, num
+from .exit_guard import FLUSH_TIMEOUT_S, ExitGuard
 from .logging import get_logger, setup_logging
 
 logger = get_logger(__name__)
@@ -62,6 +62,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--identity", default=None, metavar="PATH", help="ed25519 key file (created on first use)")
     p.add_argument("--host-maddrs", nargs="*", default=["/ip4/0.0.0.0/tcp/0"], metavar="MADDR",
                    help="where to listen (default: all interfaces, random TCP port)")
+    p.add_argument("--reachability", choices=("auto", "public", "private"), default="auto",
+                   help="can other peers dial this machine? auto (default): public with a global address on an "
+                        "interface, behind NAT (reachable through a relay, no port forwarding) with only private "
+                        "addresses and public initial peers; private: force the relay; public: force direct")
     p.add_argument("--ledger", default=None, metavar="PATH", help="write the reward log here as rounds close")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="an export (dai-swarm export) to start from: starts the run's next generation from it when "
@@ -102,27 +106,31 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    guard = ExitGuard().install()
+    stop = guard.stop
     attack = None
     if args.attack:
         from .testing import make_attack
         attack = make_attack(args.attack)
     task = args.task if args.task or args.initial_peers or args.resume else "tinylm"
-    swarm = Swarm(task, args.run_id, initial_peers=args.initial_peers, region=args.region,
-                  identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s, codec=args.codec,
-                  t0=args.t0, start_in_s=args.start_in, seed=args.seed, max_inner_steps=args.max_inner_steps, attack=attack,
-                  spot_check_rate=args.spot_check_rate,
-                  cross_region_period=args.cross_region_period, ledger=args.ledger, manifest_hash=args.manifest,
-                  trust=args.trust, founders=args.founder, resume=args.resume, checkpoint_dir=args.checkpoint_dir,
-                  checkpoint_every=args.checkpoint_every, checkpoint_keep=args.checkpoint_keep)
+    swarm = None
+    try:
+        with guard.starting():  # a signal now unwinds the start-up through its clean-up
+            swarm = Swarm(task, args.run_id, initial_peers=args.initial_peers, region=args.region,
+                          identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s,
+                          codec=args.codec, t0=args.t0, start_in_s=args.start_in, seed=args.seed,
+                          max_inner_steps=args.max_inner_steps, attack=attack, spot_check_rate=args.spot_check_rate,
+                          cross_region_period=args.cross_region_period, ledger=args.ledger,
+                          manifest_hash=args.manifest, trust=args.trust, founders=args.founder,
+                          resume=args.resume, checkpoint_dir=args.checkpoint_dir,
+                          checkpoint_every=args.checkpoint_every, checkpoint_keep=args.checkpoint_keep,
+                          reachability=args.reachability)
+    except KeyboardInterrupt:
+        if swarm is not None:  # the signal came just after the start-up
+            swarm.shutdown()
+        raise
+    if swarm.runtime.ledger is not None:
+        guard.on_force.append(lambda: swarm.runtime.ledger.flush(FLUSH_TIMEOUT_S))
     logger.info("peer id %s, public key %s, region %s", swarm.dht.peer_id, swarm.identity.public_key_hex,
                 swarm.region)
     print(swarm.join_line, flush=True)
@@ -163,13 +171,17 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if metrics_server is not None:
             metrics_server.stop()
-        summary = swarm.status()
+        rt_stop.set()
         history = list(rt.history)
         swarm.shutdown()
+        summary = swarm.status()
         if args.history_file:
             write_atomic(args.history_file, json.dumps({"status": summary, "history": history,
                                                          "start_round": start_round}, default=str))
         _print_summary(summary, history)
+        if guard.signalled_at is not None:
+            logger.info("stopped %.1f s after the signal", time.monotonic() - guard.signalled_at)
+    guard.finish(0)  # never returns (see ExitGuard.finish)
     return 0
 
 

@@ -16,8 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ._version import __version__
-from .dht.records import PeerRecord, RunManifest
+from .dht.records import RunManifest
 from .errors import ConfigError, SwarmError
 from .logging import get_logger
 from .optim import codecs
@@ -28,6 +27,7 @@ from .optim.limits import derive_limits
 from .optim.netloop import NetLoop
 from .optim.states import BaseState, BaseStore
 from .rewards import RewardLog
+from .heartbeat import heartbeat_loop, refresh_peers
 from .roundlog import write_round_record
 from .verification.assignment import assign
 
@@ -108,7 +108,7 @@ class RoundRuntime:
         self._loaded: BaseState | None = None
         self.ledger = RewardLog(ledger, identity) if ledger else None
         self.ledger_errors = 0
-        self._heartbeat = threading.Thread(target=self._heartbeat_main, name="dai-swarm-heartbeat", daemon=True)
+        self._heartbeat = threading.Thread(target=heartbeat_loop, args=(self,), name="dai-swarm-heartbeat", daemon=True)
 
     # --- context used by the coordinator ----------------------------------------------------------
     def reputation(self) -> Mapping[str, float]:
@@ -144,7 +144,7 @@ class RoundRuntime:
 
     def refresh_peers(self) -> None:
         """Re-read the live peer records now (the heartbeat also does it every few seconds)."""
-        self._refresh_peers()
+        refresh_peers(self)
 
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the status counter ``name`` (shown in :meth:`metrics`)."""
@@ -158,7 +158,7 @@ class RoundRuntime:
     # --- start-up and joins -------------------------------------------------------------------
     def start(self, join_timeout_s: float | None = None) -> None:
         """Pick the first round: θ0 for a fresh run, else download the majority's state (I6)."""
-        self._refresh_peers()
+        refresh_peers(self)
         now = time.time()
         current = max(self.origin, self.clock.round_at(now))
         mates = self.region_mates()
@@ -226,12 +226,14 @@ class RoundRuntime:
         """Count one inner step; at the round's training deadline, hand the update over and move on."""
         self.steps += 1
         self.samples_total += self.batch_size
+        if self._stop.is_set():  # leaving: an update announced now could not be served anyway
+            return
         now = time.time()
         deadline = self.clock.train_deadline(self.round)
         if self.steps >= self.max_inner_steps and now < deadline:
             self._stop.wait(deadline - now)  # the cap is reached: wait for the clock, never for peers
             now = time.time()
-        if now >= deadline or self._stop.is_set():
+        if now >= deadline and not self._stop.is_set():
             self._finish_round(opt, now)
 
     def _finish_round(self, opt: Any, now: float) -> None:
@@ -339,54 +341,43 @@ class RoundRuntime:
                 "traffic": self.traffic.snapshot(), "rounds_trained": self.rounds_trained,
                 "resyncs": sum(1 for h in self.history if h.get("resynced")),
                 "counters": dict(self.counters), "ledger_errors": self.ledger_errors,
-                "ledger_rounds": self.ledger.rounds if self.ledger is not None else None, "dropped_records": dict(self.dht.counters),
-                "network_error": self.coordinator.errored(),
+                "ledger_rounds": self.ledger.rounds if self.ledger is not None else None,
+                "dropped_records": self._dropped_records(), "network_error": self.coordinator.errored(),
                 "trust": self.verifier.metrics(getattr(self.bases.latest(), "extra", {})) if hasattr(self.verifier, "metrics") else None}
 
-    def _refresh_peers(self) -> None:
+    def _dropped_records(self) -> dict:
         try:
-            peers = self.dht.list_peers(self.run_id)  # verified: signed by the key they carry, unexpired
-            self.region_of = {p.peer_id: p.region for p in peers}
-            now, grace = time.time(), 2 * self.clock.round_s
-            keys = {k: v for k, v in self.peer_keys.items() if v[2] >= now - grace}
-            keys.update({p.public_key: (p.peer_id, p.region, now) for p in peers})
-            self.peer_keys = keys
-        except Exception as e:
-            logger.debug("peer list refresh failed: %s", e)
+            self._last_dropped = dict(self.dht.counters)
+        except SwarmError:  # the DHT is busy, shutting down or gone: the last counts (the heartbeat's)
+            pass
+        return dict(getattr(self, "_last_dropped", {}))
 
-    def _heartbeat_main(self) -> None:
-        period = max(1.0, min(5.0, self.manifest.round_s / 2))
-        while not self._stop.is_set():
-            try:
-                m = self.metrics()
-                record = PeerRecord(run_id=self.run_id, peer_id=self.p2p_id, maddrs=tuple(self.dht.visible_maddrs),
-                                    region=self.region, version=__version__, role="trainer",
-                                    public_key=self.identity.public_key_hex,
-                                    metrics={k: v for k, v in m.items() if v is not None})
-                self.dht.publish_peer(record, ttl_s=3 * period)
-            except Exception as e:
-                logger.debug("heartbeat failed: %s", e)
-            self._refresh_peers()
-            self._stop.wait(period)
+    def stop_threads(self, grace_s: float = 2.0) -> None:
+        """Ask the training, coordinator and heartbeat threads to stop; wait up to ``grace_s`` for them."""
+        self._stop.set()
+        self.coordinator._stop.set()
+        deadline = time.monotonic() + grace_s
+        for t in (self.coordinator._thread, self._heartbeat):
+            if t.is_alive():
+                t.join(max(0.0, deadline - time.monotonic()))
 
-    def shutdown(self) -> None:
-        """Stop threads and the payload server; the DHT belongs to the caller. Idempotent."""
+    def shutdown(self, timeout_s: float = 2.0) -> None:
+        """Stop threads and the payload server, waiting at most ``timeout_s`` for each part, then write
+        the reward log's "leave" record and close it; the DHT belongs to the caller. Idempotent."""
         if getattr(self, "_shut", False):
             return
         self._shut = True
-        self._stop.set()
-        self.coordinator.stop()
-        if self._heartbeat.is_alive():
-            self._heartbeat.join(timeout=10)
+        self.stop_threads(timeout_s)
+        self.coordinator.stop(timeout_s)
         try:
-            self.netloop.run(self.server.stop(), timeout_s=5)
+            self.netloop.run(self.server.stop(), timeout_s=timeout_s)
         except Exception:
             pass
-        self.netloop.stop()
+        self.netloop.stop(timeout_s)
         if self.ledger is not None:
             try:
                 self.ledger.append("leave", {"peer": self.identity.public_key_hex, "round": self.round,
-                                             "region": self.region}).wait(5.0)
+                                             "region": self.region}).wait(timeout_s)
                 self.ledger.close()
             except Exception as e:
                 logger.warning("closing the reward log failed: %r", e)

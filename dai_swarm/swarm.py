@@ -28,6 +28,7 @@ from .dht.envelope import MAX_CLOCK_SKEW_S
 from .dht.manifest import MAX_LEAD_S, PIN_HEX, check_pin
 from .dht.manifest import manifest_hash as manifest_hash_of
 from .dht.node import SwarmDHT
+from .dht.reach import ReachabilityWatch, p2p_options
 from .dht.records import RunManifest
 from .dht.regions import choose_region
 from .errors import ConfigError, ManifestMismatch, ManifestPinMismatch
@@ -90,6 +91,8 @@ class Swarm:
     live this peer starts a new generation of the run from it, else it joins normally and the export
     is only a faster start (see :mod:`dai_swarm.resume`). ``checkpoint_dir``: export this peer's
     agreed state there every ``checkpoint_every`` rounds, keeping the newest ``checkpoint_keep``.
+    ``reachability``: ``"auto"``, ``"public"`` or ``"private"`` (behind NAT: reachable through a
+    relay), see :mod:`dai_swarm.dht.reach`; :meth:`status` says what others can use.
     """
 
     def __init__(self, task: Task | str | None, run_id: str, initial_peers: Sequence[str] = (), region: str = "auto", *,
@@ -101,7 +104,7 @@ class Swarm:
                  ledger: str | None = None, manifest_wait_s: float = 3.0, start_timeout_s: float = 30.0,
                  manifest_hash: str | None = None, trust: Sequence[str] = (), founders: Sequence[str] = (),
                  start_in_s: float | None = None, resume: str | None = None, checkpoint_dir: str | None = None,
-                 checkpoint_every: int = 10, checkpoint_keep: int = 3):
+                 checkpoint_every: int = 10, checkpoint_keep: int = 3, reachability: str = "auto"):
         self.pin = check_pin(manifest_hash)
         bad = [k for k in (*trust, *founders) if not isinstance(k, str) or not _HEX64.fullmatch(k)]
         if bad:
@@ -122,10 +125,13 @@ class Swarm:
         if isinstance(identity, str):
             identity = Identity.load_or_create(identity)
         self.identity = identity or Identity.generate()
+        p2p = p2p_options(reachability, initial_peers, host_maddrs)
         self.dht = SwarmDHT(self.identity, initial_peers=initial_peers, host_maddrs=host_maddrs,
-                            start_timeout_s=start_timeout_s)
+                            start_timeout_s=start_timeout_s, **p2p)
         self.runtime: RoundRuntime | None = None
+        self.reach = ReachabilityWatch(lambda: self.dht.maddrs(latest=True), p2p["force_reachability"])
         try:
+            self.reach.start()
             if self.task is None:  # a volunteer who did not name the task: take the run's
                 self.task, task_spec = self._task_from_manifest(run_id, max(manifest_wait_s, 10.0))
             wanted = RunManifest(
@@ -279,6 +285,7 @@ class Swarm:
         out.update({"run_id": self.manifest.run_id, "manifest_hash": getattr(self, "manifest_hash", None),
                     "region": getattr(self, "region", None),
                     "peer_id": self.dht.peer_id, "public_key": self.identity.public_key_hex})
+        out.update(self.reach.status())
         return out
 
     @property
@@ -298,12 +305,21 @@ class Swarm:
         :mod:`dai_swarm.export`). Returns the provenance written."""
         return export_held_state(self, out_dir, round)
 
-    def shutdown(self) -> None:
-        """Stop training threads, the payload server and the DHT. Idempotent."""
-        if self.runtime is not None:
-            self.runtime.shutdown()
-            if hasattr(self.runtime.verifier, "close"):
-                self.runtime.verifier.close()
+    def shutdown(self, grace_s: float = 2.0) -> None:
+        """Stop training threads, the payload server and the DHT; bounded, idempotent.
+
+        Threads get ``grace_s`` to finish their current step; then every request to the DHT fails at
+        once (nothing waits on a busy or dead DHT process), the reward log gets its "leave" record
+        and is closed, and the DHT process and its p2pd are stopped (SwarmDHT.shutdown).
+        """
+        self.reach.stop()
+        rt = self.runtime
+        if rt is not None:
+            rt.stop_threads(grace_s)
+            self.dht.close_requests()
+            rt.shutdown(timeout_s=1.0)
+            if hasattr(rt.verifier, "close"):
+                rt.verifier.close(timeout_s=1.0)
         self.dht.shutdown()
 
     def __enter__(self) -> "Swarm":

@@ -21,6 +21,7 @@ __all__ = [
     "daemon_sockets",
     "descendants",
     "hivemind_sockets",
+    "owned_sockets",
     "ping_peer",
     "register_ping",
     "remove_files",
@@ -218,6 +219,30 @@ def daemon_sockets(pid: int) -> list[str]:
             path = arg[len("-listen=/unix"):]
             return [path, path.replace("hivemind-p2pd-", "hivemind-p2pclient-")]
     return []
+
+
+def owned_sockets(pids) -> list[str]:
+    """``/tmp/hivemind-*`` unix sockets that these processes hold open (Linux /proc): what a process
+    that exits without hivemind's clean-up (``os._exit``, a kill) would leave behind."""
+    inodes = set()
+    for pid in pids:
+        for fd in glob.glob(f"/proc/{pid}/fd/*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    out = []
+    try:
+        with open("/proc/net/unix") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 8 and fields[6] in inodes and fields[7].startswith("/tmp/hivemind-"):
+                    out.append(fields[7])
+    except OSError:
+        return []
+    return sorted(set(out))
 
 
 def watch_parent(parent_pid: int, period_s: float = 0.5) -> None:

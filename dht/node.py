@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import os
-import signal
 import time
 import weakref
 from functools import partial
@@ -37,9 +35,10 @@ from . import _proc
 from .envelope import EnvelopeCache, SignedRecord, open_envelope, seal
 from .keys import manifest_key, peers_key, regions_key, round_key
 from .manifest import ManifestChoice, check_pin, select_manifest
-from .pipe import DHTPipe, WholeMessages
+from .pipe import DHTPipe
 from .records import PeerRecord, RegionMembership, RoundRecord, RunManifest, validate_maddr, validate_name
 from .startup import check_p2p_identity, parse_initial_peers  # noqa: F401 (re-exported)
+from .transport import DHTProcess
 from .validator import REASONS, SwarmRecordValidator, reason_of
 
 __all__ = ["DEFAULT_HOST_MADDRS", "SwarmDHT", "parse_initial_peers"]
@@ -56,19 +55,6 @@ SHUTDOWN_GRACE_S = (3.0, 2.0, 2.0)
 _LIVE: "weakref.WeakSet[SwarmDHT]" = weakref.WeakSet()
 
 
-class _DHTProcess(hivemind.DHT):
-    """hivemind's DHT process, in its own process group (a terminal's Ctrl+C reaches only our main
-    process, which then shuts the DHT down in order) and exiting if its parent dies."""
-
-    def run(self) -> None:
-        """Detach from the terminal's process group, watch the parent, then serve the DHT."""
-        os.setpgid(0, 0)
-        # a fork inherits the parent's Python signal handlers (a CLI's "set the stop flag" on SIGTERM):
-        # SIGTERM must stop this process, or shutdown's terminate() does nothing
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _proc.watch_parent(self._parent_pid)
-        self._inner_pipe = WholeMessages(self._inner_pipe)  # requests over 16 KB (see WholeMessages)
-        super().run()
 
 
 class SwarmDHT:
@@ -104,13 +90,13 @@ class SwarmDHT:
         check_p2p_identity(identity.p2p_identity_path)
         self._read_drops: collections.Counter = collections.Counter()
         self._envelopes = EnvelopeCache()  # records verified once, not on every read
-        self._pipe = DHTPipe()
+        self._pipe = DHTPipe(alive=lambda: getattr(self, "_dht", None) is None or self._dht.is_alive())
         self.request_timeout_s = float(request_timeout_s or RPC_TIMEOUTS_PER_REQUEST * dht_kwargs.get("wait_timeout", 3.0))
         validators = [SwarmRecordValidator()] if validate else []
         deadline = time.monotonic() + start_timeout_s
         for attempt in range(1, BOOTSTRAP_ATTEMPTS + 1):
             before = _proc.hivemind_sockets()
-            self._dht = _DHTProcess(
+            self._dht = DHTProcess(
                 initial_peers=self.initial_peers or None,
                 start=False,
                 host_maddrs=host_maddrs,
@@ -172,8 +158,12 @@ class SwarmDHT:
     @property
     def visible_maddrs(self) -> list[str]:
         """Multiaddrs (with ``/p2p/<peer id>``) other peers can use as ``--initial-peers``."""
-        maddrs = self._call(partial(hivemind.DHT._get_visible_maddrs, latest=False), timeout_s=LOCAL_TIMEOUT_S)
-        return [str(m) for m in maddrs]
+        return self.maddrs(latest=False)
+
+    def maddrs(self, latest: bool = True) -> list[str]:
+        """This node's announced multiaddrs, asked from its p2p daemon now if ``latest`` (relay circuits appear later)."""
+        return [str(m) for m in self._call(partial(hivemind.DHT._get_visible_maddrs, latest=latest),
+                                           timeout_s=LOCAL_TIMEOUT_S)]
 
     async def replicate_p2p(self) -> P2P:
         """A hivemind ``P2P`` sharing this node's daemon, for payload exchange; await it in your loop."""
@@ -327,6 +317,10 @@ class SwarmDHT:
         return [s for s in self._read(key, "round", run_id) if s.kind == kind and s.round == round]
 
     # -- life cycle ----------------------------------------------------------------------------
+    def close_requests(self, why: str = "the peer is shutting down") -> None:
+        """Fail every waiting and later request with DHTClosed at once (the node keeps running)."""
+        self._pipe.close(why)
+
     def shutdown(self) -> None:
         """Stop the DHT process and its p2pd; remove the sockets they leave behind. Idempotent.
 

@@ -7,7 +7,8 @@ verifier, coordinator and heartbeat threads waiting while the main thread sat in
 multiprocessing's exit handler (SPEC §10 "Shutdown can deadlock"). :class:`DHTPipe` sends under
 one lock (the threads of a peer share the pipe) and waits on the future *and* a close signal with
 a deadline: :class:`~dai_swarm.errors.DHTTimeout` when it passes,
-:class:`~dai_swarm.errors.DHTClosed` at once when :meth:`DHTPipe.close` is called.
+:class:`~dai_swarm.errors.DHTClosed` at once when :meth:`DHTPipe.close` is called, and within
+``LIVENESS_PERIOD_S`` when the DHT process dies (a service manager's stop may signal it first).
 
 The ``MPFuture`` itself is never cancelled or completed here: hivemind's result thread may be
 delivering its answer at that very moment, and completing a future twice makes it log a traceback.
@@ -24,13 +25,20 @@ from typing import Any, Callable
 
 from ..errors import DHTClosed, DHTTimeout
 
-__all__ = ["DHTPipe", "WholeMessages"]
+__all__ = ["DHTPipe", "LIVENESS_PERIOD_S", "WholeMessages"]
+
+#: how often a waiting request checks that the DHT process is still alive
+LIVENESS_PERIOD_S = 0.5
 
 
 class DHTPipe:
-    """One shared channel to a DHT process; see the module docstring."""
+    """One shared channel to a DHT process; see the module docstring.
 
-    def __init__(self) -> None:
+    ``alive``: returns False once the DHT process is gone (default: always alive).
+    """
+
+    def __init__(self, alive: Callable[[], bool] | None = None) -> None:
+        self._alive = alive or (lambda: True)
         self._lock = threading.Lock()
         self._closed: concurrent.futures.Future = concurrent.futures.Future()
         self._why = "the DHT node is shut down"
@@ -60,14 +68,18 @@ class DHTPipe:
             future = request()
         finally:
             self._lock.release()
-        remaining = max(0.0, deadline - time.monotonic())
-        done, _ = concurrent.futures.wait([future, self._closed], timeout=remaining,
-                                          return_when=concurrent.futures.FIRST_COMPLETED)
-        if future in done:
-            return future.result()
-        if self._closed in done:
-            raise DHTClosed(f"{what}: {self._why} (the request was abandoned)")
-        raise DHTTimeout(f"{what}: no answer from the DHT process within {timeout_s:g} s")
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            done, _ = concurrent.futures.wait([future, self._closed], timeout=min(remaining, LIVENESS_PERIOD_S),
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            if future in done:
+                return future.result()
+            if self._closed in done:
+                raise DHTClosed(f"{what}: {self._why} (the request was abandoned)")
+            if not self._alive():
+                raise DHTClosed(f"{what}: the DHT process has exited (the request was abandoned)")
+            if remaining <= LIVENESS_PERIOD_S:
+                raise DHTTimeout(f"{what}: no answer from the DHT process within {timeout_s:g} s")
 
     def close(self, why: str = "the DHT node is shut down") -> None:
         """Fail every waiting and future request with :class:`DHTClosed` (idempotent)."""

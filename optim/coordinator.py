@@ -106,11 +106,11 @@ class Coordinator(PayloadFetch, StateSync):
         return {"round": self.error_round, "type": type(self.error).__name__, "message": str(self.error)[:300],
                 "count": self.errors}
 
-    def stop(self) -> None:
-        """Stop the thread (waits for the current step)."""
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the thread (waits up to ``timeout_s`` for the current step)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout_s)
 
     def _main(self) -> None:
         clock = self.ctx.clock

@@ -35,8 +35,8 @@ class NetLoop:
         """Run ``coro`` on the loop and wait for its result (at most ``timeout_s``)."""
         return self.submit(coro).result(timeout_s)
 
-    def stop(self) -> None:
-        """Cancel pending tasks and stop the loop thread."""
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Cancel pending tasks and stop the loop thread (each waiting at most ``timeout_s``)."""
         if not self.loop.is_running():
             return
 
@@ -47,8 +47,8 @@ class NetLoop:
             await asyncio.gather(*tasks, return_exceptions=True)
 
         try:
-            self.run(_cancel_all(), timeout_s=5.0)
+            self.run(_cancel_all(), timeout_s=timeout_s)
         except Exception:
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5.0)
+        self._thread.join(timeout=timeout_s)

@@ -46,6 +46,16 @@ def test_a_reply_that_never_comes_times_out_within_its_deadline():
     assert 0.3 <= took < 1.0
 
 
+def test_a_request_fails_fast_when_the_dht_process_dies():
+    """A service manager's stop signals the DHT process too: nothing waits out its deadline on it."""
+    alive = {"yes": True}
+    pipe = DHTPipe(alive=lambda: alive["yes"])
+    threading.Timer(0.2, lambda: alive.update(yes=False)).start()
+    err, took = _timed(lambda: pipe.send(concurrent.futures.Future, 30.0, "DHT store under k"))
+    assert isinstance(err, DHTClosed) and "has exited" in str(err)
+    assert took < 2.0
+
+
 def test_answers_and_remote_errors_pass_through():
     pipe = DHTPipe()
     done = concurrent.futures.Future()

@@ -12,6 +12,7 @@ import torch
 from dai_swarm.optim import codecs
 from dai_swarm.optim.coordinator import Coordinator
 from dai_swarm.optim.limits import FRAMING_MARGIN, MAX_EXTRA_BYTES, derive_limits
+from dai_swarm.heartbeat import refresh_peers
 from dai_swarm.runtime import RoundRuntime
 from dai_swarm.optim.states import BaseState, BaseStore
 from dai_swarm.tasks import load_task
@@ -109,13 +110,13 @@ def test_peer_keys_come_from_signed_peer_records_and_expire_after_two_rounds():
     listed = [rec]
     rt = SimpleNamespace(run_id="run", region="r0", peer_keys={}, clock=SimpleNamespace(round_s=5.0),
                          dht=SimpleNamespace(list_peers=lambda run_id: list(listed)))
-    RoundRuntime._refresh_peers(rt)
+    refresh_peers(rt)
     assert rt.region_of == {"PA": "r0"} and RoundRuntime.announcer(rt, "a" * 64) == "PA"
     listed.clear()  # the record expired (a late heartbeat): still accepted within two rounds
-    RoundRuntime._refresh_peers(rt)
+    refresh_peers(rt)
     assert rt.region_of == {} and RoundRuntime.announcer(rt, "a" * 64) == "PA"
     rt.peer_keys["a" * 64] = ("PA", "r0", time.time() - 10.5)
-    RoundRuntime._refresh_peers(rt)
+    refresh_peers(rt)
     assert RoundRuntime.announcer(rt, "a" * 64) is None and rt.peer_keys == {}
     assert RoundRuntime.announcer(rt, "b" * 64) is None
 

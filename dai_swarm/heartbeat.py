@@ -1,0 +1,49 @@
+"""A peer's presence in the DHT: the heartbeat that re-publishes its signed peer record (with live
+metrics) and the refresh of who else is live, which decides whose announcements count (only keys
+with a live, signed peer record in the region may announce) and where payloads are fetched from.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ._version import __version__
+from .dht.records import PeerRecord
+from .logging import get_logger
+
+__all__ = ["heartbeat_loop", "refresh_peers"]
+
+logger = get_logger("dai_swarm.runtime")
+
+
+def refresh_peers(rt: Any) -> None:
+    """Re-read the run's verified peer records into ``rt.region_of`` and ``rt.peer_keys`` (a key
+    stays known for two rounds after its record was last seen)."""
+    try:
+        peers = rt.dht.list_peers(rt.run_id)  # verified: signed by the key they carry, unexpired
+        rt.region_of = {p.peer_id: p.region for p in peers}
+        now, grace = time.time(), 2 * rt.clock.round_s
+        keys = {k: v for k, v in rt.peer_keys.items() if v[2] >= now - grace}
+        keys.update({p.public_key: (p.peer_id, p.region, now) for p in peers})
+        rt.peer_keys = keys
+    except Exception as e:
+        logger.debug("peer list refresh failed: %s", e)
+
+
+def heartbeat_loop(rt: Any) -> None:
+    """Until ``rt._stop`` is set: publish this peer's record every min(5, T/2) s (TTL three periods),
+    then refresh the peer list."""
+    period = max(1.0, min(5.0, rt.manifest.round_s / 2))
+    while not rt._stop.is_set():
+        try:
+            m = rt.metrics()
+            record = PeerRecord(run_id=rt.run_id, peer_id=rt.p2p_id, maddrs=tuple(rt.dht.visible_maddrs),
+                                region=rt.region, version=__version__, role="trainer",
+                                public_key=rt.identity.public_key_hex,
+                                metrics={k: v for k, v in m.items() if v is not None})
+            rt.dht.publish_peer(record, ttl_s=3 * period)
+        except Exception as e:
+            logger.debug("heartbeat failed: %s", e)
+        refresh_peers(rt)
+        rt._stop.wait(period)
