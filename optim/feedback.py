@@ -38,6 +38,7 @@ from .codecs.codec_sparse import ChunkRef, chunk_refs
 __all__ = [
     "ChunkProof",
     "FeedbackStep",
+    "accumulate",
     "buffer_refs",
     "chunk_leaf",
     "commit_buffer",
@@ -72,22 +73,28 @@ def _check_same(delta: Mapping[str, torch.Tensor], buffer: Mapping[str, torch.Te
             raise ShapeMismatch(f"{n!r}: update shape {tuple(t.shape)}, buffer shape {tuple(buffer[n].shape)}")
 
 
-def feedback_step(delta: Mapping[str, torch.Tensor], buffer: Mapping[str, torch.Tensor],
-                  **params: Any) -> FeedbackStep:
-    """Encode ``delta + buffer`` with the ``sparse`` codec (``params``: chunk, k, bits) and return the
-    payload, its decoded tensors and the residual buffer ``(delta + buffer) − sent``.
+def feedback_step(delta: Mapping[str, torch.Tensor], buffer: Mapping[str, torch.Tensor], *,
+                  decay: float = 1.0, **params: Any) -> FeedbackStep:
+    """Encode ``delta + decay * buffer`` with the ``sparse`` codec (``params``: chunk, k, bits) and
+    return the payload, its decoded tensors and the residual ``(delta + decay * buffer) − sent``.
 
-    Pure and deterministic; the inputs are not modified. Raises ShapeMismatch if names or shapes
-    differ, NonFiniteValues if a value is NaN/Inf.
+    ``decay`` < 1 is SparseLoCo's leaky accumulator (it then stands in for outer momentum); 1 is
+    plain error feedback. Pure and deterministic; the inputs are not modified. Raises
+    ShapeMismatch if names or shapes differ, NonFiniteValues if a value is NaN/Inf.
     """
     _check_same(delta, buffer)
-    acc = {n: torch.add(delta[n].detach().to("cpu", torch.float32), buffer[n].to("cpu", torch.float32))
-           for n in sorted(delta)}
+    acc = {n: accumulate(delta[n], buffer[n], decay) for n in sorted(delta)}
     blob = codecs.encode(acc, "sparse", **params)
     sent = codecs.decode(blob, max_bytes=codecs.decode_cap_for(acc, "sparse", **params))
     post = {n: torch.sub(acc[n], sent[n]) for n in acc}
     pre = {n: buffer[n].to("cpu", torch.float32) for n in acc}
     return FeedbackStep(blob=blob, sent=sent, pre=pre, post=post)
+
+
+def accumulate(delta: torch.Tensor, buffer: torch.Tensor, decay: float = 1.0) -> torch.Tensor:
+    """``delta + decay * buffer`` in float32 on CPU, one rounding per operation (no fused multiply-add)."""
+    d, e = delta.detach().to("cpu", torch.float32), buffer.detach().to("cpu", torch.float32)
+    return torch.add(d, e if decay == 1.0 else torch.mul(e, float(decay)))
 
 
 def buffer_refs(buffer: Mapping[str, torch.Tensor], **params: Any) -> list[ChunkRef]:

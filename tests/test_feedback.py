@@ -26,8 +26,10 @@ def _all(step, delta, post_override=None, pre_root=None):
     refs = buffer_refs(step.pre)
     ids = [r.chunk_id for r in refs]
     post = step.post if post_override is None else post_override
-    return check_chunks(delta, step.sent, prove_chunks(step.pre, ids), prove_chunks(post, ids),
-                        pre_root or commit_buffer(step.pre), commit_buffer(post), refs, bits=2)
+    res = check_chunks(delta, step.sent, prove_chunks(step.pre, ids), prove_chunks(post, ids),
+                       pre_root or commit_buffer(step.pre), commit_buffer(post), refs, bits=2)
+    assert not res.ok or all(c.ok for c in res.chunks)
+    return res
 
 
 def test_residual_is_carried_and_nothing_is_lost():
@@ -71,7 +73,7 @@ def test_honest_update_passes_exactly():
     step = feedback_step(d, zero_buffer(d))
     step2 = feedback_step(_delta(1), step.post)
     res = _all(step2, _delta(1))
-    assert res and all(c.ok and c.exact and not c.index_mismatch for c in res)
+    assert res.ok and res.distance == 0.0 and all(c.exact and not c.index_mismatch for c in res.chunks)
 
 
 def test_cheats_are_caught_on_the_chunks_they_touch():
@@ -84,17 +86,26 @@ def test_cheats_are_caught_on_the_chunks_they_touch():
     fake["b"][:100] += 0.05
     cheat = feedback_step(d1, fake)
     res = _all(cheat, d1, pre_root=chained_root)
-    assert not all(c.ok for c in res) and any("proof" in c.reason for c in res)
+    assert not res.ok and any("proof" in c.reason for c in res.chunks)
     # 2. top-k of something else (another update), consistent commitments
     other = feedback_step(_delta(7), prev.post)
     res = _all(other, d1)
-    assert sum(not c.ok for c in res) == len(res)
+    assert not res.ok and res.distance > 0.5
     # 3. a payload inconsistent with the committed post buffer (the author zeroes its buffer)
     res = _all(honest, d1, post_override=zero_buffer(honest.post))
-    assert not any(c.ok for c in res)
+    assert not res.ok and not any(c.ok for c in res.chunks)
     # 4. sign flip of the sent values
     flipped = dataclasses.replace(honest, sent={n: -t for n, t in honest.sent.items()})
-    assert not any(c.ok for c in _all(flipped, d1))
+    assert not _all(flipped, d1).ok
+    # 5. a payload that is not the top-k of the committed accumulator (one position moved)
+    moved = {n: t.clone() for n, t in honest.sent.items()}
+    flat = moved["b"].reshape(-1)
+    i = int(torch.nonzero(flat)[0])
+    j = next(j for j in range(4096) if flat[j] == 0 and j != i)
+    flat[j], flat[i] = flat[i], 0.0
+    post = {n: torch.sub(torch.add(d1[n], prev.post[n]), moved[n]) for n in d1}
+    res = _all(dataclasses.replace(honest, sent=moved), d1, post_override=post)
+    assert not res.ok and any("top-k" in c.reason for c in res.chunks)
 
 
 def test_honest_recomputation_on_two_threads_is_never_failed():
@@ -110,7 +121,7 @@ def test_honest_recomputation_on_two_threads_is_never_failed():
         torch.set_num_threads(old)
     step = feedback_step(author, zero_buffer(author))
     res = _all(step, verifier)
-    assert res and all(c.ok for c in res), [c for c in res if not c.ok]
+    assert res.ok and res.distance < 1e-3, res
 
 
 def test_sampling_and_detection_probability():
