@@ -46,10 +46,12 @@ __all__ = ["VARIANTS", "bytes_grid", "index_coding", "main", "simulate"]
 #: (label, codec, codec params, feedback decay or None for no feedback, outer lr, outer momentum, verify)
 VARIANTS = [
     ("int8 dense, Nesterov 0.6/0.9", "int8", {}, None, 0.6, 0.9, False),
-    ("sparse + EF, Nesterov 0.6/0.9", "sparse", {}, 1.0, 0.6, 0.9, True),
+    ("sparse + leaky EF 0.95, no outer momentum, lr 1.0", "sparse", {}, 0.95, 1.0, 0.0, True),
     ("sparse + EF, no outer momentum, lr 1.0", "sparse", {}, 1.0, 1.0, 0.0, False),
-    ("sparse + leaky EF 0.95, no outer momentum, lr 1.0", "sparse", {}, 0.95, 1.0, 0.0, False),
+    ("sparse + EF, Nesterov 0.6/0.9", "sparse", {}, 1.0, 0.6, 0.9, False),
     ("sparse, no EF, Nesterov 0.6/0.9", "sparse", {}, None, 0.6, 0.9, False),
+    ("sparse k=32 + leaky EF 0.95, no outer momentum, lr 1.0", "sparse", {"k": 32}, 0.95, 1.0, 0.0, False),
+    ("int8 dense, no outer momentum, lr 1.0", "int8", {}, None, 1.0, 0.0, False),
 ]
 GRID = [(4096, 64, 2), (4096, 32, 2), (4096, 128, 2), (4096, 64, 3), (4096, 64, 4), (1024, 16, 2), (16384, 256, 2)]
 
