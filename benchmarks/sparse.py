@@ -34,7 +34,7 @@ import zstandard
 
 from dai_swarm.optim import codecs
 from dai_swarm.optim.aggregate import weighted_mean
-from dai_swarm.optim.codecs.codec_sparse import _rows, rice_bits, select_topk
+from dai_swarm.optim.codecs.codec_sparse import chunk_rows, rice_bits, select_topk
 from dai_swarm.optim.feedback import buffer_refs, commit_buffer, feedback_step, prove_chunks, zero_buffer
 from dai_swarm.optim.outer import OuterState, outer_step
 from dai_swarm.tasks import load_task
@@ -144,7 +144,7 @@ def index_coding(acc: dict[str, torch.Tensor], chunk: int = 4096, k: int = 64) -
     rice = fixed = 0
     packed = []
     for t in acc.values():
-        for block, _, kk in _rows(t.reshape(-1).numpy(), chunk, k):
+        for block, _, kk in chunk_rows(t.reshape(-1).numpy(), chunk, k):
             cols = np.nonzero(select_topk(np.abs(block), kk))[1].reshape(-1, kk)
             gaps = np.diff(cols, axis=1, prepend=-1) - 1
             rice += (gaps.size * r + int((gaps >> r).sum()) + gaps.size + 7) // 8

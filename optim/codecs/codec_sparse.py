@@ -49,6 +49,7 @@ __all__ = [
     "ChunkRef",
     "SparseCodec",
     "chunk_refs",
+    "chunk_rows",
     "chunk_sizes",
     "decode_flat",
     "dequantize",
@@ -151,8 +152,8 @@ def _unpack(buf: np.ndarray, count: int, width: int) -> np.ndarray:
     return (bits[: count * width].reshape(count, width).astype(np.uint32) @ weights).astype(np.uint16)
 
 
-def _rows(flat: np.ndarray, chunk: int, k: int) -> list[tuple[np.ndarray, int, int]]:
-    """The full chunks as one 2-D block and the tail as another: ``(block, first offset, k)``."""
+def chunk_rows(flat: np.ndarray, chunk: int, k: int) -> list[tuple[np.ndarray, int, int]]:
+    """Flat ``flat`` as its full chunks in one 2-D block and its tail in another: ``(block, offset, k)``."""
     full, tail, k_tail, _ = chunk_sizes(flat.size, chunk, k)
     out = []
     if full:
@@ -203,7 +204,7 @@ class SparseCodec(Codec):
             return b""
         bits, r = params["bits"], rice_bits(params["chunk"], params["k"])
         scales, codes, gaps = [], [], []
-        for block, _, k in _rows(flat, params["chunk"], params["k"]):
+        for block, _, k in chunk_rows(flat, params["chunk"], params["k"]):
             mask = select_topk(np.abs(block), k)
             rows, cols = np.nonzero(mask)  # row-major: ascending index within each chunk
             vals = block[rows, cols].reshape(-1, k)
