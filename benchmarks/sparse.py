@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import time
 from typing import Any
 
@@ -38,7 +39,7 @@ from dai_swarm.optim.codecs.codec_sparse import chunk_rows, rice_bits, select_to
 from dai_swarm.optim.feedback import buffer_refs, commit_buffer, feedback_step, prove_chunks, zero_buffer
 from dai_swarm.optim.outer import OuterState, outer_step
 from dai_swarm.tasks import load_task
-from dai_swarm.verification.feedback_check import check_chunks
+from dai_swarm.verification.feedback_check import check_chunks, detection_probability, sample_chunks
 from dai_swarm.verification.recompute import recompute_update
 
 __all__ = ["VARIANTS", "bytes_grid", "index_coding", "main", "simulate"]
@@ -53,6 +54,7 @@ VARIANTS = [
     ("sparse k=32 + leaky EF 0.95, no outer momentum, lr 1.0", "sparse", {"k": 32}, 0.95, 1.0, 0.0, False),
     ("int8 dense, no outer momentum, lr 1.0", "int8", {}, None, 1.0, 0.0, False),
 ]
+TRIALS, SAMPLE = 10, 8  # falsified-buffer trials per checked update, chunks sampled per check
 GRID = [(4096, 64, 2), (4096, 32, 2), (4096, 128, 2), (4096, 64, 3), (4096, 64, 4), (1024, 16, 2), (16384, 256, 2)]
 
 
@@ -73,7 +75,8 @@ def simulate(task: Any, variant: tuple, *, workers: int, rounds: int, steps: int
     out: dict[str, Any] = {"label": label, "codec": codec, "params": cparams, "decay": decay, "outer_lr": lr,
                            "outer_momentum": mu, "samples": [0], "val_loss": [], "bytes": [], "accs": []}
     checks = {"chunks": 0, "ok": 0, "exact": 0, "index_mismatch": 0, "updates_with_mismatch": 0,
-              "false_fail": 0, "max_rel_diff": 0.0, "max_distance": 0.0, "updates": 0}
+              "false_fail": 0, "max_rel_diff": 0.0, "max_distance": 0.0, "updates": 0,
+              "tamper_trials": 0, "tamper_detected": 0, "tamper_expected": 0.0, "tamper_sample": SAMPLE}
     _set_params(eval_model, state.params)
     out["val_loss"].append(float(task.evaluate(eval_model)["loss"]))
     t0 = time.perf_counter()
@@ -129,11 +132,30 @@ def _verify(task, base, peer, r, steps, seed, st, decay, cparams, threads, d_aut
     checks["index_mismatch"] += sum(c.index_mismatch for c in res)
     checks["updates_with_mismatch"] += int(any(c.index_mismatch for c in res))
     checks["false_fail"] += sum(not c.ok for c in res)
+    _tamper_trials(d, st, refs, bits, decay, cparams, rng=random.Random(f"{peer}/{r}"), checks=checks)
     for ref in refs:
         a = (st.sent[ref.name] + st.post[ref.name]).reshape(-1)[ref.start : ref.start + ref.length]
         diff = (d_author[ref.name] - d[ref.name]).reshape(-1)[ref.start : ref.start + ref.length]
         if float(a.abs().max()) > 0:
             checks["max_rel_diff"] = max(checks["max_rel_diff"], float(diff.abs().max() / a.abs().max()))
+
+
+def _tamper_trials(d, st, refs, bits, decay, cparams, *, rng: random.Random, checks: dict, trials: int = TRIALS,
+                   sample: int = SAMPLE) -> None:
+    """Falsify one random chunk of the committed post-round buffer (one value moved by half the
+    chunk's norm), check ``sample`` random chunks, count detections against the expected rate."""
+    pre_root, m = commit_buffer(st.pre, **cparams), len(refs)
+    for _ in range(trials):
+        ref = refs[rng.randrange(m)]
+        post = {n: t.clone() for n, t in st.post.items()}
+        a = (st.sent[ref.name] + st.post[ref.name]).reshape(-1)[ref.start : ref.start + ref.length]
+        post[ref.name].view(-1)[ref.start + rng.randrange(ref.length)] += 0.5 * float(a.norm()) + 1e-3
+        ids = sample_chunks(rng, m, sample)
+        res = check_chunks(d, st.sent, prove_chunks(st.pre, ids, **cparams), prove_chunks(post, ids, **cparams),
+                           pre_root, commit_buffer(post, **cparams), refs, bits=bits, decay=decay)
+        checks["tamper_trials"] += 1
+        checks["tamper_detected"] += int(not res.ok)
+        checks["tamper_expected"] += detection_probability(m, 1, sample)
 
 
 def index_coding(acc: dict[str, torch.Tensor], chunk: int = 4096, k: int = 64) -> dict[str, int]:
@@ -189,7 +211,10 @@ def markdown(res: dict[str, Any]) -> str:
                       "| max honest diff / chunk max | max distance (tau 1e-2) |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
                       f"| {c['chunks']} | {c['ok']} | {c['exact']} | {c['index_mismatch']} | "
                       f"{c['updates_with_mismatch']} of {c['updates']} | {c['false_fail']} | {c['max_rel_diff']:.2e} | "
-                      f"{c['max_distance']:.2e} |"]
+                      f"{c['max_distance']:.2e} |", "",
+                      f"one falsified buffer chunk, {c['tamper_sample']} of {res['chunks']} chunks sampled per check: "
+                      f"detected {c['tamper_detected']} of {c['tamper_trials']} "
+                      f"(expected {c['tamper_expected']:.1f} = {c['tamper_expected'] / max(1, c['tamper_trials']):.1%})"]
     if res.get("grid"):
         lines += ["", "| chunk | k | bits | bytes/update | vs fp32 | rel L2 error of Δ+e |", "|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {g['chunk']} | {g['k']} | {g['bits']} | {g['bytes']} | {g['vs_fp32']:.3%} | {g['rel_l2']} |"
@@ -251,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {"task": args.task, "workers": args.workers, "rounds": args.rounds, "steps": args.steps,
            "samples": args.workers * args.rounds * args.steps * int(task.batch_size), "dense_bytes": dense,
            "verify_threads": args.verify_threads, "quick": args.quick, "runs": runs,
+           "chunks": len(buffer_refs(dict(task.build_model(0).named_parameters()))),
            "grid": bytes_grid(accs) if accs else [], "index_coding": index_coding(accs[-1]) if accs else {}}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "sparse.json"), "w") as f:
