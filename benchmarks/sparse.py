@@ -199,9 +199,12 @@ def markdown(res: dict[str, Any]) -> str:
     base = res["runs"][0]["final_val_loss"]
     lines = [f"{res['workers']} workers x {res['rounds']} rounds x {res['steps']} inner steps on {res['task']} "
              f"({res['samples']:,} samples each; dense fp32 update {res['dense_bytes']:,} bytes)\n",
-             "| variant | final val loss | vs int8 | bytes/update | vs fp32 |", "|---|---:|---:|---:|---:|"]
+             "| variant | val loss at 1/4 | 1/2 | 3/4 of the samples | final val loss | vs int8 | bytes/update | vs fp32 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for run in res["runs"]:
-        lines.append(f"| {run['label']} | {run['final_val_loss']:.4f} | {run['final_val_loss'] / base:.4f} | "
+        v, n = run["val_loss"], len(run["val_loss"]) - 1
+        lines.append(f"| {run['label']} | {v[n // 4]:.3f} | {v[n // 2]:.3f} | {v[3 * n // 4]:.3f} | "
+                     f"{run['final_val_loss']:.4f} | {run['final_val_loss'] / base:.4f} | "
                      f"{run['mean_bytes']:.0f} | {run['mean_bytes'] / res['dense_bytes']:.4%} |")
     for run in res["runs"]:
         if "checks" in run:
