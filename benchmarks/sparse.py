@@ -18,6 +18,7 @@ Writes ``sparse.json``, ``sparse.md`` and ``sparse.png`` under ``--out``::
 
     python -m benchmarks.sparse                 # 4 workers, 30 rounds of 20 steps (about 10 min)
     python -m benchmarks.sparse --quick --out /tmp/sparse
+    python -m benchmarks.sparse --only 1 --verify-threads 4 --out benchmarks/results/sparse_threads4
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def bytes_grid(accs: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
 
 def markdown(res: dict[str, Any]) -> str:
     """The results as markdown tables."""
-    base = res["runs"][0]["final_val_loss"]
+    base = next((r["final_val_loss"] for r in res["runs"] if r["codec"] == "int8"), float("nan"))
     lines = [f"{res['workers']} workers x {res['rounds']} rounds x {res['steps']} inner steps on {res['task']} "
              f"({res['samples']:,} samples each; dense fp32 update {res['dense_bytes']:,} bytes)\n",
              "| variant | val loss at 1/4 | 1/2 | 3/4 of the samples | final val loss | vs int8 | bytes/update | vs fp32 |",
@@ -261,10 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--steps", type=int, default=20, help="inner steps per round")
     ap.add_argument("--verify-threads", type=int, default=2, help="torch threads of the verifier's recomputation")
+    ap.add_argument("--only", type=int, nargs="+", metavar="I", help="run only these variants (indices into VARIANTS)")
     ap.add_argument("--quick", action="store_true", help="2 workers, 2 rounds of 2 steps, two variants (for CI)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
-    variants = VARIANTS
+    variants = [VARIANTS[i] for i in args.only] if args.only else VARIANTS
     if args.quick:
         args.workers, args.rounds, args.steps, variants = 2, 2, 2, VARIANTS[:2]
     task = load_task(args.task)
