@@ -195,6 +195,10 @@ def bytes_grid(accs: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.4f}" if base == base else "-"  # base is NaN without an int8 run
+
+
 def markdown(res: dict[str, Any]) -> str:
     """The results as markdown tables."""
     base = next((r["final_val_loss"] for r in res["runs"] if r["codec"] == "int8"), float("nan"))
@@ -205,7 +209,7 @@ def markdown(res: dict[str, Any]) -> str:
     for run in res["runs"]:
         v, n = run["val_loss"], len(run["val_loss"]) - 1
         lines.append(f"| {run['label']} | {v[n // 4]:.3f} | {v[n // 2]:.3f} | {v[3 * n // 4]:.3f} | "
-                     f"{run['final_val_loss']:.4f} | {run['final_val_loss'] / base:.4f} | "
+                     f"{run['final_val_loss']:.4f} | {_ratio(run['final_val_loss'], base)} | "
                      f"{run['mean_bytes']:.0f} | {run['mean_bytes'] / res['dense_bytes']:.4%} |")
     for run in res["runs"]:
         if "checks" in run:
