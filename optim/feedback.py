@@ -14,8 +14,8 @@ Error feedback is private state, so a verifier cannot recompute ``a`` from publi
 The author therefore commits to its buffer before and after each round: a Merkle root over the
 buffer's chunks (the codec's chunks, ids from :func:`~.codecs.codec_sparse.chunk_refs`), leaf
 ``sha256(0x00 || canonical_json([name, start, length]) || float32 bytes)`` and inner nodes as in
-:mod:`dai_swarm.rewards.merkle` (RFC 6962). A verifier asks for a few chunks with their
-inclusion proofs (:func:`prove_chunks`, :func:`verify_chunk_proof`) and checks them with
+:mod:`dai_swarm.merkle` (RFC 6962, shared with the reward log). A verifier asks for a few
+chunks with their inclusion proofs (:func:`prove_chunks`, :func:`verify_chunk_proof`) and checks them with
 :func:`dai_swarm.verification.feedback_check.check_chunks`. Announcing the roots and serving
 proofs is protocol work that is not wired yet (docs/design.md, "Sparse updates").
 """
@@ -30,7 +30,7 @@ import torch
 
 from dai_swarm.canonical import canonical_json, tensor_bytes
 from dai_swarm.errors import ShapeMismatch
-from dai_swarm.rewards.merkle import inclusion_proof, merkle_root, verify_inclusion
+from dai_swarm.merkle import inclusion_proof, merkle_root, verify_inclusion
 
 from . import codecs
 from .codecs.codec_sparse import ChunkRef, chunk_refs
