@@ -12,7 +12,7 @@ from dai_swarm.errors import CodecError
 from dai_swarm.optim.codecs import decode
 from dai_swarm.optim.codecs.mutate import MUTATION_KINDS, fix_crc, mutate
 
-from benchmarks.codec_fuzz import fuzz, seed_frames
+from benchmarks.codec_fuzz import fuzz, seed_frames, sparse_frames
 
 
 def test_mutated_frames_raise_only_codec_errors():
@@ -42,7 +42,7 @@ def test_arbitrary_bytes(data):
     assert isinstance(out, dict) and all(isinstance(t, torch.Tensor) for t in out.values())
 
 
-_FRAMES = seed_frames()
+_FRAMES = seed_frames() + sparse_frames()
 
 
 @settings(max_examples=300, deadline=None)

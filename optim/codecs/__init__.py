@@ -1,8 +1,9 @@
 """Compression codecs and the one bounded wire frame for named tensors.
 
 ``encode(tensors, codec, **params) -> bytes`` and ``decode(blob, expect=...) -> dict`` are the
-whole user surface. Codecs: ``none`` (exact), ``fp16``, ``int8`` (bitsandbytes blockwise) and
-``topk`` (sparse, delta-encoded indices), each followed by zstandard; see :mod:`.frame` for the
+whole user surface. Codecs: ``none`` (exact), ``fp16``, ``int8`` (bitsandbytes blockwise),
+``topk`` (sparse, delta-encoded indices) and ``sparse`` (chunked top-k, 2-bit values, Rice-coded
+indices; used with error feedback, :mod:`dai_swarm.optim.feedback`), each followed by zstandard; see :mod:`.frame` for the
 format and its caps. Every ``codec_*.py`` module in this package is imported, so adding a codec
 is adding a file.
 """
@@ -54,7 +55,7 @@ def encode(tensors: Mapping[str, torch.Tensor], codec: str = "int8", **params: A
     """Encode named tensors into one frame; the same tensors always give the same bytes.
 
     ``params`` are codec parameters (``int8``: ``blocksize``; ``topk``: ``fraction``,
-    ``values``, ``blocksize``). Refuses NaN/Inf with :class:`~dai_swarm.errors.NonFiniteValues`.
+    ``values``, ``blocksize``; ``sparse``: ``chunk``, ``k``, ``bits``). Refuses NaN/Inf with :class:`~dai_swarm.errors.NonFiniteValues`.
     """
     return encode_frame(tensors, codec, **params)
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from .frame import FORMAT_VERSION, MAGIC, STAGE_ZSTD, ZSTD_LEVEL
 
-__all__ = ["MUTATION_KINDS", "build_frame", "fix_crc", "mutate", "zstd_bomb"]
+__all__ = ["MUTATION_KINDS", "build_frame", "fix_crc", "mutate", "random_stream_frame", "zstd_bomb"]
 
 MUTATION_KINDS = ("bitflip", "byteset", "truncate", "append", "insert", "delete", "field", "splice", "random")
 _EXTREMES = (0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 1 << 40, (1 << 63) - 1, (1 << 64) - 1)
@@ -49,6 +49,16 @@ def build_frame(
     body = prefix + params + table + b"".join(e[4] for e in entries)
     crc = zlib.crc32(body) if good_crc else zlib.crc32(body) ^ 0xDEADBEEF
     return body + struct.pack("<I", crc)
+
+
+def random_stream_frame(codec_id: int, params: bytes, name: str, shape: Sequence[int], raw_len: int,
+                        rng: random.Random, *, dtype_code: int = 0) -> bytes:
+    """A well-formed frame (right CRC, lengths and table) whose one stored stream is random bytes.
+
+    Gets past every frame-level check, so the codec's own stream checks are what decides; pick
+    ``raw_len`` inside the codec's ``[min_raw_size, max_raw_size]`` for the shape.
+    """
+    return build_frame(codec_id, params, [(name, dtype_code, list(shape), raw_len, rng.randbytes(raw_len), 0)])
 
 
 def fix_crc(frame: bytes) -> bytes:
