@@ -198,6 +198,7 @@ def founding_peers(workdir: str, names: Sequence[str]) -> dict[str, list[str]]:
     ``--founder``), so each region that has one of them is established from round 0: its votes,
     state records and region deltas count (docs/design.md, "Trust model"). Keys live in
     ``workdir/NAME.key`` (created on first use)."""
+    os.makedirs(workdir, exist_ok=True)
     keys = {n: Identity.load_or_create(os.path.join(workdir, f"{n}.key")) for n in names}
     founders = [k.public_key_hex for k in keys.values()]
     return {n: ["--identity", k.path or "", "--founder", *founders] for n, k in keys.items()}
