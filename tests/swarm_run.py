@@ -11,6 +11,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from dai_swarm.dht import _proc
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -93,23 +95,13 @@ def wait_all(peers: list[Peer], timeout_s: float) -> None:
 
 
 def cleanup(peers: list[Peer]) -> None:
-    """Kill what is left and remove hivemind sockets left behind by SIGKILLed peers."""
+    """Kill what is left and remove hivemind sockets left behind by SIGKILLed peers: only those
+    nobody listens on (a connect attempt, which also sees the live sockets of peers in other
+    network namespaces; /proc/net/unix lists only this namespace's, and reading it made one
+    test delete the live sockets of another's namespaced peers)."""
     for p in peers:
         p.kill()
-    for path in glob.glob("/tmp/hivemind-*.sock"):
-        try:
-            if time.time() - os.path.getmtime(path) > 0 and not _socket_in_use(path):
-                os.unlink(path)
-        except OSError:
-            pass
-
-
-def _socket_in_use(path: str) -> bool:
-    try:
-        with open("/proc/net/unix") as f:
-            return any(path in line for line in f)
-    except OSError:
-        return True
+    _proc.remove_stale_sockets(glob.glob("/tmp/hivemind-*.sock"))
 
 
 def by_round(history: dict) -> dict[int, dict]:
