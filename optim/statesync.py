@@ -16,7 +16,7 @@ from dai_swarm.logging import get_logger
 
 from .download import StateOffer, fetch_chunked, parse_state_offer, pick_download, state_record
 from .states import BaseState
-from .votes import Vote, confirm_state, majority_state_hash
+from .votes import Vote, confirm_state, majority_state_hash, state_weights
 
 __all__ = ["StateSync"]
 
@@ -56,7 +56,7 @@ class StateSync:
         offers = [(o.signer, o.state_hash) for o in self.state_offers(q + 2) if o.signer in winners]
         if not offers:
             return None
-        maj = majority_state_hash(offers, self.ctx.vote_weights(), electorate=self._electorate([]))
+        maj = majority_state_hash(offers, state_weights(self.ctx.vote_weights()), electorate=self._electorate([]))
         return self.resync(q + 2, maj.state_hash) if maj is not None and maj.weight > 0 else None
 
     def _retry_resync(self, q: int, attempt: Callable[[], BaseState | None]) -> BaseState | None:
@@ -112,7 +112,7 @@ class StateSync:
         offers = self.state_offers(round)
         if not offers:
             return None
-        weights = self.ctx.vote_weights()
+        weights = state_weights(self.ctx.vote_weights())
         maj = majority_state_hash([(o.signer, o.state_hash) for o in offers], weights,
                                   electorate=self._electorate([]))
         if maj is not None and maj.weight <= 0 and target_hash is None and self.bases.latest() is None:

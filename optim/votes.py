@@ -62,6 +62,16 @@ def standing_keys(weights: Mapping[str, float]) -> frozenset[str] | None:
     return frozenset(k for k, w in weights.items() if w > 0)
 
 
+def state_weights(weights: Mapping[str, float]) -> Mapping[str, float]:
+    """Weights for adopting a state someone else built (re-sync, join, post-tally confirmation):
+    standing only, never the newcomer fallback, once anyone holds standing. A fallback there let 50
+    fresh keys' offers outweigh a founder whose record a loaded peer had not read yet (Sybil-flood
+    test); a peer that finds no standing offer waits and keeps its own state instead."""
+    if getattr(weights, "fallback", None) is not None and len(weights) > 0:
+        return dict(weights)
+    return weights
+
+
 def _effective(reputation: Mapping[str, float], signers: Iterable[str], epsilon: float) -> Mapping[str, float]:
     """``reputation`` itself, or its fallback when no signer weighs anything under it."""
     fallback = getattr(reputation, "fallback", None)
@@ -287,7 +297,7 @@ def confirm_state(mine: str, me: str, offers: Iterable[tuple[str, str]], elector
     """
     members = set(electorate) | {me}
     seen = [(s, h) for s, h in offers if s in members and s != me] + [(me, mine)]
-    reputation = _effective(reputation, sorted(members), epsilon)
+    reputation = _effective(state_weights(reputation), sorted(members), epsilon)
     maj = majority_state_hash(seen, reputation, epsilon=epsilon)
     if maj is None or maj.weight <= 0:
         return Confirmation("wait")

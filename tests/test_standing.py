@@ -21,7 +21,7 @@ from dai_swarm.optim.coordinator import Coordinator, NullVerifier
 from dai_swarm.optim.download import state_record
 from dai_swarm.optim.exchange import PayloadStore
 from dai_swarm.optim.states import BaseState, BaseStore
-from dai_swarm.optim.votes import HeadCount, Vote, majority_state_hash, tally
+from dai_swarm.optim.votes import HeadCount, Vote, majority_state_hash, state_weights, tally
 from dai_swarm.verification.reputation import (
     ReputationPolicy, initial_extra, standing_of, update_reputation, vote_weights,
 )
@@ -204,3 +204,18 @@ def test_forty_sign_flipped_newcomer_updates_move_the_base_at_most_the_share():
     # newcomers (weight 0.1 each at reputation "newcomer") would hold 4/5 of the round: Δ = -7.8
     expected = (1 - NEWCOMER_SHARE) * 1.0 + NEWCOMER_SHARE * -10.0
     assert torch.allclose(out.params["w"], torch.full((8,), -expected), atol=1e-5)
+
+
+def test_fifty_fresh_offers_never_make_a_peer_adopt_their_state_while_its_founder_is_unread():
+    """Found by the Sybil-flood run: a loaded peer that had not read its founder's vote or record
+    confirmed its new base against the state records it had, and the newcomer fallback let 50
+    fresh keys' offers of a poisoned state outweigh it. State adoption uses standing only."""
+    from dai_swarm.optim.votes import confirm_state
+
+    me = _key("loaded honest peer")
+    offers = [(k, EVIL) for k in SYBILS[:50]]
+    decision = confirm_state(GOOD, me, offers, [me, *SYBILS[:50]], vote_weights(initial_extra([FOUNDER])))
+    assert decision.action != "resync" and decision.target != EVIL
+    # a joiner or re-sync weighing the same offers: no majority at all
+    assert majority_state_hash(offers, state_weights(vote_weights(initial_extra([FOUNDER])))) is None or \
+        majority_state_hash(offers, state_weights(vote_weights(initial_extra([FOUNDER])))).weight <= 0
