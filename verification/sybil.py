@@ -81,7 +81,6 @@ class SybilFlood(Attack):
         self._seed = {k.public_key_hex: k.private_key.private_bytes(*raw) for k in self.keys}
         self.members = self.keys[:FLIPPERS + STATE_SIGNERS + 1]  # flippers, state signers, the oversized one
         self.oversized_digest = "ee" * 32
-        self.records_published = 0
         self._ahead: threading.Thread | None = None
         self._closed = False
         self._members_until = 0.0  # when the fresh members' peer records must be published again
@@ -133,7 +132,7 @@ class SybilFlood(Attack):
         for i in range(0, len(batch), BATCH):  # requests of the two threads interleave (the pipe has a lock)
             part = batch[i:i + BATCH]
             seeds = [self._seed[k.public_key_hex] for k, _, _ in part]
-            self.records_published += rt.dht._call(functools.partial(
+            rt.dht._call(functools.partial(
                 _seal_and_store, seeds=seeds, records=[r for _, r, _ in part], ttls=[t for _, _, t in part],
                 run_id=rt.run_id), timeout_s=30.0)
             rt.count("sybil_records", len(part))
