@@ -12,20 +12,21 @@ from .dht.address_file import write_atomic
 from .display import megabytes, num
 from .exit_guard import FLUSH_TIMEOUT_S, ExitGuard
 from .logging import get_logger, setup_logging
+from .verification.spotcheck import DEFAULT_CHECKS_PER_UPDATE
 
 logger = get_logger(__name__)
 
 ATTACKS_HELP = "FOR TESTS AND BENCHMARKS ONLY: behave as a Byzantine peer of this kind"
 
 
-def _probability(text: str) -> float:
-    """argparse type: a float in [0, 1]."""
+def _checks(text: str) -> float:
+    """argparse type: expected checks per update, a float in [0, 1024]."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    if not 0.0 <= value <= 1024.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1024, got {value}")
     return value
 
 
@@ -87,8 +88,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                       help="start round 0 S seconds after this peer creates the run (new runs only; default 2)")
     p.add_argument("--seed", type=int, default=0, help="model and sampler seed (new runs only)")
     p.add_argument("--max-inner-steps", type=int, default=10_000, help="cap on inner steps per round (new runs only)")
-    p.add_argument("--spot-check-rate", type=_probability, default=0.2, metavar="P",
-                   help="probability that a peer recomputes each update it receives (new runs only; default 0.2)")
+    p.add_argument("--checks-per-update", type=_checks, default=DEFAULT_CHECKS_PER_UPDATE, metavar="C",
+                   help="expected recomputations of each update per round, whatever the region size: each peer "
+                        "checks each update with probability C/(n-1) (new runs only; default "
+                        f"{DEFAULT_CHECKS_PER_UPDATE}; C >= n-1 checks everything)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--address-file", default=None, metavar="PATH", help="write our multiaddrs here (atomically)")
     p.add_argument("--history-file", default=None, metavar="PATH", help="write per-round history as JSON on exit")
@@ -119,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             swarm = Swarm(task, args.run_id, initial_peers=args.initial_peers, region=args.region,
                           identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s,
                           codec=args.codec, t0=args.t0, start_in_s=args.start_in, seed=args.seed,
-                          max_inner_steps=args.max_inner_steps, attack=attack, spot_check_rate=args.spot_check_rate,
+                          max_inner_steps=args.max_inner_steps, attack=attack, checks_per_update=args.checks_per_update,
                           cross_region_period=args.cross_region_period, ledger=args.ledger,
                           manifest_hash=args.manifest, trust=args.trust, founders=args.founder,
                           resume=args.resume, checkpoint_dir=args.checkpoint_dir,

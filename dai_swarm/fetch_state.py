@@ -51,6 +51,19 @@ def _wait_manifest(dht: Any, run_id: str, pin: str | None, deadline: float):
         time.sleep(0.25)
 
 
+def _busiest_region(dht: Any, run_id: str, deadline: float) -> str:
+    """The region with the most live signed peer records, read until one appears (a loaded peer's
+    record can take a few seconds to reach a fresh node); ties go to the smallest name."""
+    while True:
+        regions = Counter(p.region for p in dht.list_peers(run_id))
+        if regions:
+            return min(regions, key=lambda r: (-regions[r], r))
+        if time.time() >= deadline:
+            raise ConfigError(f"no live peer of run {run_id!r} found through the initial peers: give --region, "
+                              "or check that its peers are running")
+        time.sleep(0.5)
+
+
 def _parent_hash(rt: Any, state: Any) -> str | None:
     """The hash the standing-weighted majority offers for the base before ``state``."""
     from .optim.votes import majority_state_hash
@@ -89,9 +102,8 @@ def fetch_agreed_state(run_id: str, initial_peers: Sequence[str], *, round: int 
             raise ManifestMismatch(f"run {run_id!r} trains {manifest.task!r} with config hash "
                                    f"{manifest.task_config_hash[:12]}; this build's is {task.config_hash()[:12]}")
         if region is None:
-            regions = Counter(p.region for p in dht.list_peers(run_id))
-            region = min(regions, key=lambda r: (-regions[r], r)) if regions else "default"
-        verifier = SpotChecker(task, manifest.spot_check_rate)
+            region = _busiest_region(dht, run_id, deadline)
+        verifier = SpotChecker(task, manifest.checks_per_update)
         rt = RoundRuntime(task, dht, identity, manifest, region, evaluate=False, verifier=verifier,
                           trusted=tuple(trust))
         rt.refresh_peers()

@@ -103,6 +103,8 @@ class RoundRuntime:
         self.steps = 0
         self.samples_total = 0
         self.rounds_trained = 0
+        self.train_cpu_s = 0.0  # CPU time of the training thread between inner steps (the user's loop)
+        self._cpu_mark: float | None = None
         self._stop = threading.Event()
         self._eval_model: torch.nn.Module | None = None
         self._loaded: BaseState | None = None
@@ -224,6 +226,15 @@ class RoundRuntime:
 
     def after_inner_step(self, opt: Any) -> None:
         """Count one inner step; at the round's training deadline, hand the update over and move on."""
+        cpu = time.thread_time()
+        if self._cpu_mark is not None:  # the training thread's CPU since the last step ended here
+            self.train_cpu_s += cpu - self._cpu_mark
+        try:
+            self._step_done(opt)
+        finally:
+            self._cpu_mark = time.thread_time()
+
+    def _step_done(self, opt: Any) -> None:
         self.steps += 1
         self.samples_total += self.batch_size
         if self._stop.is_set():  # leaving: an update announced now could not be served anyway
@@ -339,6 +350,7 @@ class RoundRuntime:
         return {"round": self.round, "steps": self.steps, "samples": self.samples_total,
                 "state_hash": last.get("state_hash"), "round_closed": last.get("round"), "val_loss": last.get("val_loss"),
                 "traffic": self.traffic.snapshot(), "rounds_trained": self.rounds_trained,
+                "train_cpu_s": round(self.train_cpu_s, 3),
                 "resyncs": sum(1 for h in self.history if h.get("resynced")),
                 "counters": dict(self.counters), "ledger_errors": self.ledger_errors,
                 "ledger_rounds": self.ledger.rounds if self.ledger is not None else None,

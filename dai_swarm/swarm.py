@@ -41,7 +41,7 @@ from .resume import live_peers, resume_manifest
 from .runtime import RoundRuntime
 from .tasks import Task, load_task
 from .tasks.contract import validate_task
-from .verification.spotcheck import SpotChecker
+from .verification.spotcheck import DEFAULT_CHECKS_PER_UPDATE, SpotChecker
 
 __all__ = ["Swarm", "manifest_versions"]
 
@@ -79,7 +79,7 @@ class Swarm:
     many seconds after this peer creates the run) are used only when this peer creates the run; a joiner takes them from the signed manifest. ``attack`` is for tests and benchmarks.
     ``ledger`` is the path of this peer's reward log (written as rounds close; None: no log).
     ``verifier``: the verification hooks (default: a :class:`SpotChecker` at the manifest's
-    ``spot_check_rate``; ``False``: none, plain averaging and no reputation). ``manifest_hash``:
+    ``checks_per_update``, the expected recomputations of each update per round; ``False``: none, plain averaging and no reputation). ``manifest_hash``:
     the run's pinned manifest hash (the ``--manifest`` value of a peer's join line, 32-64 hex); a
     peer given it accepts no other manifest (:class:`ManifestPinMismatch`) and never creates the
     run. Without it a joiner takes the earliest issued valid manifest and logs the hash it pinned.
@@ -99,7 +99,7 @@ class Swarm:
                  identity: Identity | str | None = None, host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
                  round_s: float = 10.0, codec: str = "int8", codec_params: dict | None = None,
                  outer_lr: float = 0.6, outer_momentum: float = 0.9, max_inner_steps: int = 10_000,
-                 cross_region_period: int = 5, spot_check_rate: float = 0.2, seed: int = 0,
+                 cross_region_period: int = 5, checks_per_update: float = DEFAULT_CHECKS_PER_UPDATE, seed: int = 0,
                  t0: float | None = None, attack: Any = None, evaluate: bool = True, verifier: Any = None,
                  ledger: str | None = None, manifest_wait_s: float = 3.0, start_timeout_s: float = 30.0,
                  manifest_hash: str | None = None, trust: Sequence[str] = (), founders: Sequence[str] = (),
@@ -140,7 +140,7 @@ class Swarm:
                 outer_momentum=outer_momentum, codec=codec,
                 # updates are small next to a round: spend the CPU on zstd for 11-14% fewer bytes
                 codec_params=dict({"zstd": "always"} if codec_params is None else codec_params),
-                spot_check_rate=spot_check_rate, seed=seed,
+                checks_per_update=checks_per_update, seed=seed,
                 t0=_start_time(t0, start_in_s),
                 versions=manifest_versions(),
                 founders=tuple(dict.fromkeys((self.identity.public_key_hex, *founders))))
@@ -155,7 +155,7 @@ class Swarm:
                         self.manifest_hash[:PIN_HEX])
             self.region = choose_region(self.dht, run_id, region).region
             if verifier is None:  # spot checks, verdicts, reputation and the robust rule (SPEC §7)
-                verifier = SpotChecker(self.task, self.manifest.spot_check_rate)
+                verifier = SpotChecker(self.task, self.manifest.checks_per_update)
             self.runtime = RoundRuntime(self.task, self.dht, self.identity, self.manifest, self.region,
                                         attack=attack, evaluate=evaluate, verifier=verifier or None, ledger=ledger,
                                         trusted=tuple(trust),

@@ -91,7 +91,7 @@ class ManifestChoice:
 
 
 def _describe(h: str, m: RunManifest, why: str) -> str:
-    return (f"{h[:PIN_HEX]} ({why}; task {m.task}, t0 {m.t0:.0f}, spot_check_rate {m.spot_check_rate}, "
+    return (f"{h[:PIN_HEX]} ({why}; task {m.task}, t0 {m.t0:.0f}, checks_per_update {m.checks_per_update}, "
             f"founders {', '.join(k[:12] for k in m.founders) or 'none'})")
 
 

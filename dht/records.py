@@ -115,7 +115,7 @@ class RunManifest(_Record):
     outer_momentum: float = Field(ge=0, lt=1)
     codec: str
     codec_params: dict[str, Any] = Field(default_factory=dict)
-    spot_check_rate: float = Field(ge=0, le=1)
+    checks_per_update: float = Field(ge=0, le=1024)
     seed: int
     t0: float
     versions: dict[str, str] = Field(default_factory=dict)

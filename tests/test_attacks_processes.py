@@ -7,7 +7,7 @@ replicated reputation, with the round) or *bounded* (its payload never entered a
 that honest peers were never slashed and kept identical state hashes.
 
 Detection model (why these assertions cannot fail by luck). The runs are created with
-``--spot-check-rate 1.0`` (a legal run setting: a small swarm that checks everything), so no
+``--checks-per-update 8`` (a legal run setting: a small swarm in which every peer checks every update), so no
 random draw is involved: every peer recomputes every included update of every other peer at the
 close of the round it was trained in. An update of round t that is included is therefore failed
 by each of the 3 honest peers (and by the other attackers, whose checks are honest) at close(t);
@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]
 # 6 s, not 4 s: at spot-check rate 1 each peer recomputes 7 updates a round, and beside a training
 # demo on the same 2 cores 4 s rounds left honest peers unable to download a re-sync in time
 ROUND_S = 6.0
-SPOT_CHECK_RATE = 1.0  # deterministic detection: see the module docstring
+CHECKS_PER_UPDATE = 8.0  # deterministic detection: see the module docstring
 SLASH_BOUND = 12  # base round by which every detectable attacker is slashed (module docstring)
 # Seven peers starting at once take up to 33 s to read the manifest on a 2-core machine whose other
 # core runs another test (measured; about 10 s when quiet): 60 s is 1.8x that.
@@ -74,7 +74,7 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
                         "--round-s", str(round_s), "--until-round", str(until_round),
                         "--initial-peers", *initial, "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--region", "a",
                         "--threads", "1", "--quiet", "--max-inner-steps", str(max_steps),
-                        "--spot-check-rate", str(SPOT_CHECK_RATE), "--address-file", os.path.join(workdir, f"p{i}.addr"),
+                        "--checks-per-update", str(CHECKS_PER_UPDATE), "--address-file", os.path.join(workdir, f"p{i}.addr"),
                         "--history-file", os.path.join(workdir, f"p{i}.json")]
                 if kind:
                     argv += ["--attack", kind]

@@ -50,7 +50,7 @@ def test_discovery_round_records_and_manifest(swarm):
     assert [(r.signer, r.body) for r in got] == [(b.identity.public_key_hex, {"digest": "x"})]
     assert a.get_round_records(RUN, "vote", 8) == []
     m = RunManifest(run_id=RUN, task="regression", task_config_hash="ab", round_s=5, cross_region_period=2,
-                    max_inner_steps=10, outer_lr=0.7, outer_momentum=0.9, codec="fp16", spot_check_rate=0.2,
+                    max_inner_steps=10, outer_lr=0.7, outer_momentum=0.9, codec="fp16", checks_per_update=0.2,
                     seed=0, t0=time.time(), versions={"torch": "2.13.0"}, founders=(a.identity.public_key_hex,))
     a.publish_manifest(m, ttl_s=60)
     assert testing.wait_until(lambda: c.get_manifest(RUN), 10, what="manifest") == m
@@ -100,10 +100,10 @@ def test_backdated_or_altered_manifest_refused_over_a_real_dht(swarm):
     a, _, c, rogue = swarm
     run, t0 = "pinned-itest", float(int(time.time()) + 5)
     honest = RunManifest(run_id=run, task="regression", task_config_hash="ab", round_s=5, cross_region_period=2,
-                         max_inner_steps=10, outer_lr=0.6, outer_momentum=0.9, codec="int8", spot_check_rate=0.2,
+                         max_inner_steps=10, outer_lr=0.6, outer_momentum=0.9, codec="int8", checks_per_update=0.2,
                          seed=0, t0=t0, versions={"torch": "2.13.0"}, founders=(a.identity.public_key_hex,))
     pin = manifest_hash(honest)[:PIN_HEX]
-    evil = honest.model_copy(update={"spot_check_rate": 0.0, "founders": (rogue.identity.public_key_hex,)})
+    evil = honest.model_copy(update={"checks_per_update": 0.0, "founders": (rogue.identity.public_key_hex,)})
     backdated = seal(rogue.identity, evil, run_id=run, ttl_s=7 * 24 * 3600.0, issued_at=t0 - 6 * 24 * 3600.0)
     rogue.store_raw(manifest_key(run), rogue.identity.public_key_hex, backdated, open_envelope(backdated).expiration)
     a.publish_manifest(honest, ttl_s=60)

@@ -127,7 +127,7 @@ def test_schemas():
         with pytest.raises(ConfigError):
             validate_maddr(bad)
     m = RunManifest(run_id="r", task="tinylm", task_config_hash="00", round_s=10, cross_region_period=4,
-                    max_inner_steps=100, outer_lr=0.7, outer_momentum=0.9, codec="int8", spot_check_rate=0.2,
+                    max_inner_steps=100, outer_lr=0.7, outer_momentum=0.9, codec="int8", checks_per_update=0.2,
                     seed=1, t0=1.0, versions={"torch": "2.13.0"})
     assert parse_body("manifest", m.to_body()) == m
 

@@ -32,7 +32,7 @@ def task():
 def _manifest(task, t0=None, founder="b" * 64) -> RunManifest:
     return RunManifest(run_id="r1", task="regression", task_config_hash=task.config_hash(), round_s=4.0,
                        cross_region_period=3, max_inner_steps=5, outer_lr=0.6, outer_momentum=0.9, codec="int8",
-                       spot_check_rate=0.2, seed=0, t0=time.time() if t0 is None else t0,
+                       checks_per_update=0.2, seed=0, t0=time.time() if t0 is None else t0,
                        versions=manifest_versions(), founders=(founder,))
 
 

@@ -22,7 +22,7 @@ CREATOR, ROGUE = Identity.generate(), Identity.generate()
 
 def _manifest(founder: Identity, **changes) -> RunManifest:
     base = dict(run_id=RUN, task="regression", task_config_hash="ab" * 32, round_s=5.0, cross_region_period=3,
-                max_inner_steps=20, outer_lr=0.6, outer_momentum=0.9, codec="int8", spot_check_rate=0.2, seed=0,
+                max_inner_steps=20, outer_lr=0.6, outer_momentum=0.9, codec="int8", checks_per_update=0.2, seed=0,
                 t0=T0, versions={"torch": "2.13.0"}, founders=(founder.public_key_hex,))
     base.update(changes)
     return RunManifest(**base)
@@ -40,7 +40,7 @@ PIN = manifest_hash(HONEST)[:PIN_HEX]
 
 def _backdated_copy():
     """The attack: a copy with spot checks off, by another key, issued six days before t0."""
-    evil = _manifest(ROGUE, spot_check_rate=0.0)
+    evil = _manifest(ROGUE, checks_per_update=0.0)
     return evil, _signed(ROGUE, evil, T0 - 6 * 24 * 3600.0)
 
 
@@ -55,14 +55,14 @@ def test_backdated_copy_is_refused_with_and_without_a_pin():
 
 
 def test_altered_manifest_under_a_pinned_run_id_is_a_clear_error():
-    evil = _manifest(ROGUE, spot_check_rate=0.0)
+    evil = _manifest(ROGUE, checks_per_update=0.0)
     rec = _signed(ROGUE, evil, T0 - 1.0)  # not back-dated: only the pin tells it apart
     assert select_manifest([rec]).manifest == evil  # an unpinned newcomer alone with it cannot know
     with pytest.raises(ManifestPinMismatch) as err:
         select_manifest([rec], PIN)
     e = err.value
     assert isinstance(e, ManifestMismatch) and e.expected == PIN
-    assert PIN in str(e) and manifest_hash(evil)[:PIN_HEX] in str(e) and "spot_check_rate 0.0" in str(e)
+    assert PIN in str(e) and manifest_hash(evil)[:PIN_HEX] in str(e) and "checks_per_update 0.0" in str(e)
     assert len(e.found) == 1 and e.found[0].startswith(manifest_hash(evil)[:PIN_HEX])
     assert select_manifest([], PIN) is None  # nothing seen yet: the caller waits
 
@@ -70,7 +70,7 @@ def test_altered_manifest_under_a_pinned_run_id_is_a_clear_error():
 def test_in_window_competitor_wins_only_without_a_pin():
     """The limit of the unpinned rule (documented): a rival issued earlier inside the window is taken
     by a newcomer without a pin; a pinned newcomer still takes the run's own manifest."""
-    rival = _manifest(ROGUE, spot_check_rate=0.0)
+    rival = _manifest(ROGUE, checks_per_update=0.0)
     rec = _signed(ROGUE, rival, T0 - 3600.0)
     choice = select_manifest([HONEST_REC, rec])
     assert choice.manifest == rival and choice.competing == (manifest_hash(HONEST),)
@@ -133,7 +133,7 @@ def _swarm(records, pin=None):
 
 def test_swarm_agreement_refuses_another_manifest_and_never_creates_when_pinned():
     evil, rec = _backdated_copy()
-    altered = _signed(ROGUE, _manifest(ROGUE, spot_check_rate=0.0), T0 - 1.0)
+    altered = _signed(ROGUE, _manifest(ROGUE, checks_per_update=0.0), T0 - 1.0)
     assert _swarm([rec, HONEST_REC], PIN)._agree_manifest(HONEST, wait_s=0.0) == HONEST
     assert _swarm([rec, HONEST_REC])._agree_manifest(HONEST, wait_s=0.0) == HONEST
     with pytest.raises(ManifestPinMismatch, match=PIN):

@@ -85,7 +85,7 @@ def test_peer_behind_nat_is_included_verified_and_rewarded(tmp_path):
         t0 = int(time.time()) + 30
         run = ["--run-id", f"nat-{os.getpid()}", "--t0", str(t0)]
         founder = _spawn(net, net.public(0), tmp_path, "pub0",
-                         [*run, "--spot-check-rate", "1.0", "--initial-peers", *boot])
+                         [*run, "--checks-per-update", "8", "--initial-peers", *boot])
         peers.append(founder)
         boot += _addresses(founder, net.public_ip(0))
         peers.append(_spawn(net, net.public(1), tmp_path, "pub1", [*run, "--initial-peers", *boot]))

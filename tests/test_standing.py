@@ -59,6 +59,28 @@ def test_founders_hold_standing_from_round_zero_and_fresh_keys_none():
     assert vote_weights({}).fallback.get(SYBILS[0]) == ReputationPolicy().newcomer
 
 
+def test_a_resumed_generation_s_founder_holds_standing_in_the_exported_state():
+    """An export's state names the previous generation's keys; none of them is live in the resumed
+    run. Its new founder must decide (found in the export test: two joiners out-counted it)."""
+    exported = initial_extra([FOUNDER])
+    resumer, j1, j2 = _key("resumer"), _key("joiner 1"), _key("joiner 2")
+    w = vote_weights(exported, anchors=[resumer])
+    assert w.get(resumer) == 1.0 and w.get(FOUNDER) == 1.0 and w.get(j1, 0.0) == 0.0
+    res = tally([Vote("run", 11, resumer, (), GOOD), Vote("run", 11, j1, (), EVIL), Vote("run", 11, j2, (), EVIL)],
+                w, run_id="run", round=11)
+    assert res.state_hash == GOOD
+    without = tally([Vote("run", 11, resumer, (), GOOD), Vote("run", 11, j1, (), EVIL), Vote("run", 11, j2, (), EVIL)],
+                    vote_weights(exported), run_id="run", round=11)
+    assert without.state_hash == EVIL  # the head count the anchor replaces
+    # an anchor the state slashed gets nothing back
+    est = _established()
+    est = dict(est, trust={**est["trust"], resumer: [1, 0]}, reputation={**est["reputation"], resumer: 1.0})
+    slashed = update_reputation(est, 9, [_verdict(6, FOUNDER, resumer, False, _key("b")),
+                                         _verdict(6, HONEST, resumer, False, _key("b"))])
+    assert slashed["slashed_now"] == [resumer]
+    assert vote_weights(slashed, anchors=[resumer]).get(resumer, 0.0) == 0.0
+
+
 def test_a_region_the_founder_never_reached_still_decides_and_bootstraps_standing():
     extra = initial_extra([FOUNDER])  # θ0 of every region names the founder; it trains in another one
     a, b = _key("region-2 peer a"), _key("region-2 peer b")

@@ -54,8 +54,8 @@ def task():
     return load_task("regression")
 
 
-def _checker(task, dht, key, rate):
-    sc = SpotChecker(task, rate, rng=random.Random(1))
+def _checker(task, dht, key, checks):
+    sc = SpotChecker(task, checks, rng=random.Random(1))
     sc.bind(SimpleNamespace(identity=SimpleNamespace(public_key_hex=key), region="a", run_id="run",
                             dht=dht.signer_view(key), manifest=SimpleNamespace(seed=0), codec="int8",
                             codec_params={}, clock=SimpleNamespace(round_s=2.0)))
@@ -82,7 +82,7 @@ def test_cheater_is_failed_rechecked_voted_and_slashed(task):
         payloads[digest] = codecs.decode(blob)
         anns.append(UpdateAnnouncement("run", 4, BASE_HASH, key, 5, 5 * task.batch_size, "int8", digest, len(blob)))
     state = SimpleNamespace(params=base)
-    checkers = [_checker(task, dht, KEYS[0], 1.0)] + [_checker(task, dht, k, 0.0) for k in KEYS[1:]]
+    checkers = [_checker(task, dht, KEYS[0], 64.0)] + [_checker(task, dht, k, 0.0) for k in KEYS[1:]]
     try:
         for c in checkers:
             c.on_close(4, Book(anns), payloads, state)
@@ -127,7 +127,7 @@ def test_votes_ignore_verdicts_about_updates_not_included(task):
 
 
 def test_a_flood_of_updates_costs_a_verifier_at_most_its_round_budget(task):
-    """40 announced updates at rate 1.0: the verifier recomputes MAX_CHECKS_PER_ROUND of them (a
+    """40 announced updates, every one drawn (c = 64): the verifier recomputes MAX_CHECKS_PER_ROUND of them (a
     random subset), not 40 (a fresh-key flood must not eat the honest peers' training time)."""
     from dai_swarm.verification.spotcheck import MAX_CHECKS_PER_ROUND
 
@@ -138,10 +138,46 @@ def test_a_flood_of_updates_costs_a_verifier_at_most_its_round_budget(task):
     payloads = {f"{i + 16:02x}" * 32: codecs.decode(blob) for i in range(40)}
     anns = [UpdateAnnouncement("run", 4, BASE_HASH, f"{i + 16:02x}" * 32, 1, task.batch_size, "int8", d, len(blob))
             for i, d in enumerate(sorted(payloads))]
-    c = _checker(task, dht, KEYS[0], 1.0)
+    c = _checker(task, dht, KEYS[0], 64.0)
     try:
         c.on_close(4, Book(anns), payloads, SimpleNamespace(params=base))
         _drain([c])
         assert c.metrics()["checks"] == MAX_CHECKS_PER_ROUND < len(anns)
     finally:
+        c.close()
+
+
+def test_checks_per_update_stay_flat_as_the_region_grows():
+    """c expected checks per update whatever n: per-peer checking cost is c updates' training."""
+    from dai_swarm.verification.spotcheck import check_probability, detection_per_round
+
+    for n in (2, 4, 8, 16, 32, 1000):
+        p = check_probability(0.25, n)
+        assert p == pytest.approx(min(1.0, 0.25 / (n - 1)))
+        assert (n - 1) * p == pytest.approx(0.25)  # expected checks of one update (others, each with p)
+        # a persistently cheating update is caught within 20 rounds with >= 99%
+        assert 1 - (1 - detection_per_round(0.25, n)) ** 20 >= 0.99
+    assert check_probability(8.0, 4) == 1.0 and check_probability(0.0, 9) == 0.0
+    assert check_probability(1.0, 1) == 1.0  # alone: nobody else to check, nothing is drawn
+
+
+def test_a_verifier_draws_about_c_over_n_minus_one_of_the_updates(task):
+    """17 authors, c = 4: one verifier draws each of the 16 others' updates with p = 1/4."""
+    dht = MemoryDHT()
+    base = {n: p.detach().clone() for n, p in task.build_model(0).named_parameters()}
+    anns = [UpdateAnnouncement("run", 4, BASE_HASH, f"{i + 16:02x}" * 32, 1, task.batch_size, "int8", f"{i + 16:02x}" * 32, 10)
+            for i in range(16)]
+    c = SpotChecker(task, 4.0, rng=random.Random(7), max_checks=64)
+    drawn = []
+    put = c._jobs.put
+    c._jobs.put = lambda job: drawn.append(job) if job and job[0] == c._safe_check else None
+    c.bind(SimpleNamespace(identity=SimpleNamespace(public_key_hex=KEYS[0]), region="a", run_id="run",
+                           dht=dht.signer_view(KEYS[0]), manifest=SimpleNamespace(seed=0), codec="int8",
+                           codec_params={}, clock=SimpleNamespace(round_s=2.0)))
+    try:
+        for q in range(50):
+            c.on_close(q, Book(anns), {a.digest: {} for a in anns}, SimpleNamespace(params=base))
+        assert 0.2 * 16 * 50 <= len(drawn) <= 0.3 * 16 * 50, len(drawn)  # expected 200 of 800
+    finally:
+        c._jobs.put = put
         c.close()

@@ -277,8 +277,8 @@ class _ForgedVerdict(_VerdictAttack):
         round in the DHT) must carry the lies, not be overwritten by honest checks."""
         super().bind(runtime)
         verifier = getattr(runtime, "verifier", None)
-        if hasattr(verifier, "rate"):
-            verifier.rate = 0.0
+        if hasattr(verifier, "checks_per_update"):
+            verifier.checks_per_update = 0.0
             verifier._scan = lambda round: None
 
     def forge(self, round: int) -> None:

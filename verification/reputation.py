@@ -117,12 +117,19 @@ def standing_of(extra: Mapping, policy: ReputationPolicy = ReputationPolicy()) -
     return out
 
 
-def vote_weights(extra: Mapping, policy: ReputationPolicy = ReputationPolicy()) -> Mapping[str, float]:
+def vote_weights(extra: Mapping, policy: ReputationPolicy = ReputationPolicy(),
+                 anchors: Iterable[str] = ()) -> Mapping[str, float]:
     """Weights of signers in every decision (inclusion and verdict votes, state records): their
     standing, unknown keys 0. A decision in which no signer holds standing (a region no founder
     and no verified key has reached yet) is taken by reputation with the newcomer weight instead:
-    the bootstrap window, docs/design.md "Trust model"."""
-    return FallbackWeights(standing_of(extra, policy), reputation_of(extra, policy))
+    the bootstrap window, docs/design.md "Trust model". ``anchors`` are the founders of a resumed
+    generation (its signed manifest names them; the exported state's standing belongs to the
+    previous generation's keys): they hold full standing unless the state slashed them."""
+    table = standing_of(extra, policy)
+    for key in anchors:
+        if key not in table and not is_slashed(extra, key):
+            table[key] = float(policy.max_reputation)
+    return FallbackWeights(table, reputation_of(extra, policy))
 
 
 def _r(x: float) -> float:

@@ -2,7 +2,9 @@
 
 * ``on_close(q, book, payloads, base)``: with private randomness (``random.SystemRandom``, seeded
   by the OS, not derivable by others) pick each included update of another peer with probability
-  ``rate`` and recompute it on a worker thread (:func:`.recompute.recompute_update`); publish a
+  ``min(1, c / (n - 1))`` (:func:`check_probability`: ``c`` expected checks per update whatever
+  the number ``n`` of the round's authors, so a peer's checking cost stays flat as the swarm grows)
+  and recompute it on a worker thread (:func:`.recompute.recompute_update`); publish a
   signed verdict as this peer's ``verdict.<region>`` record of round ``q``. The worker also scans
   the verdicts of the last ``lag`` rounds and **re-checks every fail verdict** it can (it holds
   the base and the payload), which is what confirms a failure or exposes a false accuser.
@@ -32,7 +34,7 @@ from .reputation import ReputationPolicy, initial_extra, is_slashed, reputation_
 from .robust import CenteredClip
 from .verdicts import Verdict, record_body, verdicts_from_record
 
-__all__ = ["DEFAULT_TAU", "SpotChecker"]
+__all__ = ["DEFAULT_CHECKS_PER_UPDATE", "DEFAULT_TAU", "SpotChecker", "check_probability", "detection_per_round"]
 
 logger = get_logger(__name__)
 events = get_logger("dai_swarm.events")
@@ -42,22 +44,42 @@ DEFAULT_TAU = 1e-2
 #: at most this many own checks and this many re-checks of others' fails per round and peer: a
 #: flood of announced updates (fresh keys) cannot make a verifier spend its round recomputing
 MAX_CHECKS_PER_ROUND = MAX_RECHECKS_PER_ROUND = 8
+#: expected independent recomputations of each update per round (c): a peer spends about c x one
+#: update's training on checks, flat in the swarm size; a cheater whose every update a check fails is
+#: caught in a round with probability >= 1 - e^-c (22.1% at 0.25) and within 20 rounds with
+#: >= 1 - e^-20c = 99.3% (docs/design.md "Verification cost")
+DEFAULT_CHECKS_PER_UPDATE = 0.25
+
+
+def check_probability(checks_per_update: float, authors: int) -> float:
+    """Probability with which one peer checks each update of a round with ``authors`` distinct
+    authors: ``min(1, c / (authors - 1))``, so that the ``authors - 1`` other peers together check
+    each update ``c`` times in expectation."""
+    return min(1.0, float(checks_per_update) / max(1, int(authors) - 1))
+
+
+def detection_per_round(checks_per_update: float, peers: int) -> float:
+    """Chance that at least one of the ``peers - 1`` others checks a given update in a round (each
+    with :func:`check_probability`): ``1 - (1 - p)^(peers - 1)``; a check of a cheating update fails."""
+    p = check_probability(checks_per_update, peers)
+    return 1.0 - (1.0 - p) ** max(1, int(peers) - 1)
 
 
 class SpotChecker:
     """Spot checks, verdicts and reputation for one peer (see the module docstring).
 
-    ``task`` is the run's task; ``rate`` the per-update check probability (manifest's
-    ``spot_check_rate``); ``tau`` the pass threshold on :func:`.recompute.relative_distance`;
+    ``task`` is the run's task; ``checks_per_update`` the expected checks of each update per round
+    (manifest's ``checks_per_update``; :func:`check_probability`); ``tau`` the pass threshold on :func:`.recompute.relative_distance`;
     ``lag`` how many rounds a verdict has to arrive before it is voted on; ``max_checks`` and
     ``max_rechecks`` bound the recomputations of one round (a random subset when more are drawn).
     Call :meth:`bind` with the round runtime before the first round.
     """
 
-    def __init__(self, task: Any, rate: float, *, tau: float = DEFAULT_TAU, lag: int = 2,
+    def __init__(self, task: Any, checks_per_update: float = DEFAULT_CHECKS_PER_UPDATE, *, tau: float = DEFAULT_TAU, lag: int = 2,
                  policy: ReputationPolicy = ReputationPolicy(), rule: Any = None, rng: random.Random | None = None,
                  max_checks: int = MAX_CHECKS_PER_ROUND, max_rechecks: int = MAX_RECHECKS_PER_ROUND):
-        self.task, self.rate, self.tau, self.lag, self.policy = task, float(rate), float(tau), int(lag), policy
+        self.task, self.tau, self.lag, self.policy = task, float(tau), int(lag), policy
+        self.checks_per_update = float(checks_per_update)
         self.max_checks, self.max_rechecks = int(max_checks), int(max_rechecks)
         self.rule = rule if rule is not None else CenteredClip()
         self._rng = rng if rng is not None else random.SystemRandom()
@@ -90,7 +112,8 @@ class SpotChecker:
             self._held[round] = {"base": base.params, "anns": anns, "payloads": dict(payloads), "t": now}
             for r in [r for r in self._held if r < round - self.lag - 1]:
                 del self._held[r]
-        drawn = [d for d in sorted(anns) if anns[d].peer != me and d in payloads and self._rng.random() < self.rate]
+        p = check_probability(self.checks_per_update, len({a.peer for a in anns.values()} | {me}))
+        drawn = [d for d in sorted(anns) if anns[d].peer != me and d in payloads and self._rng.random() < p]
         if len(drawn) > self.max_checks:
             drawn = sorted(self._rng.sample(drawn, self.max_checks))
         for digest in drawn:
@@ -143,8 +166,10 @@ class SpotChecker:
 
     def vote_weights(self, extra: Mapping) -> Mapping[str, float]:
         """Weight in every decision (votes, verdict sets, state records): standing only, unknown
-        keys 0 (:func:`.reputation.vote_weights`)."""
-        return vote_weights(extra, self.policy)
+        keys 0 (:func:`.reputation.vote_weights`); in a resumed generation its manifest's founders too."""
+        manifest = getattr(self.rt, "manifest", None)
+        anchors = manifest.founders if manifest is not None and manifest.resume is not None else ()
+        return vote_weights(extra, self.policy, anchors)
 
     def initial_extra(self, founders) -> dict:
         """Replicated metadata of the run's first base: the manifest's founders hold standing."""
