@@ -103,7 +103,7 @@ class RoundRuntime:
         self.steps = 0
         self.samples_total = 0
         self.rounds_trained = 0
-        self.train_cpu_s = 0.0  # CPU time of the training thread between inner steps (the user's loop)
+        self.train_cpu_s = 0.0  # CPU time of the training thread since its first inner step
         self._cpu_mark: float | None = None
         self._stop = threading.Event()
         self._eval_model: torch.nn.Module | None = None
@@ -226,13 +226,13 @@ class RoundRuntime:
 
     def after_inner_step(self, opt: Any) -> None:
         """Count one inner step; at the round's training deadline, hand the update over and move on."""
-        cpu = time.thread_time()
-        if self._cpu_mark is not None:  # the training thread's CPU since the last step ended here
-            self.train_cpu_s += cpu - self._cpu_mark
         try:
             self._step_done(opt)
-        finally:
-            self._cpu_mark = time.thread_time()
+        finally:  # everything the training thread does: steps, making and announcing the update, loading bases
+            cpu = time.thread_time()
+            if self._cpu_mark is None:
+                self._cpu_mark = cpu
+            self.train_cpu_s = cpu - self._cpu_mark
 
     def _step_done(self, opt: Any) -> None:
         self.steps += 1
