@@ -33,7 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="log file(s): one for verify, one or more for "
                    "report, two for diff")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.add_argument("--png", metavar="FILE", default=None, help="report: also plot rewards per contributor")
+    p.add_argument("--png", metavar="FILE", default=None,
+                   help="report: also plot units per contributor (vested and awarded)")
     p.add_argument("--trusted-keys", nargs="*", metavar="HEX", default=None,
                    help="verify: hex public keys of the participants; others are rejected")
     p.add_argument("--model", metavar="DIR", default=None,
@@ -102,21 +103,25 @@ def _report(args) -> int:
 
     console = Console()
     t = Table(title=f"Rewards: {rep['rounds']} rounds ({rep['first_round']}..{rep['last_round']})")
-    for col in ("contributor", "region", "rounds", "samples", "reward", "verifier credit", "total", "slashed"):
+    for col in ("contributor", "region", "rounds", "samples", "reward", "verifier credit", "total", "vested",
+                "pending", "forfeited", "slashed"):
         t.add_column(col, justify="left" if col in ("contributor", "region") else "right")
-    for peer, c in sorted(rep["contributors"].items(), key=lambda kv: -kv[1]["total"]):
+    for peer, c in sorted(rep["contributors"].items(), key=lambda kv: (-kv[1]["vested"], -kv[1]["total"])):
         t.add_row(peer[:20], c["region"] or "-", str(c["rounds"]), str(c["samples"]), f"{c['reward'] / 1e6:.6f}",
-                  f"{c['credit'] / 1e6:.6f}", f"{c['total'] / 1e6:.6f}", str(c["slashed"]))
+                  f"{c['credit'] / 1e6:.6f}", f"{c['total'] / 1e6:.6f}", f"{c['vested'] / 1e6:.6f}",
+                  f"{c['pending'] / 1e6:.6f}", f"{c['forfeited'] / 1e6:.6f}", str(c["slashed"]))
     console.print(t)
     lat = rep["verification_latency"]
     m = Table(title="Ecosystem metrics")
     m.add_column("metric")
     m.add_column("value", justify="right")
     for name, value in (
-        ("effective contributors (exp Shannon entropy)", f"{rep['effective_contributors']:.2f}"),
-        ("inverse Simpson index", f"{rep['inverse_simpson']:.2f}"),
-        ("effective regions (exp Shannon entropy)", f"{rep['effective_regions']:.2f}"),
-        ("Gini coefficient of rewards", f"{rep['gini']:.3f}"),
+        ("units vested / pending / forfeited (/ 1e6)", f"{rep['units_vested'] / 1e6:.6f} / "
+         f"{rep['units_pending'] / 1e6:.6f} / {rep['units_forfeited'] / 1e6:.6f}"),
+        ("effective contributors (exp Shannon entropy, vested)", f"{rep['effective_contributors']:.2f}"),
+        ("inverse Simpson index (vested)", f"{rep['inverse_simpson']:.2f}"),
+        ("effective regions (exp Shannon entropy, vested)", f"{rep['effective_regions']:.2f}"),
+        ("Gini coefficient of vested units (of awarded units)", f"{rep['gini']:.3f} ({rep['gini_awarded']:.3f})"),
         ("churn rate ((joins+leaves)/round/live contributors)", f"{rep['churn_rate']:.3f}"),
         ("slashing frequency (slashed peers per round)", f"{rep['slashing_frequency']:.3f}"),
         (f"verification latency mean / p95 ({lat['unit']})",

@@ -28,7 +28,7 @@ from .optim.netloop import NetLoop
 from .optim.states import BaseState, BaseStore
 from .rewards import RewardLog
 from .heartbeat import heartbeat_loop, refresh_peers
-from .roundlog import write_round_record
+from .roundlog import RoundRewards, write_round_record
 from .verification.assignment import assign
 
 __all__ = ["RoundRuntime"]
@@ -68,6 +68,7 @@ class RoundRuntime:
         self.trained_from: dict[int, str] = {}  # round -> hash of the base its announced update started from
         self.attack, self.evaluate = attack, evaluate
         self.verifier = verifier if verifier is not None else NullVerifier()
+        self.rewards = RoundRewards(self.verifier)  # reward units and their vesting, in the replicated state
         # trust anchors of a peer that holds no state yet: the manifest's founders and --trust keys
         self.anchor_keys = frozenset(manifest.founders) | frozenset(trusted)
         initial = getattr(self.verifier, "initial_extra", None)

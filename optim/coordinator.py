@@ -168,7 +168,8 @@ class Coordinator(PayloadFetch, StateSync):
         return compute_next_base(book, self.payloads, base_next, self.bases.get(book.round), self.ctx.verifier,
                                  self.verdict_winners.get(book.round - 1, ()), outer_lr=self.ctx.outer_lr,
                                  outer_momentum=self.ctx.outer_momentum,
-                                 delay_compensation=self.ctx.delay_compensation)
+                                 delay_compensation=self.ctx.delay_compensation,
+                                 rewards=getattr(self.ctx, "rewards", None))
 
     def close_round(self, q: int) -> None:
         """Close round ``q`` locally: gather, fetch, check, compute, vote."""

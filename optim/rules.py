@@ -62,7 +62,7 @@ class NullVerifier:
 
 def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch.Tensor]], base_next: BaseState,
                       base_q: BaseState | None, verifier: Any, verdicts: tuple[str, ...], *, outer_lr: float,
-                      outer_momentum: float, delay_compensation: bool = True) -> BaseState:
+                      outer_momentum: float, delay_compensation: bool = True, rewards: Any = None) -> BaseState:
     """The base of round ``book.round + 2`` from base ``q+1``, the book's inclusion and its payloads.
 
     Pure (no I/O, no clock): the network driver and the simulator (:mod:`dai_swarm.sim`) both call
@@ -70,11 +70,16 @@ def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch
     :class:`NullVerifier`); keys without standing together weigh at most
     :data:`~.aggregate.NEWCOMER_SHARE` of the aggregate (:func:`~.aggregate.cap_newcomers`),
     ``verdicts`` the verdict ids agreed in round ``q-1``'s votes; ``base_q`` is needed only for
-    delay compensation.
+    delay compensation. ``rewards`` (optional) is the reward hook the composition layer supplies
+    (:class:`dai_swarm.roundlog.RoundRewards`): ``rewards.settle(base_next.extra, extra, round,
+    included, verdicts)`` returns the metadata with the round's reward units settled into it
+    (vesting, docs/design.md), so pending units are replicated state like reputation.
     """
     extra = verifier.next_extra(base_next.extra, book.round, verdicts)
     included = book.included()
     extra["epoch_samples"] = int(base_next.extra.get("epoch_samples", 0)) + sum(a.samples for a, _ in included)
+    if rewards is not None:
+        extra = rewards.settle(base_next.extra, extra, book.round, included, verdicts)
     rep = verifier.reputation(extra)
     weights = [update_weight(a.samples, rep.get(a.peer, 1.0), disc) for a, disc in included]
     proven = standing_keys(verifier.vote_weights(extra))

@@ -4,10 +4,15 @@ Several logs (e.g. from several peers) are merged: round records are taken once 
 (disagreeing copies are counted in ``round_disagreements``), local events (verdicts, joins,
 leaves, slashes) are de-duplicated by their canonical body. Metrics:
 
-- ``effective_contributors``: exp of the Shannon entropy of contributors' reward shares (Hill
+- per contributor: ``reward`` + ``credit`` = ``total`` (units awarded), of which ``vested``
+  (final), ``forfeited`` (lost to a slash) and ``pending`` (still in a verdict window, or held
+  until the key earns standing, at the log's last round); records written before vesting
+  (no ``"vesting"`` field) count as vested when awarded;
+- ``effective_contributors``: exp of the Shannon entropy of contributors' *vested* shares (Hill
   number of order 1: N equal earners give N); ``inverse_simpson`` is given beside it;
-- ``effective_regions``: the same over reward shares summed per region;
-- ``gini``: Gini coefficient of total rewards over every peer that earned or was included;
+- ``effective_regions``: the same over vested shares summed per region;
+- ``gini``: Gini coefficient of vested units over every peer that earned or was included
+  (``gini_awarded``: the same over awarded units, pending ones included);
 - ``churn_rate``: (joins + leaves) per round divided by the mean number of included contributors;
 - ``slashing_frequency``: slashed peers per round; ``slash_events``: slash records;
 - ``verification_latency``: from verdict records (``latency_s`` if present, else
@@ -75,6 +80,20 @@ def _collect(paths: Sequence[str]):
     return rounds, {k: list(v.values()) for k, v in events.items()}, disagreements
 
 
+def _vested_in(body: dict) -> dict[str, int]:
+    """Units a round record vests per peer: its ``vesting.vested``, or, in a record written before
+    vesting, everything it awards."""
+    vesting = body.get("vesting")
+    if isinstance(vesting, dict):
+        return {p: int(u) for p, u in vesting.get("vested", {}).items()}
+    out: dict[str, int] = defaultdict(int)
+    for row in body.get("contributors", []):
+        out[row["peer"]] += int(row.get("reward", 0))
+    for v in body.get("verifiers", []):
+        out[v["peer"]] += int(v.get("credit", 0))
+    return dict(out)
+
+
 def _linked_rounds(rounds: dict[int, dict]) -> int:
     """Consecutive round records ending at the last one, each naming its predecessor's state as parent."""
     if not rounds:
@@ -90,7 +109,8 @@ def ledger_report(paths: str | Sequence[str]) -> dict:
     paths = [paths] if isinstance(paths, str) else list(paths)
     rounds, events, disagreements = _collect(paths)
     totals: dict[str, dict] = defaultdict(lambda: {"reward": 0, "credit": 0, "samples": 0, "rounds": 0,
-                                                   "verifications": 0, "slashed": 0})
+                                                   "verifications": 0, "slashed": 0, "vested": 0,
+                                                   "forfeited": 0, "pending": 0})
     region_of: dict[str, str] = {}
     for j in events[JOIN]:
         if isinstance(j.get("peer"), str) and isinstance(j.get("region"), str):
@@ -115,11 +135,20 @@ def ledger_report(paths: str | Sequence[str]) -> dict:
         for p in body.get("slashed", []):
             totals[p]["slashed"] += 1
             slashed_total += 1
+        for p, units in _vested_in(body).items():
+            totals[p]["vested"] += units
+        for p, units in (body.get("vesting") or {}).get("forfeited", {}).items():
+            totals[p]["forfeited"] += int(units)
+    last_vesting = next((rounds[r]["vesting"] for r in sorted(rounds, reverse=True)
+                         if isinstance(rounds[r].get("vesting"), dict)), {})
+    for p, units in last_vesting.get("unvested", {}).items():
+        totals[p]["pending"] = int(units)
     earned = {p: t["reward"] + t["credit"] for p, t in totals.items()}
+    vested = {p: t["vested"] for p, t in totals.items()}
     by_region: dict[str, int] = defaultdict(int)
-    for p, units in earned.items():
+    for p, units in vested.items():
         by_region[region_of.get(p, "unknown")] += units
-    shares = [u for u in earned.values() if u > 0]
+    shares = [u for u in vested.values() if u > 0]
     total_units = sum(shares)
     inv_simpson = (1.0 / sum((u / total_units) ** 2 for u in shares)) if total_units else 0.0
     n_rounds = len(rounds)
@@ -142,11 +171,16 @@ def ledger_report(paths: str | Sequence[str]) -> dict:
         "round_disagreements": sorted(disagreements),
         "units_emitted": emitted,
         "contributors": {p: dict(t, total=earned[p], region=region_of.get(p)) for p, t in sorted(totals.items())},
-        "effective_contributors": hill_number(earned.values()),
+        "units_vested": sum(vested.values()),
+        "units_pending": sum(t["pending"] for t in totals.values()),
+        "units_forfeited": sum(t["forfeited"] for t in totals.values()),
+        "vesting_window": last_vesting.get("window"),
+        "effective_contributors": hill_number(vested.values()),
         "inverse_simpson": inv_simpson,
         "effective_regions": hill_number(by_region.values()),
         "regions": sorted(k for k, v in by_region.items() if v > 0),
-        "gini": gini(list(earned.values())),
+        "gini": gini(list(vested.values())),
+        "gini_awarded": gini(list(earned.values())),
         "churn_rate": (churn_events / n_rounds / mean_live) if n_rounds and mean_live else 0.0,
         "churn_events": churn_events,
         "slashing_frequency": slashed_total / n_rounds if n_rounds else 0.0,
@@ -164,7 +198,8 @@ def ledger_report(paths: str | Sequence[str]) -> dict:
 
 
 def plot_rewards(paths: str | Sequence[str], png_path: str) -> str:
-    """Write a PNG of cumulative rewards per contributor over rounds; returns ``png_path``."""
+    """Write a PNG of cumulative units per contributor over rounds, vested (solid) and awarded
+    (dashed: vested + pending + forfeited); returns ``png_path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,23 +207,27 @@ def plot_rewards(paths: str | Sequence[str], png_path: str) -> str:
 
     paths = [paths] if isinstance(paths, str) else list(paths)
     rounds, _, _ = _collect(paths)
-    series: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    series: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
     running: dict[str, int] = defaultdict(int)
+    vested: dict[str, int] = defaultdict(int)
     for r in sorted(rounds):
         body = rounds[r]
         for row in body.get("contributors", []):
             running[row["peer"]] += int(row.get("reward", 0))
         for v in body.get("verifiers", []):
             running[v["peer"]] += int(v.get("credit", 0))
+        for p, units in _vested_in(body).items():
+            vested[p] += units
         for p, total in running.items():
-            series[p].append((r, total))
+            series[p].append((r, total, vested[p]))
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    top = sorted(series, key=lambda p: -running[p])[:20]
+    top = sorted(series, key=lambda p: (-vested[p], -running[p]))[:20]
     for p in top:
-        xs, ys = zip(*series[p])
-        ax.plot(xs, [y / 1e6 for y in ys], label=p[:12])
+        xs, awarded, got = zip(*series[p])
+        line, = ax.plot(xs, [y / 1e6 for y in got], label=p[:12])
+        ax.plot(xs, [y / 1e6 for y in awarded], linestyle="--", color=line.get_color(), linewidth=0.8)
     ax.set_xlabel("round")
-    ax.set_ylabel("cumulative reward (units / 1e6)")
+    ax.set_ylabel("cumulative units / 1e6 (solid: vested, dashed: awarded)")
     ax.set_title("Rewards per contributor" + (" (top 20)" if len(series) > 20 else ""))
     if top:
         ax.legend(fontsize=7, ncol=2)

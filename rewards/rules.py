@@ -18,6 +18,9 @@ The rule:
   would have had goes to the others;
 - if nobody verified, the verifier pool goes to contributors; if no contributor is eligible,
   nothing of the contributor pool is paid out (``unallocated``);
+- the units a round awards stay *pending* until the verdicts about that round have all taken
+  effect (:mod:`.vesting`); the record carries the round's pending, vested and forfeited units
+  under ``"vesting"`` when the replicated state has them;
 - each pool is split by the largest-remainder method: everyone gets ``floor(pool * w / W)``, then
   the leftover units go one each to the largest remainders, ties broken by peer id ascending; the
   payouts of a pool always sum to it exactly.
@@ -90,14 +93,18 @@ def compute_round_record(
     parent_hash: str | None = None,
     emission: int = DEFAULT_EMISSION,
     verifier_share_ppm: int = DEFAULT_VERIFIER_SHARE_PPM,
+    vesting: Mapping | None = None,
 ) -> dict:
     """Return the canonical body of the round record for ``round_no``.
 
     ``contributors`` are the updates the round included, ``verifications`` maps a peer to the
     number of verifications it did this round, ``slashed`` the peers slashed this round,
     ``state_hash`` the hex state hash the round produced, ``parent_hash`` (optional) the hash of
-    the base it was applied to: it links each round record to the previous state. Pure and deterministic: the order of the
-    inputs does not matter. Raises :class:`LedgerError` on invalid input.
+    the base it was applied to: it links each round record to the previous state; ``vesting``
+    (optional) the round's vesting figures from the replicated state
+    (:func:`.vesting.record_fields`: ``pending``, ``vested``, ``forfeited``, ``unvested``,
+    ``window``), carried under ``"vesting"``. Pure and deterministic: the order of the inputs
+    does not matter. Raises :class:`LedgerError` on invalid input.
     """
     if not isinstance(round_no, int) or isinstance(round_no, bool) or round_no < 0:
         raise LedgerError(f"round must be a non-negative int, got {round_no!r}")
@@ -152,4 +159,27 @@ def compute_round_record(
     }
     if parent_hash is not None:
         out["parent_hash"] = parent_hash
+    if vesting is not None:
+        out["vesting"] = _check_vesting(vesting)
+    return out
+
+
+def _check_vesting(vesting: Mapping) -> dict:
+    """A copy of the vesting fields with sorted peer tables; LedgerError if malformed."""
+    if not isinstance(vesting, Mapping):
+        raise LedgerError("vesting must be a mapping")
+    out: dict = {}
+    for key in ("pending", "vested", "forfeited", "unvested"):
+        table = vesting.get(key, {})
+        if not isinstance(table, Mapping):
+            raise LedgerError(f"vesting[{key!r}] must map peer -> units")
+        for peer, units in table.items():
+            _check_peer(peer, f"vesting {key}")
+            if not isinstance(units, int) or isinstance(units, bool) or units < 0:
+                raise LedgerError(f"vesting {key} of {peer!r}: units must be a non-negative int")
+        out[key] = dict(sorted(table.items()))
+    window = vesting.get("window", 0)
+    if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+        raise LedgerError(f"vesting window must be a non-negative int, got {window!r}")
+    out["window"] = window
     return out

@@ -33,7 +33,7 @@ import pytest
 from benchmarks.churn import SLASH_RE
 from dai_swarm.testing import SocketGuard, spawn_bootstrap
 
-# the three 8-peer swarms run one after another on one test worker (pytest -n 2 --dist loadgroup)
+# the three 8- or 9-peer swarms run one after another on one test worker (pytest -n 2 --dist loadgroup)
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]
 
 # 6 s, not 4 s: at spot-check rate 1 each peer recomputes 7 updates a round, and beside a training
@@ -75,7 +75,8 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
                         "--initial-peers", *initial, "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--region", "a",
                         "--threads", "1", "--quiet", "--max-inner-steps", str(max_steps),
                         "--checks-per-update", str(CHECKS_PER_UPDATE), "--address-file", os.path.join(workdir, f"p{i}.addr"),
-                        "--history-file", os.path.join(workdir, f"p{i}.json")]
+                        "--history-file", os.path.join(workdir, f"p{i}.json"),
+                        "--ledger", os.path.join(workdir, f"p{i}.ledger")]
                 if kind:
                     argv += ["--attack", kind]
                 if keys_dir:
@@ -106,7 +107,7 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
         slashes = [(int(m.group(1)), [k.strip(" '") for k in m.group(2).split(",") if k.strip()])
                    for m in SLASH_RE.finditer(log)]
         out.append({"attack": kind, "history": data["history"], "status": data["status"], "log": log,
-                    "slashes": slashes})
+                    "slashes": slashes, "ledger": os.path.join(workdir, f"p{i}.ledger")})
     return out
 
 
@@ -168,6 +169,42 @@ def report(peers: list[dict], name: str) -> dict:
     return out
 
 
+def check_vesting(peers: list[dict], cheaters: list[str]) -> dict:
+    """Over the honest peers' reward logs (merged by round): every ``cheaters`` kind ends with 0
+    vested units (it never earned standing, so nothing it was awarded ever vested; a slash
+    forfeited it), and each honest peer has vested exactly the units of the rounds whose verdict
+    window closed (pending == vested once windows close). Returns the per-peer figures."""
+    from dai_swarm.rewards.diff import iter_records
+    from dai_swarm.rewards.records import ROUND
+    from dai_swarm.rewards.report import ledger_report
+
+    honest = [p for p in peers if p["attack"] is None]
+    rep = ledger_report([p["ledger"] for p in honest if os.path.exists(p["ledger"])])
+    rounds: dict[int, dict] = {}
+    for p in honest:
+        for rec in (iter_records(p["ledger"]) if os.path.exists(p["ledger"]) else ()):
+            if rec.type == ROUND:
+                rounds.setdefault(int(rec.body["round"]), rec.body)
+    assert rounds and sorted(rounds) == list(range(min(rounds), max(rounds) + 1)), sorted(rounds)
+    assert min(rounds) == 0 and all("vesting" in b for b in rounds.values())
+    window, last = rounds[max(rounds)]["vesting"]["window"], max(rounds)
+    keys = {p["attack"] or f"honest{i}": p["status"].get("public_key", "") for i, p in enumerate(peers)}
+    out = {}
+    for name, key in keys.items():
+        c = rep["contributors"].get(key, {})
+        closed = sum(b["vesting"]["pending"].get(key, 0) for r, b in rounds.items() if r <= last - window)
+        out[name] = {"awarded": c.get("total", 0), "vested": c.get("vested", 0), "pending": c.get("pending", 0),
+                     "forfeited": c.get("forfeited", 0), "pending_of_closed_windows": closed}
+    print("vesting", json.dumps(out, indent=1))
+    for kind in cheaters:
+        assert keys[kind] and out[kind]["vested"] == 0, (kind, out[kind])
+    for name in keys:
+        if name.startswith("honest"):
+            assert out[name]["vested"] == out[name]["pending_of_closed_windows"] > 0, (name, out[name])
+            assert out[name]["forfeited"] == 0, (name, out[name])
+    return out
+
+
 DETECTED_A = ["sign_flip", "scale1000", "label_flip", "lazy", "replay"]
 DETECTED_B = ["scale10", "gaussian", "alie", "ipm"]
 
@@ -179,6 +216,8 @@ def test_detected_attacks_swarm_a(tmp_path):
     for kind in DETECTED_A:
         assert res[kind]["slashed_in_base"] is not None, kind
         assert res[kind]["slashed_in_base"] <= SLASH_BOUND, (kind, res[kind])
+    # replay trains honestly in its first rounds (and may vest them); the others never pass a check
+    check_vesting(peers, ["sign_flip", "scale1000", "label_flip", "lazy"])
 
 
 def test_detected_and_copy_swarm_b(tmp_path):
@@ -196,16 +235,17 @@ def test_detected_and_copy_swarm_b(tmp_path):
     print("swarm B rejections seen by honest peers:", reasons)
     if reasons:  # (the round history records the book's rejection counters)
         assert reasons.get("copy", 0) > 0
+    check_vesting(peers, [*DETECTED_B, "copy"])  # a copier earns nothing; detected attackers vest nothing
 
 
 def test_bounded_and_verdict_attacks_swarm_c(tmp_path):
-    kinds = ["nan", "wrong_shape", "oversized", "forged_verdict", "replayed_verdict"]
+    kinds = ["nan", "wrong_shape", "oversized", "forged_verdict", "replayed_verdict", "freeride"]
     peers = run_swarm(str(tmp_path), [None, None, None, *kinds], until_round=11, run_id="atk-c")
     check_honest(peers)
     res = report(peers, "swarm C")
     honest = [p for p in peers if p["attack"] is None]
     # nan / wrong_shape payloads are refused at decode, the oversized one by its declared size (over
-    # the cap derived from the model: never downloaded) or at decode: at most 8 - 3 updates per round
+    # the cap derived from the model: never downloaded) or at decode: at most n - 3 updates per round
     for p in honest:
         for h in p["history"]:
             assert h["updates"] <= len(peers) - 3, h
@@ -220,3 +260,6 @@ def test_bounded_and_verdict_attacks_swarm_c(tmp_path):
     invalid = sum(p["status"]["trust"]["invalid_verdicts"] for p in honest)
     assert invalid > 0
     assert res["replayed_verdict"]["slashed_in_base"] is None  # its training is honest; replays ignored
+    # the free-rider (a rescaled copy of the previous aggregate) is slashed and ends with 0 vested units
+    assert res["freeride"]["slashed_in_base"] is not None and res["freeride"]["slashed_in_base"] <= SLASH_BOUND
+    check_vesting(peers, ["freeride", "nan", "wrong_shape", "oversized"])

@@ -177,6 +177,31 @@ class _Copy(Attack):
         return blob
 
 
+class _FreeRide(Attack):
+    """Free-rider: announces the last base step ``θ_{r-1} − θ_r`` (the previous aggregate) times
+    ``factor`` as its round-``r`` work, with the full step count; before the base has moved, a
+    rescaled copy of another peer's update of the newest round it closed, else zeros (no work)."""
+
+    kind = "freeride"
+    factor = 0.5
+
+    def tamper(self, delta: dict, round: int) -> dict:
+        rt = self.rt
+        if rt is None:
+            return delta
+        base, prev = rt.bases.get(round), rt.bases.get(round - 1)
+        if base is not None and prev is not None and any(
+                not torch.equal(prev.params[n], base.params[n]) for n in base.params):
+            self.rounds_attacked.append(round)
+            return {n: torch.mul(torch.sub(prev.params[n], base.params[n]), self.factor).to(delta[n].dtype)
+                    for n in delta}
+        others = self._others_last()
+        self.rounds_attacked.append(round)
+        if others:
+            return {n: torch.mul(others[0][n], self.factor).to(delta[n].dtype) for n in delta}
+        return {n: torch.zeros_like(t) for n, t in delta.items()}
+
+
 class _Replay(Attack):
     """Re-announces its own payload of two rounds ago as this round's (stale replay)."""
 
@@ -347,6 +372,7 @@ _FACTORIES = {
     "label_flip": _LabelFlip,
     "lazy": _Lazy,
     "copy": _Copy,
+    "freeride": _FreeRide,
     "replay": _Replay,
     "nan": _NaN,
     "wrong_shape": _WrongShape,

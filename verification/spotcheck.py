@@ -122,12 +122,14 @@ class SpotChecker:
 
     def verifier_counts(self, round: int, verdict_ids: tuple[str, ...]) -> dict[str, int]:
         """Verifications per verifier (public key) among ``verdict_ids``, the verdicts the swarm agreed
-        on in ``round``'s votes; ids this peer never received are not counted (for the reward split)."""
+        on in ``round``'s votes; ids this peer never received, and verdicts about another round than
+        ``round - lag``, are not counted: the same verdicts the reputation update applies (for the
+        reward split, which is replicated state through vesting)."""
         out: dict[str, int] = {}
         with self._lock:
             for i in verdict_ids:
                 v = self._verdicts.get(i)
-                if v is not None:
+                if v is not None and v.round == round - self.lag:
                     out[v.verifier] = out.get(v.verifier, 0) + 1
         return out
 
