@@ -59,8 +59,12 @@ def _busiest_region(dht: Any, run_id: str, deadline: float) -> str:
         if regions:
             return min(regions, key=lambda r: (-regions[r], r))
         if time.time() >= deadline:
+            try:
+                drops = {k: v for k, v in dht.counters.items() if v}
+            except Exception:  # diagnostics only
+                drops = {}
             raise ConfigError(f"no live peer of run {run_id!r} found through the initial peers: give --region, "
-                              "or check that its peers are running")
+                              f"or check that its peers are running (DHT records seen: {drops or 'none'})")
         time.sleep(0.5)
 
 
