@@ -13,6 +13,10 @@ and markdown tables and writes ``benchmarks/results/detection.json`` and ``detec
 3. **Overhead**: CPU time of verification vs training, 200 inner steps per update (1 thread).
 4. **Loss** with 25% Byzantine (2 of 8, sign flip / ALIE): spot checks + CenteredClip vs plain
    averaging without checks, vs no attack.
+5. **ROC** (``--parts roc``, :mod:`benchmarks.detection_roc`): detection vs attack strength near τ
+   (shading, Gaussian noise, lazy) and the catalogue, at ``--c`` expected checks per update and
+   round; false fails over >= 1,000 honest checks across 1/2/4 torch threads. Writes
+   ``detection_roc.json``, ``.md`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import time
 
 import torch
 
+from benchmarks import detection_roc
 from dai_swarm.tasks import load_task
 from dai_swarm.verification.simulate import PROTOCOL_LAG, detection_trial, training_run
 from dai_swarm.verification.spotcheck import DEFAULT_TAU
@@ -160,8 +165,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--loss-rounds", type=int, default=50)
     ap.add_argument("--quick", action="store_true", help="small sizes (for tests)")
     ap.add_argument("--out", default=OUT_DIR)
-    ap.add_argument("--parts", nargs="+", default=["detection", "honest", "overhead", "loss"],
+    ap.add_argument("--parts", nargs="+", default=["detection", "honest", "overhead", "loss", "roc"],
                     help="run only these parts; the others are kept from an existing detection.json")
+    ap.add_argument("--c", nargs="+", type=float, default=[1.0, 2.0],
+                    help="roc: expected checks per update and round (each other peer checks with c/(n-1))")
+    ap.add_argument("--fp-checks", type=int, default=1008, help="roc: honest checks for the false-fail count")
+    ap.add_argument("--roc-rounds", type=int, default=90, help="roc: checks per attack strength")
     args = ap.parse_args(argv)
     if args.quick:
         args.trials, args.honest_rounds, args.loss_rounds = 50, 4, 12
@@ -170,12 +179,18 @@ def main(argv: list[str] | None = None) -> dict:
     parts = {"detection": lambda: detection(args.trials), "honest": lambda: honest_and_overhead(task, args.honest_rounds),
              "overhead": lambda: overhead(task, rounds=2 if args.quick else 12, steps=50 if args.quick else 200),
              "loss": lambda: loss(task, args.loss_rounds)}
+    os.makedirs(args.out, exist_ok=True)
+    if "roc" in args.parts:
+        roc = detection_roc.run(quick=args.quick, cs=args.c, fp_checks=args.fp_checks, roc_rounds=args.roc_rounds)
+        detection_roc.write(roc, args.out)
+        print(detection_roc.markdown(roc))
+        if not set(args.parts) & set(parts):
+            return {"roc": roc}
     path = os.path.join(args.out, "detection.json")
-    result = json.load(open(path)) if os.path.exists(path) and set(args.parts) != set(parts) else {}
+    result = json.load(open(path)) if os.path.exists(path) and set(args.parts) != set(parts) | {"roc"} else {}
     for name in parts:
         if name in args.parts:
             result[name] = parts[name]()
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "detection.json"), "w") as f:
         json.dump(result, f, indent=1)
     _plot(result, os.path.join(args.out, "detection.png"))
