@@ -111,6 +111,7 @@ def fetch_agreed_state(run_id: str, initial_peers: Sequence[str], *, round: int 
         rt = RoundRuntime(task, dht, identity, manifest, region, evaluate=False, verifier=verifier,
                           trusted=tuple(trust))
         rt.refresh_peers()
+        failures = 0
         while True:
             current = rt.clock.round_at(time.time())
             bases = [round + 2] if round is not None else list(range(current + 1, max(current - 4, 1), -1))
@@ -119,6 +120,7 @@ def fetch_agreed_state(run_id: str, initial_peers: Sequence[str], *, round: int 
                     state = rt.coordinator.resync(b, timeout_s=max(5.0, min(30.0, deadline - time.time())))
                 except SwarmError as e:
                     logger.info("state download of base %d failed: %s", b, e)
+                    failures += 1
                     state = None
                 if state is not None:
                     logger.info("run %s: verified state %s closing round %d (region %s)", run_id, state.hash[:12],
@@ -129,7 +131,9 @@ def fetch_agreed_state(run_id: str, initial_peers: Sequence[str], *, round: int 
                 raise ConfigError(f"no peer of run {run_id!r} (region {region}) offers {which} that its trusted "
                                   f"majority backs, within {timeout_s:.0f}s; state records live a few minutes, "
                                   "older rounds come from a peer's --checkpoint-dir")
-            time.sleep(0.5)
+            # after failed downloads wait longer (up to 8 s): libp2p backs off a peer whose dial failed
+            # for 5 s and more, and asking again at once only meets that back-off
+            time.sleep(min(8.0, 0.5 * 2 ** min(failures, 4)))
             rt.refresh_peers()
     finally:
         if rt is not None:

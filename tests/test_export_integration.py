@@ -23,7 +23,9 @@ import torch
 
 from swarm_run import REPO, by_round, cleanup, spawn_peer, wait_all
 
-pytestmark = pytest.mark.integration
+# beside an 8-peer attack swarm (which checks every update) on 2 cores, the exporter's first dials to
+# the peers failed and libp2p backed them off for the whole 90 s: never run beside one
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]
 
 ROUND_S = 5.0
 N = 6  # the round exported
@@ -38,8 +40,12 @@ def _export(run_id: str, peer_addrs: list[str], out: str, *extra: str) -> subpro
     argv = [sys.executable, "-m", "dai_swarm", "export", "--run-id", run_id, "--initial-peers", *peer_addrs,
             "--out", out, "--round", str(N), "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--timeout", "90", "--json",
             *extra]
-    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    err = open(f"{out}.log", "w")  # the whole log stays beside the export (a failure shows its tail)
+    try:
+        return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1", DAI_SWARM_LOGLEVEL="DEBUG"))
+    finally:
+        err.close()
 
 
 def _records(path: str, rtype: str) -> list[dict]:
@@ -75,8 +81,8 @@ def test_export_verify_and_resume(tmp_path):
         procs = [_export(run_id, addrs["p0"], f"{w}/export-a", "--ledger", f"{w}/p0.ledger"),
                  _export(run_id, addrs["p1"], f"{w}/export-b")]
         outs = [p.communicate(timeout=150) for p in procs]
-        for p, (out, err) in zip(procs, outs):
-            assert p.returncode == 0, err[-3000:]
+        for p, name in zip(procs, ("export-a", "export-b")):
+            assert p.returncode == 0, open(f"{w}/{name}.log").read()[-6000:]
         wait_all(peers, timeout_s=12 * ROUND_S + 150)
     finally:
         for p in procs:
@@ -158,7 +164,9 @@ def test_export_verify_and_resume(tmp_path):
     print(f"REPORT resumed at round {origin}: val losses {[round(v, 4) for v in vals]} (exported {reported:.4f}, "
           f"initial {initial:.4f}); joiners' rounds trained "
           f"{[p.history()['status']['rounds_trained'] for p in late]}")
-    assert first == origin and abs(vals[0] - reported) < 0.5 * (initial - reported), (vals, reported, initial)
+    # it goes on from the export, not from scratch: the first resumed round keeps at least half of the exported
+    # progress (it may train below the export at once: one loaded round can move more than rounds 0-6 did)
+    assert first == origin and vals[0] < reported + 0.5 * (initial - reported), (vals, reported, initial)
     assert min(vals) < reported  # training goes on from there
     assert all(p.history()["status"]["rounds_trained"] >= 3 for p in late)
     joined = _records(f"{w}/r0.ledger", "join")

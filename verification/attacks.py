@@ -149,7 +149,9 @@ class _Lazy(Attack):
 
 
 class _Copy(Attack):
-    """Announces another peer's payload of the same round as its own (falls back to its own)."""
+    """Announces another peer's payload of the same round as its own; with nothing to copy within a
+    quarter of the round, zeros with the full step count: it never trains (a pure free-rider; an
+    honest fallback would be verified work that earns standing and vests)."""
 
     kind = "copy"
     wait_fraction = 0.25
@@ -174,7 +176,8 @@ class _Copy(Attack):
                 except Exception as e:
                     logger.debug("copy attack: fetch of %s failed: %s", a.digest[:12], e)
             time.sleep(0.1)
-        return blob
+        decoded = codecs.decode(blob)
+        return codecs.encode({n: torch.zeros_like(t) for n, t in decoded.items()}, rt.codec, **rt.codec_params)
 
 
 class _FreeRide(Attack):
