@@ -28,6 +28,7 @@ from .optim.netloop import NetLoop
 from .optim.states import BaseState, BaseStore
 from .rewards import RewardLog
 from .heartbeat import heartbeat_loop, refresh_peers
+from .lateness import Lateness
 from .roundlog import RoundRewards, write_round_record
 from .verification.assignment import assign
 
@@ -56,6 +57,7 @@ class RoundRuntime:
         self.model = model if model is not None else task.build_model(manifest.seed)
         self.like = BaseState.initial(self.model)
         self.clock = RoundClock(manifest.t0, manifest.round_s, margin_s=min(0.1 * manifest.round_s, 2.0))
+        self.lateness = Lateness.for_clock(self.clock)  # too slow for these rounds? (log + status)
         self.cross_region_period = manifest.cross_region_period
         self.codec, self.codec_params = manifest.codec, dict(manifest.codec_params)
         self.batch_size = int(task.batch_size)
@@ -259,6 +261,7 @@ class RoundRuntime:
             r, steps, h = self.round, self.steps, base.hash
             try:
                 self.coordinator.announce(r, h, steps, steps * self.batch_size, delta)
+                self.lateness.announced(self.clock, r, time.time())
                 self.rounds_trained += 1
                 self.trained_from[r] = h
                 for old in [k for k in self.trained_from if k < r - 8]:  # rounds never recorded
@@ -332,6 +335,7 @@ class RoundRuntime:
                  "agreed": outcome.agreed, "resynced": outcome.resynced, "close_s": round(outcome.close_s, 3),
                  "samples": sum(outcome.contributors.values()), "time": time.time(),
                  "traffic": self.traffic.snapshot()}
+        entry["late"] = self.lateness.closed(outcome.round, self.identity.public_key_hex in outcome.contributors)
         state = self.bases.get(outcome.round + 2)
         if self.evaluate and state is not None:
             if self._eval_model is None:
@@ -351,7 +355,7 @@ class RoundRuntime:
         return {"round": self.round, "steps": self.steps, "samples": self.samples_total,
                 "state_hash": last.get("state_hash"), "round_closed": last.get("round"), "val_loss": last.get("val_loss"),
                 "traffic": self.traffic.snapshot(), "rounds_trained": self.rounds_trained,
-                "train_cpu_s": round(self.train_cpu_s, 3),
+                "train_cpu_s": round(self.train_cpu_s, 3), "lateness": self.lateness.status(),
                 "resyncs": sum(1 for h in self.history if h.get("resynced")),
                 "counters": dict(self.counters), "ledger_errors": self.ledger_errors,
                 "ledger_rounds": self.ledger.rounds if self.ledger is not None else None,

@@ -3,9 +3,8 @@
 ``make_attack(kind)`` returns an :class:`Attack`; ``dai-swarm peer --attack KIND`` and
 ``Swarm(attack=...)`` hand it to the round runtime, which calls
 
-* ``tamper(delta, round) -> delta`` on the pseudo-gradient before encoding,
-* ``tamper_blob(blob, round) -> bytes`` on the encoded payload,
-* ``claimed_steps(steps) -> int`` for the announcement,
+* ``tamper(delta, round) -> delta`` on the pseudo-gradient, ``tamper_blob(blob, round) -> bytes``
+  on the encoded payload, ``claimed_steps(steps) -> int`` for the announcement,
 * ``tamper_batch(batch) -> batch`` on every training batch (``Swarm.batches``),
 * ``bind(runtime)`` once, so that attacks that need the network (copy, verdict forgery) can use it.
 
@@ -149,9 +148,7 @@ class _Lazy(Attack):
 
 
 class _Copy(Attack):
-    """Announces another peer's payload of the same round as its own; with nothing to copy within a
-    quarter of the round, zeros with the full step count: it never trains (a pure free-rider; an
-    honest fallback would be verified work that earns standing and vests)."""
+    """Announces another peer's payload of the same round as its own, else zeros: it never trains."""
 
     kind = "copy"
     wait_fraction = 0.25
@@ -176,8 +173,8 @@ class _Copy(Attack):
                 except Exception as e:
                     logger.debug("copy attack: fetch of %s failed: %s", a.digest[:12], e)
             time.sleep(0.1)
-        decoded = codecs.decode(blob)
-        return codecs.encode({n: torch.zeros_like(t) for n, t in decoded.items()}, rt.codec, **rt.codec_params)
+        zeros = {n: torch.zeros_like(t) for n, t in codecs.decode(blob).items()}  # no honest fallback
+        return codecs.encode(zeros, rt.codec, **rt.codec_params)
 
 
 class _FreeRide(Attack):
