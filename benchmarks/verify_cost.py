@@ -47,14 +47,28 @@ def measure(n: int, c: float, *, rounds: int, round_s: float, steps: int, task: 
     train_all, verify_all = sum(p["train_cpu_s"] for p in peers), sum(p["verify_cpu_s"] for p in peers)
     checks = sum(p["checks"] for p in peers)
     trained = sum(p["rounds_trained"] for p in peers)
-    return {"peers": n, "checks_per_update": c, "round_s": round_s, "rounds": rounds, "max_inner_steps": steps,
+    return derive({"peers": n, "checks_per_update": c, "round_s": round_s, "rounds": rounds, "max_inner_steps": steps,
             "task": task, "histories": len(run["histories"]), "exit_codes": run["exit_codes"],
             "share_mean": round(verify_all / train_all, 4) if train_all > 0 else None,
             "share_median": round(median(shares), 4) if shares else None,
             "share_max": round(max(shares), 4) if shares else None,
             "checks_total": checks, "updates_trained": trained,
             "checks_per_update_measured": round(checks / trained, 3) if trained else None,
-            "detection_per_round": round(detection_per_round(c, n), 4), "per_peer": peers}
+            "detection_per_round": round(detection_per_round(c, n), 4), "per_peer": peers})
+
+
+def derive(row: dict) -> dict:
+    """Add what one check costs against one update's training (CPU per check / CPU per trained
+    update, all peers) and the share that cost gives at exactly c checks per update: the measured
+    share also carries the luck of the draw (a few dozen checks per run)."""
+    peers = row["per_peer"]
+    checks = sum(p["checks"] + p["rechecks"] for p in peers)
+    updates = sum(p["rounds_trained"] for p in peers)
+    train, verify = sum(p["train_cpu_s"] for p in peers), sum(p["verify_cpu_s"] for p in peers)
+    if checks and updates and train > 0:
+        row["check_vs_update_cpu"] = round((verify / checks) / (train / updates), 4)
+        row["share_at_c"] = round(row["checks_per_update"] * row["check_vs_update_cpu"], 4)
+    return row
 
 
 def _plot(rows: list[dict], path: str) -> None:
@@ -68,6 +82,8 @@ def _plot(rows: list[dict], path: str) -> None:
             label=f"c = {new[0]['checks_per_update']:g} checks per update (all peers' CPU)")
     ax.plot([r["peers"] for r in new], [100 * (r["share_max"] or 0) for r in new], "v:", color="tab:blue", alpha=0.6,
             label="the busiest peer")
+    ax.plot([r["peers"] for r in new], [100 * (r.get("share_at_c") or 0) for r in new], "^--", color="tab:green",
+            label="at exactly c (measured cost of one check)")
     for r in (r for r in rows if r.get("legacy")):
         ax.plot([r["peers"]], [100 * (r["share_mean"] or 0)], "s", color="tab:red",
                 label="before: p = 0.2 per received update")
@@ -95,7 +111,13 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="3 peers, 4 rounds (CI smoke run, no figure to quote)")
     p.add_argument("--workdir", default="/tmp/dai_swarm_verify_cost")
     p.add_argument("--out", default=OUT)
+    p.add_argument("--report-only", action="store_true", help="re-render the table and figure from <out>.json")
     args = p.parse_args(argv)
+    if args.report_only:
+        with open(f"{args.out}.json") as fh:
+            report = json.load(fh)
+        report["rows"] = [derive(r) for r in report["rows"]]
+        return _write(report, args.out, figure=not report.get("quick"))
     if args.quick and args.out == OUT:  # a smoke run never overwrites the committed figures
         args.out = os.path.join(args.workdir, "verify_cost_quick")
     sizes = [3] if args.quick else args.peers
@@ -113,22 +135,30 @@ def main(argv=None) -> int:
         row["legacy"] = True
         rows.append(row)
     report = {"quick": args.quick, "machine": f"{os.cpu_count()} cores", "rows": rows}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(f"{args.out}.json", "w") as fh:
+    return _write(report, args.out, figure=not args.quick)
+
+
+def _write(report: dict, out: str, *, figure: bool) -> int:
+    rows = report["rows"]
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(f"{out}.json", "w") as fh:
         json.dump(report, fh, indent=1, sort_keys=True)
-    lines = ["| peers | rule | verification / own training: all peers (median peer, busiest) | checks per update (measured) | "
-             "detection per round (model) |", "|---|---|---|---|---|"]
+    lines = ["| peers | rule | verification / own training: all peers (median peer, busiest) | checks per update "
+             "(measured) | one check / one update (CPU) | share at exactly c | detection per round (model) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         rule = "p = 0.2 per received update" if r.get("legacy") else f"c = {r['checks_per_update']:g}"
         share = (f"{100 * r['share_mean']:.1f}% ({100 * r['share_median']:.1f}%, {100 * r['share_max']:.1f}%)"
                  if r["share_mean"] is not None else "n/a")
+        per = r.get("check_vs_update_cpu")
+        at_c = f"{100 * r['share_at_c']:.1f}%" if r.get("share_at_c") is not None else "n/a"
         lines.append(f"| {r['peers']} | {rule} | {share} | {r['checks_per_update_measured']} | "
-                     f"{100 * r['detection_per_round']:.1f}% |")
+                     f"{per if per is not None else 'n/a'} | {at_c} | {100 * r['detection_per_round']:.1f}% |")
     table = "\n".join(lines)
-    with open(f"{args.out}.md", "w") as fh:
+    with open(f"{out}.md", "w") as fh:
         fh.write(table + "\n")
-    if not args.quick:
-        _plot(rows, f"{args.out}.png")
+    if figure:
+        _plot(rows, f"{out}.png")
     print(table)
     return 0
 
