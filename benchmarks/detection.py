@@ -167,10 +167,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=OUT_DIR)
     ap.add_argument("--parts", nargs="+", default=["detection", "honest", "overhead", "loss", "roc"],
                     help="run only these parts; the others are kept from an existing detection.json")
-    ap.add_argument("--c", nargs="+", type=float, default=[1.0, 2.0],
+    ap.add_argument("--c", nargs="+", type=float, default=[0.25, 1.0],
                     help="roc: expected checks per update and round (each other peer checks with c/(n-1))")
     ap.add_argument("--fp-checks", type=int, default=1008, help="roc: honest checks for the false-fail count")
     ap.add_argument("--roc-rounds", type=int, default=90, help="roc: checks per attack strength")
+    ap.add_argument("--roc-reuse", action="store_true",
+                    help="roc: recompute the detection columns for --c from the stored detection_roc.json's "
+                         "measured single-check rates (no recomputation)")
     args = ap.parse_args(argv)
     if args.quick:
         args.trials, args.honest_rounds, args.loss_rounds = 50, 4, 12
@@ -181,7 +184,12 @@ def main(argv: list[str] | None = None) -> dict:
              "loss": lambda: loss(task, args.loss_rounds)}
     os.makedirs(args.out, exist_ok=True)
     if "roc" in args.parts:
-        roc = detection_roc.run(quick=args.quick, cs=args.c, fp_checks=args.fp_checks, roc_rounds=args.roc_rounds)
+        stored = os.path.join(args.out, "detection_roc.json")
+        if args.roc_reuse:  # new c values over the stored single-check measurements
+            with open(stored) as fh:
+                roc = detection_roc.with_cs(json.load(fh), args.c)
+        else:
+            roc = detection_roc.run(quick=args.quick, cs=args.c, fp_checks=args.fp_checks, roc_rounds=args.roc_rounds)
         detection_roc.write(roc, args.out)
         print(detection_roc.markdown(roc))
         if not set(args.parts) & set(parts):

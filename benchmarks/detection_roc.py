@@ -182,6 +182,21 @@ def summarize(dists: dict[str, list[float]], raw: dict[str, list[float]], tau: f
     return rows
 
 
+def with_cs(res: dict, cs: list[float], seed: int = 3) -> dict:
+    """The stored result with the per-round and 20-round columns (formula and simulation) for ``cs``,
+    from the single-check rates it measured: no recomputation is repeated."""
+    rng = random.Random(seed)
+    res = _revive(res)
+    for row in res["strength"]["rows"]:
+        p1 = row["p_flag_one_check"]
+        row["per_c"] = {str(c): row["per_c"].get(str(c)) or {
+            "q_round": round(some_check(c) * p1, 6), "within_20": within(some_check(c) * p1),
+            "q_round_n": {str(n): round(some_check(c, n) * p1, 6) for n in (4, 8, 16)},
+            "simulated_within_20_n8": _simulated(p1, c, res["sim_trials"], rng) if p1 > 0 else None} for c in cs}
+    res["cs"] = list(cs)
+    return res
+
+
 def honest_checks(task_name: str, checks: int, steps: int, codec: str, tau: float, seed: int = 0) -> dict:
     """``checks`` honest updates, each by a distinct (peer, round), spread evenly over the (author,
     verifier) thread pairs of :data:`PAIRS`. The bases follow one training trajectory (round r + 1's
@@ -337,6 +352,17 @@ def plot(res: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _revive(x):
+    """The inverse of :func:`_finite`: "inf", "-inf" and "nan" strings back to floats."""
+    if isinstance(x, str) and x in ("inf", "-inf", "nan"):
+        return float(x)
+    if isinstance(x, dict):
+        return {k: _revive(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_revive(v) for v in x]
+    return x
 
 
 def _finite(x):
