@@ -8,7 +8,9 @@ when ``threshold`` of them missed the agreed set it logs a warning once per stre
 :meth:`Lateness.status` (shown in the peer's status and metrics) says how late its announcements
 were and the round length at which they would have fitted: the post-deadline work ``d`` (from the
 training deadline to the announcement) must fit in the slack ``margin + close_frac * T``, so
-``T >= (d - margin) / close_frac`` (a 20% headroom is added).
+``T >= (d - margin) / close_frac`` (a 20% headroom is added). A peer that misses the set although
+it announced in time is out of step with its region (re-syncing on a loaded machine): it is told
+that instead, with no round length.
 """
 
 from __future__ import annotations
@@ -71,11 +73,18 @@ class Lateness:
         late = self.persistently_late()
         if late and not self._warned:
             st = self.status()
-            logger.warning("this peer's update missed the agreed set in %d of its last %d rounds (announced %.1f s "
-                           "after the training deadline; the set closes %.1f s after it): the run needs rounds of "
-                           "about %.0f s for this machine (now %.0f s); use a faster machine, fewer inner steps or "
-                           "ask the run's founder for longer rounds", st["missed"], len(self.recent),
-                           st["announce_lag_s"], st["slack_s"], st["needed_round_s"], self.round_s)
+            if st["needed_round_s"] is not None:
+                logger.warning("this peer's update missed the agreed set in %d of its last %d rounds (announced %.1f s "
+                               "after the training deadline; the set closes %.1f s after it): the run needs rounds of "
+                               "about %.0f s for this machine (now %.0f s); use a faster machine, fewer inner steps "
+                               "or ask the run's founder for longer rounds", st["missed"], len(self.recent),
+                               st["announce_lag_s"], st["slack_s"], st["needed_round_s"], self.round_s)
+            else:
+                logger.warning("this peer's update missed the agreed set in %d of its last %d rounds although it was "
+                               "announced in time (%.1f s after the training deadline, the set closes %.1f s after "
+                               "it): this peer keeps falling out of step with its region (re-syncs; a loaded "
+                               "machine or a slow link)", st["missed"], len(self.recent), st["announce_lag_s"],
+                               st["slack_s"])
         self._warned = late
         return late
 
@@ -92,7 +101,7 @@ class Lateness:
         lag = lags[len(lags) // 2]
         slack = self.margin_s + self.close_frac * self.round_s
         needed = max(self.round_s, HEADROOM * (lag - self.margin_s) / self.close_frac) \
-            if self.persistently_late() else None
+            if self.persistently_late() and lag > slack else None  # else late for another reason than speed
         return {"missed": sum(not t.included for t in self.recent), "rounds": len(self.recent),
                 "announce_lag_s": round(lag, 3), "slack_s": round(slack, 3),
                 "needed_round_s": round(needed, 1) if needed is not None else None, "late": self.persistently_late()}

@@ -78,6 +78,7 @@ class Coordinator(PayloadFetch, StateSync):
         self.outcomes: dict[int, RoundOutcome] = {}
         self.closed: set[int] = set()
         self.tallied: set[int] = set()
+        self._prefetch_after = 0.0  # next instant _prefetch_next may try (throttle)
         self.my_votes: dict[int, Vote] = {}
         self.verdict_winners: dict[int, tuple[str, ...]] = {}
         self._candidates: dict[int, BaseState] = {}
@@ -133,7 +134,24 @@ class Coordinator(PayloadFetch, StateSync):
                     logger.exception("round %d failed: %r", q, e)
                     self.closed.add(q)
                     self.tallied.add(q)
+            self._prefetch_next(current, now)
             self._stop.wait(0.05)
+
+    def _prefetch_next(self, r: int, now: float) -> None:
+        """A peer that re-synced the base of the round it trains (``r``) but missed the tally that
+        made ``r + 1``'s would skip close(r) and stay one round behind for good on a loaded machine
+        (seen in the attack swarms): fetch base ``r + 1`` as soon as the swarm offers it (after
+        tally(r - 1)), not only in the 0.2-round window at close(r). At most every quarter round."""
+        clock = self.ctx.clock
+        if self.bases.get(r) is None or self.bases.get(r + 1) is not None or r - 1 < self.first_round \
+                or now < clock.tally_time(r - 1) or now >= clock.close_time(r) or now < self._prefetch_after:
+            return
+        self._prefetch_after = now + 0.25 * clock.round_s
+        try:
+            if self.resync(r + 1, timeout_s=min(0.25 * clock.round_s, clock.close_time(r) - now)) is not None:
+                logger.info("round %d: caught up: base of round %d fetched before the close", r, r + 1)
+        except SwarmError as e:
+            logger.info("round %d: base of round %d not fetched yet: %s", r, r + 1, e)
 
     # --- records --------------------------------------------------------------------------------
     def _kind(self, what: str, region: str | None = None) -> str:

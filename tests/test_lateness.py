@@ -33,3 +33,15 @@ def test_a_peer_that_fits_is_not_late_and_a_streak_ends():
     st = late.status()
     assert st == {"missed": 1, "rounds": 5, "announce_lag_s": 0.5, "slack_s": 4.0, "needed_round_s": None,
                   "late": False}
+
+
+def test_a_peer_that_announces_in_time_but_misses_the_set_is_told_it_is_out_of_step(caplog):
+    clock = RoundClock(0.0, 6.0, margin_s=0.6)
+    late = Lateness.for_clock(clock)
+    with caplog.at_level(logging.WARNING, logger="dai_swarm.lateness"):
+        for r in range(4):
+            late.announced(clock, r, clock.train_deadline(r) + 1.1)  # in time: the slack is 0.6 + 1.8 s
+            late.closed(r, included=False)
+    st = late.status()
+    assert st["late"] is True and st["needed_round_s"] is None
+    assert any("out of step" in r.getMessage() for r in caplog.records)
