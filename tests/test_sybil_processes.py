@@ -23,7 +23,9 @@ import pytest
 
 from test_attacks_processes import rejection_counts, run_swarm
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("sybil")]
+# the flood is a denial of service on 2 cores: beside an 8-peer attack swarm the honest peers fell
+# apart (measured once xdist groups worked again): it runs in the 8-peer swarms' group, one at a time
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]
 
 UNTIL = 12
 JOINER, JOIN_ROUND = 5, 5
