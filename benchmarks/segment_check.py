@@ -36,6 +36,7 @@ from safetensors.torch import save as save_safetensors
 from dai_swarm.optim import codecs
 from dai_swarm.tasks import load_task
 from dai_swarm.verification.assignment import samples_for
+from dai_swarm.verification.attacks import make_attack
 from dai_swarm.verification.recompute import apply_base, recompute_update, relative_distance
 from dai_swarm.verification.spotcheck import DEFAULT_TAU
 
@@ -119,7 +120,7 @@ def run(*, rounds: int, steps: int, segments: int, task_name: str = "tinylm-smal
     model = task.build_model(seed)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     rng = random.Random(seed)
-    flip = __import__("dai_swarm.verification.attacks", fromlist=["make_attack"]).make_attack("label_flip").tamper_batch
+    flip = make_attack("label_flip").tamper_batch
     results: dict[str, list[bool]] = {}
     full: dict[str, list[bool]] = {}
     honest_max, cpu_check, cpu_update, nbytes = 0.0, [], [], []

@@ -42,21 +42,17 @@ class RoundTiming:
 class Lateness:
     """The last ``window`` announced rounds of this peer (see the module docstring)."""
 
-    def __init__(self, round_s: float, margin_s: float, close_frac: float, *, window: int = 5, threshold: int = 3):
-        self.round_s, self.margin_s, self.close_frac = float(round_s), float(margin_s), float(close_frac)
+    def __init__(self, clock: Any, *, window: int = 5, threshold: int = 3):
+        self.clock = clock  # a RoundClock: its round length, margin and close fraction
+        self.round_s, self.margin_s, self.close_frac = float(clock.round_s), float(clock.margin_s), float(clock.close_frac)
         self.threshold = int(threshold)
         self.recent: deque[RoundTiming] = deque(maxlen=int(window))
         self._warned = False
         self._announced: dict[int, tuple[float, float, float]] = {}  # round -> (deadline, announced at, close)
 
-    @classmethod
-    def for_clock(cls, clock: Any, **kw: Any) -> "Lateness":
-        """A tracker for a :class:`~dai_swarm.optim.clock.RoundClock`'s round length, margin and close."""
-        return cls(clock.round_s, clock.margin_s, clock.close_frac, **kw)
-
-    def announced(self, clock: Any, round: int, at: float) -> None:
+    def announced(self, round: int, at: float) -> None:
         """This peer finished announcing its update of ``round`` at ``at`` (Unix seconds)."""
-        self._announced[round] = (clock.train_deadline(round), at, clock.close_time(round))
+        self._announced[round] = (self.clock.train_deadline(round), at, self.clock.close_time(round))
         for old in [r for r in self._announced if r < round - 8]:  # rounds that never closed here
             del self._announced[old]
 

@@ -57,7 +57,7 @@ class RoundRuntime:
         self.model = model if model is not None else task.build_model(manifest.seed)
         self.like = BaseState.initial(self.model)
         self.clock = RoundClock(manifest.t0, manifest.round_s, margin_s=min(0.1 * manifest.round_s, 2.0))
-        self.lateness = Lateness.for_clock(self.clock)  # too slow for these rounds? (log + status)
+        self.lateness = Lateness(self.clock)  # too slow for these rounds? (log + status)
         self.cross_region_period = manifest.cross_region_period
         self.codec, self.codec_params = manifest.codec, dict(manifest.codec_params)
         self.batch_size = int(task.batch_size)
@@ -261,7 +261,7 @@ class RoundRuntime:
             r, steps, h = self.round, self.steps, base.hash
             try:
                 self.coordinator.announce(r, h, steps, steps * self.batch_size, delta)
-                self.lateness.announced(self.clock, r, time.time())
+                self.lateness.announced(r, time.time())
                 self.rounds_trained += 1
                 self.trained_from[r] = h
                 for old in [k for k in self.trained_from if k < r - 8]:  # rounds never recorded
