@@ -106,11 +106,15 @@ def test_fake_region_is_refused_and_real_regions_still_merge(tmp_path):
     refused = {n: h["status"]["counters"].get("xdelta_no_standing", 0) for n, h in hist.items()}
     # every merge point after the first: both fake records refused by both peers
     assert all(v >= 2 for v in refused.values()), (refused, [p.log()[-2000:] for p in peers])
-    # the two real regions merged with each other (equal val loss after a merge), and nothing blew up
-    merged = [r for r in rounds["p0"] if r in rounds["p1"] and (r + 2) % K == 0
+    # the two real regions merged with each other (equal val loss after a merge), and nothing blew up.
+    # Compared at the merge points where the fake region publishes (base round >= 2K): the first merge
+    # (base round K) falls in the swarm's first round, while the rogue's two nodes still start up beside
+    # the peers, and a missed first merge under a loaded CI machine says nothing about the fake region.
+    merged = [r for r in rounds["p0"] if r in rounds["p1"] and (r + 2) % K == 0 and r + 2 >= 2 * K
               and rounds["p0"][r].get("val_loss") is not None and rounds["p1"][r].get("val_loss") is not None]
-    assert merged, (rounds["p0"].keys(), rounds["p1"].keys())
+    assert len(merged) >= 2, (rounds["p0"].keys(), rounds["p1"].keys())
     for r in merged:
-        assert rounds["p0"][r]["val_loss"] == pytest.approx(rounds["p1"][r]["val_loss"], rel=1e-6), r
+        assert rounds["p0"][r]["val_loss"] == pytest.approx(rounds["p1"][r]["val_loss"], rel=1e-6), \
+            (r, merged, [p.log()[-3000:] for p in peers])
     losses = [rounds["p0"][r]["val_loss"] for r in sorted(rounds["p0"]) if rounds["p0"][r].get("val_loss") is not None]
     assert max(losses) < 10 * losses[0] and losses[-1] < losses[0], losses
