@@ -78,7 +78,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None, help="leave after training this many rounds")
     p.add_argument("--until-round", type=int, default=None, help="leave when the swarm reaches this round")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics and status.json here")
-    p.add_argument("--round-s", type=float, default=10.0, help="round length in seconds (new runs only)")
+    p.add_argument("--round-s", type=float, default=10.0,
+                   help="length of the first rounds in seconds; rounds then adapt to what the swarm's machines "
+                        "need (new runs only)")
+    p.add_argument("--round-s-max", type=float, default=None, metavar="S",
+                   help="longest round the run may adapt to (new runs only; default 8x --round-s; "
+                        "equal to --round-s: fixed rounds)")
     p.add_argument("--codec", default="int8", help="update codec: none, fp16, int8, topk (new runs only)")
     p.add_argument("--cross-region-period", type=int, default=5,
                    help="rounds between cross-region merges (new runs only)")
@@ -121,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         with guard.starting():  # a signal now unwinds the start-up through its clean-up
             swarm = Swarm(task, args.run_id, initial_peers=args.initial_peers, region=args.region,
                           identity=args.identity, host_maddrs=args.host_maddrs, round_s=args.round_s,
+                          round_s_max=args.round_s_max,
                           codec=args.codec, t0=args.t0, start_in_s=args.start_in, seed=args.seed,
                           max_inner_steps=args.max_inner_steps, attack=attack, checks_per_update=args.checks_per_update,
                           cross_region_period=args.cross_region_period, ledger=args.ledger,

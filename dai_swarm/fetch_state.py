@@ -111,6 +111,7 @@ def fetch_agreed_state(run_id: str, initial_peers: Sequence[str], *, round: int 
         rt = RoundRuntime(task, dht, identity, manifest, region, evaluate=False, verifier=verifier,
                           trusted=tuple(trust))
         rt.refresh_peers()
+        rt.follow_peer_schedule()  # which round is now, if rounds changed length since the manifest
         failures = 0
         while True:
             current = rt.clock.round_at(time.time())

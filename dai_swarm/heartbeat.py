@@ -27,6 +27,8 @@ def refresh_peers(rt: Any) -> None:
         keys = {k: v for k, v in rt.peer_keys.items() if v[2] >= now - grace}
         keys.update({p.public_key: (p.peer_id, p.region, now) for p in peers})
         rt.peer_keys = keys
+        rt.peer_schedules = {p.public_key: (p.metrics or {}).get("schedule") for p in peers
+                             if isinstance(p.metrics, dict) and p.metrics.get("schedule") is not None}
     except Exception as e:
         logger.debug("peer list refresh failed: %s", e)
 

@@ -11,6 +11,12 @@ training deadline to the announcement) must fit in the slack ``margin + close_fr
 ``T >= (d - margin) / close_frac`` (a 20% headroom is added). A peer that misses the set although
 it announced in time is out of step with its region (re-syncing on a loaded machine): it is told
 that instead, with no round length.
+
+:meth:`Lateness.need_s` is what this peer reports in each update announcement for the adaptive
+round length (:mod:`dai_swarm.optim.schedule`): with 20% headroom, the largest of the medians over
+the last rounds of (a) the announce work ``(d - margin) / close_frac``, (b) its close (fetch, check,
+aggregate, vote), which must end by the tally: ``close_s / (tally_frac - close_frac)``, and (c) its
+tally, whose base must be ready when the round after next starts: ``lag / (1 - tally_frac)``.
 """
 
 from __future__ import annotations
@@ -43,12 +49,35 @@ class Lateness:
     """The last ``window`` announced rounds of this peer (see the module docstring)."""
 
     def __init__(self, clock: Any, *, window: int = 5, threshold: int = 3):
-        self.clock = clock  # a RoundClock: its round length, margin and close fraction
-        self.round_s, self.margin_s, self.close_frac = float(clock.round_s), float(clock.margin_s), float(clock.close_frac)
+        self.set_clock(clock)
+        self.work: deque[tuple[float, float]] = deque(maxlen=int(window))  # (close_s, tally lag) per round
         self.threshold = int(threshold)
         self.recent: deque[RoundTiming] = deque(maxlen=int(window))
         self._warned = False
         self._announced: dict[int, tuple[float, float, float]] = {}  # round -> (deadline, announced at, close)
+
+    def set_clock(self, clock: Any) -> None:
+        """Measure against ``clock`` (a RoundClock; the schedule changed)."""
+        self.clock = clock  # its round length, margin and close fraction
+        self.round_s, self.margin_s, self.close_frac = float(clock.round_s), float(clock.margin_s), float(clock.close_frac)
+
+    def tallied(self, close_s: float, tally_lag_s: float) -> None:
+        """One round's close took ``close_s`` and its base was ready ``tally_lag_s`` after the tally instant."""
+        self.work.append((max(0.0, float(close_s)), max(0.0, float(tally_lag_s))))
+
+    def need_s(self) -> float | None:
+        """The round length this machine's recent rounds call for (see the module docstring), or None."""
+        c = self.clock
+        terms = []
+        if self.recent:
+            lags = sorted(t.announced_at - t.deadline for t in self.recent)
+            terms.append((lags[len(lags) // 2] - c.margin_s) / c.close_frac)
+        if self.work:
+            closes = sorted(w[0] for w in self.work)
+            tallies = sorted(w[1] for w in self.work)
+            terms.append(closes[len(closes) // 2] / (c.tally_frac - c.close_frac))
+            terms.append(tallies[len(tallies) // 2] / (1.0 - c.tally_frac))
+        return round(HEADROOM * max(0.0, *terms), 3) if terms else None
 
     def announced(self, round: int, at: float) -> None:
         """This peer finished announcing its update of ``round`` at ``at`` (Unix seconds)."""
@@ -91,13 +120,13 @@ class Lateness:
     def status(self) -> dict:
         """Missed rounds, the median post-deadline lag and the round length it needs (None: fits)."""
         if not self.recent:
-            return {"missed": 0, "rounds": 0, "announce_lag_s": None, "slack_s": None, "needed_round_s": None,
+            return {"missed": 0, "rounds": 0, "need_s": self.need_s(), "announce_lag_s": None, "slack_s": None, "needed_round_s": None,
                     "late": False}
         lags = sorted(t.announced_at - t.deadline for t in self.recent)
         lag = lags[len(lags) // 2]
         slack = self.margin_s + self.close_frac * self.round_s
         needed = max(self.round_s, HEADROOM * (lag - self.margin_s) / self.close_frac) \
             if self.persistently_late() and lag > slack else None  # else late for another reason than speed
-        return {"missed": sum(not t.included for t in self.recent), "rounds": len(self.recent),
+        return {"missed": sum(not t.included for t in self.recent), "rounds": len(self.recent), "need_s": self.need_s(),
                 "announce_lag_s": round(lag, 3), "slack_s": round(slack, 3),
                 "needed_round_s": round(needed, 1) if needed is not None else None, "late": self.persistently_late()}

@@ -41,7 +41,7 @@ __all__ = ["OPTIONAL_KEYS", "MetricsServer", "render_prometheus", "swarm_collect
 
 logger = get_logger(__name__)
 
-OPTIONAL_KEYS = ("reputation", "rewards", "verification_latency_s", "slashes", "verdicts")
+OPTIONAL_KEYS = ("reputation", "rewards", "verification_latency_s", "slashes", "verdicts", "round_s")
 STATIC_FILES = {"index.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
                 "dashboard.css": "text/css; charset=utf-8"}
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -123,7 +123,8 @@ def swarm_collector(swarm: Any) -> Callable[[], dict]:
         now = time.time()
         doc: dict[str, Any] = {
             "run_id": swarm.manifest.run_id, "peer_id": swarm.dht.peer_id, "public_key": swarm.identity.public_key_hex,
-            "region": swarm.region, "time": now, "task": swarm.manifest.task, "round_s": swarm.manifest.round_s,
+            "region": swarm.region, "time": now, "task": swarm.manifest.task,
+            "round_s": m.get("round_s") or swarm.manifest.round_s, "schedule": m.get("schedule"),
             **{k: m.get(k) for k in ("round", "steps", "samples", "state_hash", "val_loss", "rounds_trained", "resyncs",
                                      "traffic", "dropped_records")},
         }
@@ -191,6 +192,8 @@ def render_prometheus(doc: Mapping[str, Any]) -> str:
         [({"run_id": doc.get("run_id", ""), "peer_id": doc.get("peer_id", ""), "region": doc.get("region", ""),
            "task": doc.get("task", "")}, 1)])
     add("dai_swarm_round", "gauge", "Round this peer is training.", [({}, doc.get("round"))])
+    add("dai_swarm_round_seconds", "gauge", "Length of the current round (adapts to the swarm).",
+        [({}, doc.get("round_s"))])
     add("dai_swarm_inner_steps", "gauge", "Inner steps done in the current round.", [({}, doc.get("steps"))])
     add("dai_swarm_samples_total", "counter", "Dataset items this peer trained on.", [({}, doc.get("samples"))])
     add("dai_swarm_samples_per_second", "gauge", "Training throughput of this peer.", [({}, doc.get("samples_per_s"))])

@@ -8,7 +8,6 @@ this peer's signed peer record (with live metrics) in the DHT. ``SwarmOptimizer.
 
 from __future__ import annotations
 
-import copy
 import os
 import threading
 import time
@@ -25,11 +24,14 @@ from .optim.coordinator import Coordinator, NullVerifier, RoundOutcome
 from .optim.exchange import PayloadServer, PayloadStore, Traffic
 from .optim.limits import derive_limits
 from .optim.netloop import NetLoop
+from .optim.schedule import ScheduleRule
 from .optim.states import BaseState, BaseStore
 from .rewards import RewardLog
 from .heartbeat import heartbeat_loop, refresh_peers
 from .lateness import Lateness
-from .roundlog import RoundRewards, write_round_record
+from .pace import Pace
+from .roundlog import RoundRewards
+from .round_history import peer_metrics, record_round
 from .verification.assignment import assign
 
 __all__ = ["RoundRuntime"]
@@ -56,8 +58,10 @@ class RoundRuntime:
         self.run_id = manifest.run_id
         self.model = model if model is not None else task.build_model(manifest.seed)
         self.like = BaseState.initial(self.model)
-        self.clock = RoundClock(manifest.t0, manifest.round_s, margin_s=min(0.1 * manifest.round_s, 2.0))
-        self.lateness = Lateness(self.clock)  # too slow for these rounds? (log + status)
+        clock = RoundClock(manifest.t0, manifest.round_s, margin_s=min(0.1 * manifest.round_s, 2.0))
+        lo, hi = manifest.round_bounds  # rounds adapt to what the swarm measures (optim/schedule.py)
+        self.schedule_rule = ScheduleRule(clock, lo, hi, manifest.first_round) if hi > lo else None
+        self.pace, self.clock, self.lateness = Pace(clock, self.schedule_rule), clock, Lateness(clock)
         self.cross_region_period = manifest.cross_region_period
         self.codec, self.codec_params = manifest.codec, dict(manifest.codec_params)
         self.batch_size = int(task.batch_size)
@@ -90,6 +94,7 @@ class RoundRuntime:
         self.history: list[dict] = []
         self.region_of: dict[str, str] = {}  # libp2p id -> region, of the live signed peer records
         self.peer_keys: dict[str, tuple[str, str, float]] = {}  # public key -> (libp2p id, region, last seen)
+        self.peer_schedules: dict[str, Any] = {}  # public key -> the round schedule its peer record reports
         self.bases = BaseStore()
         self.store = PayloadStore()
         self.traffic = Traffic()
@@ -147,6 +152,21 @@ class RoundRuntime:
             return None
         return entry[0]
 
+    def follow_schedule(self, state: BaseState | None) -> None:
+        """Take the round schedule recorded in ``state`` (a base this peer holds) if it is the newest."""
+        clock = self.pace.follow(state.extra, state.round) if state is not None else None
+        if clock is not None:
+            self.clock = clock
+            self.lateness.set_clock(clock)
+
+    def follow_peer_schedule(self) -> None:
+        """Holding no state yet: take the round schedule the trust anchors' peer records report
+        (rounds may have changed length since the manifest); the first state loaded then rules."""
+        clock = self.pace.from_peers(self.peer_schedules.items(), self.anchor_keys)
+        if clock is not None:
+            self.clock = clock
+            self.lateness.set_clock(clock)
+
     def refresh_peers(self) -> None:
         """Re-read the live peer records now (the heartbeat also does it every few seconds)."""
         refresh_peers(self)
@@ -164,6 +184,7 @@ class RoundRuntime:
     def start(self, join_timeout_s: float | None = None) -> None:
         """Pick the first round: θ0 for a fresh run, else download the majority's state (I6)."""
         refresh_peers(self)
+        self.follow_peer_schedule()
         now = time.time()
         current = max(self.origin, self.clock.round_at(now))
         mates = self.region_mates()
@@ -176,7 +197,7 @@ class RoundRuntime:
         elif not mates:
             first = self._found(current, "no other peer of this region is online")
         else:
-            first = self._join(current, join_timeout_s or 3 * self.manifest.round_s)
+            first = self._join(current, join_timeout_s or 3 * self.clock.round_s)
         self._load_base(self.bases.get(first))
         self.round, self.steps = first, 0
         self.coordinator.start(first_round=self.origin if first <= self.origin + 1 else first)
@@ -310,6 +331,7 @@ class RoundRuntime:
 
     def _load_base(self, state: BaseState) -> None:
         self._loaded = state
+        self.follow_schedule(state)
         with torch.no_grad():
             for n, p in self.model.named_parameters():
                 p.copy_(state.params[n].to(p.device, p.dtype))
@@ -329,45 +351,11 @@ class RoundRuntime:
 
     # --- metrics, heartbeat, shutdown -------------------------------------------------------------
     def _on_round(self, outcome: RoundOutcome) -> None:
-        entry = {"round": outcome.round, "state_hash": outcome.state_hash, "updates": len(outcome.inclusion),
-                 "rejections": dict(outcome.rejections), "finished_at": self.finish_times.get(outcome.round),
-                 "trained_from": self.trained_from.pop(outcome.round, None),
-                 "agreed": outcome.agreed, "resynced": outcome.resynced, "close_s": round(outcome.close_s, 3),
-                 "samples": sum(outcome.contributors.values()), "time": time.time(),
-                 "traffic": self.traffic.snapshot()}
-        entry["late"] = self.lateness.closed(outcome.round, self.identity.public_key_hex in outcome.contributors)
-        state = self.bases.get(outcome.round + 2)
-        if self.evaluate and state is not None:
-            if self._eval_model is None:
-                self._eval_model = copy.deepcopy(self.model)
-            with torch.no_grad():
-                for n, p in self._eval_model.named_parameters():
-                    p.copy_(state.params[n])
-            entry["val_loss"] = float(self.task.evaluate(self._eval_model)["loss"])
-        if state is not None:  # whether this peer holds standing in that base (counts in votes)
-            entry["standing"] = self.vote_weights(state.extra).get(self.identity.public_key_hex, 0.0) > 0
-            entry["ledger"] = write_round_record(self, outcome, state) if self.ledger is not None else None
-        self.history.append(entry)
+        self.history.append(record_round(self, outcome))
 
     def metrics(self) -> dict:
-        """Live figures for status records, the CLI and benchmarks."""
-        last = self.history[-1] if self.history else {}
-        return {"round": self.round, "steps": self.steps, "samples": self.samples_total,
-                "state_hash": last.get("state_hash"), "round_closed": last.get("round"), "val_loss": last.get("val_loss"),
-                "traffic": self.traffic.snapshot(), "rounds_trained": self.rounds_trained,
-                "train_cpu_s": round(self.train_cpu_s, 3), "lateness": self.lateness.status(),
-                "resyncs": sum(1 for h in self.history if h.get("resynced")),
-                "counters": dict(self.counters), "ledger_errors": self.ledger_errors,
-                "ledger_rounds": self.ledger.rounds if self.ledger is not None else None,
-                "dropped_records": self._dropped_records(), "network_error": self.coordinator.errored(),
-                "trust": self.verifier.metrics(getattr(self.bases.latest(), "extra", {})) if hasattr(self.verifier, "metrics") else None}
-
-    def _dropped_records(self) -> dict:
-        try:
-            self._last_dropped = dict(self.dht.counters)
-        except SwarmError:  # the DHT is busy, shutting down or gone: the last counts (the heartbeat's)
-            pass
-        return dict(getattr(self, "_last_dropped", {}))
+        """Live figures for status records, the CLI and benchmarks (:func:`peer_metrics`)."""
+        return peer_metrics(self)
 
     def stop_threads(self, grace_s: float = 2.0) -> None:
         """Ask the training, coordinator and heartbeat threads to stop; wait up to ``grace_s`` for them."""

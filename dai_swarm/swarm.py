@@ -75,7 +75,9 @@ class Swarm:
     run's task from its signed manifest (joiners only). ``initial_peers``:
     multiaddrs of any peers of the swarm (empty: start a new swarm). ``region``: a name or
     ``"auto"`` (RTT clustering). ``identity``: an :class:`Identity`, a key path, or None
-    (ephemeral). The run settings (``round_s`` ... ``t0``, or ``start_in_s``: round 0 starts that
+    (ephemeral). The run settings (``round_s``, the first rounds' length, which then adapts to what
+    the swarm measures up to ``round_s_max`` (default 8x; equal to ``round_s``: fixed rounds) ...
+    ``t0``, or ``start_in_s``: round 0 starts that
     many seconds after this peer creates the run) are used only when this peer creates the run; a joiner takes them from the signed manifest. ``attack`` is for tests and benchmarks.
     ``ledger`` is the path of this peer's reward log (written as rounds close; None: no log).
     ``verifier``: the verification hooks (default: a :class:`SpotChecker` at the manifest's
@@ -97,7 +99,7 @@ class Swarm:
 
     def __init__(self, task: Task | str | None, run_id: str, initial_peers: Sequence[str] = (), region: str = "auto", *,
                  identity: Identity | str | None = None, host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
-                 round_s: float = 10.0, codec: str = "int8", codec_params: dict | None = None,
+                 round_s: float = 10.0, round_s_max: float | None = None, codec: str = "int8", codec_params: dict | None = None,
                  outer_lr: float = 0.6, outer_momentum: float = 0.9, max_inner_steps: int = 10_000,
                  cross_region_period: int = 5, checks_per_update: float = DEFAULT_CHECKS_PER_UPDATE, seed: int = 0,
                  t0: float | None = None, attack: Any = None, evaluate: bool = True, verifier: Any = None,
@@ -136,6 +138,7 @@ class Swarm:
                 self.task, task_spec = self._task_from_manifest(run_id, max(manifest_wait_s, 10.0))
             wanted = RunManifest(
                 run_id=run_id, task=task_spec, task_config_hash=self.task.config_hash(), round_s=round_s,
+                round_s_max=round_s_max,
                 cross_region_period=cross_region_period, max_inner_steps=max_inner_steps, outer_lr=outer_lr,
                 outer_momentum=outer_momentum, codec=codec,
                 # updates are small next to a round: spend the CPU on zstd for 11-14% fewer bytes

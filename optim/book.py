@@ -42,8 +42,9 @@ from dai_swarm.errors import (
     WrongBase,
 )
 
-__all__ = ["Accepted", "BookLimits", "Rejected", "RoundBook", "UpdateAnnouncement"]
+__all__ = ["MAX_NEED_S", "Accepted", "BookLimits", "Rejected", "RoundBook", "UpdateAnnouncement"]
 
+MAX_NEED_S = 86400.0  # a round length report above a day is malformed
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX = re.compile(r"^(?:[0-9a-f]{2})+$")
 
@@ -71,6 +72,7 @@ class UpdateAnnouncement:
     digest: str
     size_bytes: int
     region: str = ""
+    need_s: float | None = None  # the round length the author measured it needs (optim/schedule.py)
 
     def __post_init__(self) -> None:
         for name in ("run_id", "codec", "region"):
@@ -88,6 +90,9 @@ class UpdateAnnouncement:
                 raise MalformedRecord(f"{name} must be 64 lowercase hex characters")
         if not isinstance(self.peer, str) or not _HEX.match(self.peer) or len(self.peer) > 256:
             raise MalformedRecord("peer must be a lowercase hex public key")
+        if self.need_s is not None and (isinstance(self.need_s, bool) or not isinstance(self.need_s, (int, float))
+                                        or not 0.0 <= self.need_s <= MAX_NEED_S):
+            raise MalformedRecord(f"need_s must be a number of seconds in [0, {MAX_NEED_S:g}], got {self.need_s!r}")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,11 @@ instant               formula                        what happens
 
 Nothing here reads a clock: the time is always an argument, so the same code runs under the real
 wall clock, under a fake clock in tests and inside a simulator.
+
+Round lengths may change during a run (:mod:`dai_swarm.optim.schedule`): :meth:`RoundClock.following`
+returns the clock whose rounds from ``since`` on last ``T'``, starting where the old clock ends round
+``since - 1``; rounds and instants before that keep the old clock (``prior``). A close or tally of
+round ``r`` lies in round ``r+1``'s span and uses that round's length.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ class RoundClock:
     close_frac: float = CLOSE_FRAC
     tally_frac: float = TALLY_FRAC
     margin_s: float = 0.0
+    since: int | None = None  # first round of this length (None: every round)
+    prior: "RoundClock | None" = None  # the clock of the rounds before ``since``
 
     def __post_init__(self) -> None:
         t0 = _finite("t0", self.t0)
@@ -79,6 +86,36 @@ class RoundClock:
         for name, value in (("t0", t0), ("round_s", round_s), ("close_frac", close_frac),
                             ("tally_frac", tally_frac), ("margin_s", margin_s)):
             object.__setattr__(self, name, value)
+        if (self.since is None) != (self.prior is None):
+            raise ConfigError("since and prior go together")
+        if self.since is not None:
+            _round_index("since", self.since)
+
+    def following(self, since: int, round_s: float, keep: int = 2) -> "RoundClock":
+        """The clock whose rounds from ``since`` on last ``round_s`` seconds; round ``since`` starts
+        at this clock's ``start(since)`` and every earlier round keeps this clock. At most ``keep``
+        earlier lengths are remembered (older instants are never asked for)."""
+        since = _round_index("since", since)
+        start = self.start(since)
+        round_s = _finite("round_s", round_s)
+        if round_s <= 0:
+            raise ConfigError(f"round_s must be > 0, got {round_s}")
+        return RoundClock(start - since * round_s, round_s, self.close_frac, self.tally_frac,
+                          min(self.margin_s, 0.5 * round_s), since, self._trimmed(keep))
+
+    def _trimmed(self, keep: int) -> "RoundClock":
+        if self.prior is None:
+            return self
+        if keep <= 1:  # forget older lengths: this one then stands for every earlier round
+            return RoundClock(self.t0, self.round_s, self.close_frac, self.tally_frac, self.margin_s)
+        return RoundClock(self.t0, self.round_s, self.close_frac, self.tally_frac, self.margin_s,
+                          self.since, self.prior._trimmed(keep - 1))
+
+    def length(self, r: int) -> float:
+        """How long round ``r`` lasts (the newest length from ``since`` on)."""
+        if self.since is not None and _round_index("r", r) < self.since:
+            return self.prior.length(r)
+        return self.round_s
 
     def round_at(self, t: float) -> int:
         """The round whose span contains ``t``; negative before ``t0`` (round -1 ends at ``t0``).
@@ -87,6 +124,8 @@ class RoundClock:
         the float division would round the other way.
         """
         t = _finite("t", t)
+        if self.since is not None and t < self.start(self.since):
+            return self.prior.round_at(t)
         r = math.floor((t - self.t0) / self.round_s)
         while self.start(r + 1) <= t:
             r += 1
@@ -96,6 +135,8 @@ class RoundClock:
 
     def start(self, r: int) -> float:
         """Instant round ``r`` starts (``t0 + r*T``)."""
+        if self.since is not None and _round_index("r", r) < self.since:
+            return self.prior.start(r)
         return self.t0 + _round_index("r", r) * self.round_s
 
     def end(self, r: int) -> float:
@@ -108,17 +149,17 @@ class RoundClock:
         ``margin_s`` defaults to the clock's own margin; it must satisfy ``0 <= margin_s < T``.
         """
         m = self.margin_s if margin_s is None else _finite("margin_s", margin_s)
-        if not 0.0 <= m < self.round_s:
+        if not 0.0 <= m < self.length(r):
             raise ConfigError(f"need 0 <= margin_s < round_s, got {m}")
         return self.end(r) - m
 
     def close_time(self, r: int) -> float:
         """Instant round ``r``'s update set is closed locally and the peer publishes its vote."""
-        return self.end(r) + self.close_frac * self.round_s
+        return self.end(r) + self.close_frac * self.length(r + 1)
 
     def tally_time(self, r: int) -> float:
         """Instant round ``r``'s votes are tallied and the base of round ``r+2`` is computed.
 
         Always strictly before ``end(r+1)``, i.e. before round ``r+2`` starts.
         """
-        return self.end(r) + self.tally_frac * self.round_s
+        return self.end(r) + self.tally_frac * self.length(r + 1)

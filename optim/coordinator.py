@@ -32,7 +32,7 @@ from dai_swarm.errors import MalformedRecord, SwarmError
 from dai_swarm.logging import get_logger
 
 from . import codecs
-from .book import BookLimits, RoundBook
+from .book import MAX_NEED_S, BookLimits, RoundBook
 from .crossregion import CrossRegionMerger
 from .fetching import PayloadFetch
 from .states import BaseState, BaseStore
@@ -114,8 +114,8 @@ class Coordinator(PayloadFetch, StateSync):
             self._thread.join(timeout=timeout_s)
 
     def _main(self) -> None:
-        clock = self.ctx.clock
         while not self._stop.is_set():
+            clock = self.ctx.clock  # replaced when the round schedule changes (optim/schedule.py)
             now = time.time()
             current = clock.round_at(now)
             for q in range(max(self.first_round, current - 3), current):
@@ -176,6 +176,9 @@ class Coordinator(PayloadFetch, StateSync):
         body = {"run_id": ctx.run_id, "round": round, "base_hash": base_hash, "peer": ctx.identity.public_key_hex,
                 "steps": claimed_steps, "samples": claimed_steps * ctx.batch_size, "codec": ctx.codec,
                 "digest": digest, "size_bytes": len(blob), "region": ctx.region, "p2p_id": ctx.p2p_id}
+        need = ctx.lateness.need_s() if hasattr(ctx, "lateness") else None
+        if need is not None:  # the round length this machine needs (optim/schedule.py)
+            body["need_s"] = min(float(need), MAX_NEED_S)
         self._publish("update", round, body)
         events.info("announced round %d update %s (%d steps, %d bytes)", round, digest[:12], steps, len(blob),
                     extra={"event": "announce", "round": round, "digest": digest, "bytes": len(blob)})
@@ -187,7 +190,8 @@ class Coordinator(PayloadFetch, StateSync):
                                  self.verdict_winners.get(book.round - 1, ()), outer_lr=self.ctx.outer_lr,
                                  outer_momentum=self.ctx.outer_momentum,
                                  delay_compensation=self.ctx.delay_compensation,
-                                 rewards=getattr(self.ctx, "rewards", None))
+                                 rewards=getattr(self.ctx, "rewards", None),
+                                 schedule=getattr(self.ctx, "schedule_rule", None))
 
     def close_round(self, q: int) -> None:
         """Close round ``q`` locally: gather, fetch, check, compute, vote."""

@@ -14,6 +14,7 @@ import torch
 from .aggregate import cap_newcomers, update_weight, weighted_mean
 from .book import RoundBook
 from .outer import OuterState, outer_step
+from .schedule import needs_of
 from .states import BaseState
 from .votes import HeadCount, standing_keys
 
@@ -62,7 +63,8 @@ class NullVerifier:
 
 def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch.Tensor]], base_next: BaseState,
                       base_q: BaseState | None, verifier: Any, verdicts: tuple[str, ...], *, outer_lr: float,
-                      outer_momentum: float, delay_compensation: bool = True, rewards: Any = None) -> BaseState:
+                      outer_momentum: float, delay_compensation: bool = True, rewards: Any = None,
+                      schedule: Any = None) -> BaseState:
     """The base of round ``book.round + 2`` from base ``q+1``, the book's inclusion and its payloads.
 
     Pure (no I/O, no clock): the network driver and the simulator (:mod:`dai_swarm.sim`) both call
@@ -74,12 +76,18 @@ def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch
     (:class:`dai_swarm.roundlog.RoundRewards`): ``rewards.settle(base_next.extra, extra, round,
     included, verdicts)`` returns the metadata with the round's reward units settled into it
     (vesting, docs/design.md), so pending units are replicated state like reputation.
+    ``schedule`` (optional, :class:`~.schedule.ScheduleRule`) writes the round schedule the agreed
+    updates' ``need_s`` call for into the metadata (adaptive round lengths).
     """
     extra = verifier.next_extra(base_next.extra, book.round, verdicts)
     included = book.included()
     extra["epoch_samples"] = int(base_next.extra.get("epoch_samples", 0)) + sum(a.samples for a, _ in included)
     if rewards is not None:
         extra = rewards.settle(base_next.extra, extra, book.round, included, verdicts)
+    if schedule is not None:
+        extra = schedule.settle(base_next.extra, extra, book.round,
+                                needs_of([a for a, _ in included], verifier.vote_weights(base_next.extra)),
+                                len(included))
     rep = verifier.reputation(extra)
     weights = [update_weight(a.samples, rep.get(a.peer, 1.0), disc) for a, disc in included]
     proven = standing_keys(verifier.vote_weights(extra))

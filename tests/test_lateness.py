@@ -31,7 +31,7 @@ def test_a_peer_that_fits_is_not_late_and_a_streak_ends():
         late.announced(r, clock.train_deadline(r) + 0.5)
         late.closed(r, included=r != 1)  # one unlucky round is not a pattern
     st = late.status()
-    assert st == {"missed": 1, "rounds": 5, "announce_lag_s": 0.5, "slack_s": 4.0, "needed_round_s": None,
+    assert st == {"missed": 1, "rounds": 5, "need_s": 0.0, "announce_lag_s": 0.5, "slack_s": 4.0, "needed_round_s": None,
                   "late": False}
 
 

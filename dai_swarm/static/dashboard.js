@@ -115,7 +115,7 @@ function render(doc) {
   const hist = doc.history || [];
   $("rounds").tBodies[0].innerHTML = hist.slice(-12).reverse().map((h) =>
     `<tr><td>${h.round}</td><td>${h.updates}</td><td class="mono">${esc(short(h.state_hash, 12))}</td><td>${h.agreed}</td>` +
-    `<td>${h.resynced}</td><td>${num(h.val_loss)}</td><td>${h.samples}</td></tr>`).join("");
+    `<td>${h.resynced}</td><td>${num(h.val_loss)}</td><td>${h.samples}</td><td>${num(h.round_s, 1)}</td></tr>`).join("");
   renderPeers(doc);
   drawLoss($("loss-chart"), hist);
   drawBytes($("bytes-chart"), hist);

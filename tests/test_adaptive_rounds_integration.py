@@ -1,0 +1,61 @@
+"""Rounds that fit the swarm, with real `dai-swarm peer` processes: four peers of tinylm-small start
+a run with rounds far too short for this machine (1 s: encoding, announcing, fetching and
+aggregating alone take longer). The agreed bases must carry a longer round length, every peer
+must follow the same schedule (the one in the state hash), and the swarm must then agree round
+after round. A late joiner learns the schedule from its anchors' peer records and the state it
+downloads."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from dai_swarm.testing import founding_peers
+from swarm_run import by_round, cleanup, spawn_peer, wait_all
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]  # CPU-bound: never beside a big swarm
+
+ROUND_S, UNTIL = 0.5, 24
+
+
+def test_too_short_rounds_grow_and_every_peer_follows_the_same_schedule(tmp_path):
+    run_id = f"adapt-{os.getpid()}"
+    t0 = float(int(time.time()) + 20)
+    common = dict(run_id=run_id, task="tinylm-small", t0=t0, round_s=ROUND_S, until_round=UNTIL, region="r0",
+                  max_inner_steps=5)
+    peers = []
+    try:
+        founding = founding_peers(str(tmp_path), ["p0"])
+        peers.append(spawn_peer(str(tmp_path), "p0", founding=founding["p0"], **common))
+        boot = peers[0].addresses()
+        for name in ("p1", "p2"):
+            peers.append(spawn_peer(str(tmp_path), name, initial_peers=boot, **common))
+        # the joiner starts once the schedule has changed (the first change takes effect at round 3 at the earliest)
+        while time.time() < t0 + 8 * ROUND_S:
+            time.sleep(0.2)
+        peers.append(spawn_peer(str(tmp_path), "late", initial_peers=boot, **common))
+        wait_all(peers, timeout_s=UNTIL * 8 * ROUND_S + 120)
+    finally:
+        cleanup(peers)
+    hist = {p.name: p.history() for p in peers}
+    rounds = {n: by_round(h) for n, h in hist.items()}
+    logs = {p.name: p.log()[-3000:] for p in peers}
+    founders = ("p0", "p1", "p2")
+    lengths = {n: {r: e.get("round_s") for r, e in rounds[n].items()} for n in founders}
+    grown = sorted(r for r, t in lengths["p0"].items() if t is not None and t > ROUND_S)
+    assert grown, (lengths["p0"], logs["p0"])
+    # from the first longer round on: the founding peers ran every round they all closed with the same
+    # length (the schedule is in the state hash), agreed on its state and included updates
+    common_rounds = [r for r in rounds["p0"] if r >= grown[0] and all(r in rounds[n] for n in founders)]
+    assert len(common_rounds) >= 3, ({n: sorted(r) for n, r in rounds.items()}, logs)
+    for r in common_rounds:
+        assert len({lengths[n][r] for n in founders}) == 1, (r, {n: lengths[n][r] for n in founders})
+        hashes = {rounds[n][r]["state_hash"] for n in founders}
+        assert len(hashes) == 1 and "" not in hashes, (r, {n: rounds[n][r] for n in founders})
+        assert rounds["p0"][r]["updates"] >= 1, rounds["p0"][r]
+    # the late joiner joined on the adapted clock and agrees with the others in the last rounds it closed
+    late = [r for r in rounds["late"] if r in rounds["p0"] and rounds["late"][r]["state_hash"]]
+    assert late, (sorted(rounds["late"]), logs["late"])
+    assert rounds["late"][late[-1]]["state_hash"] == rounds["p0"][late[-1]]["state_hash"], logs["late"]
