@@ -79,11 +79,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--until-round", type=int, default=None, help="leave when the swarm reaches this round")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics and status.json here")
     p.add_argument("--round-s", type=float, default=10.0,
-                   help="length of the first rounds in seconds; rounds then adapt to what the swarm's machines "
-                        "need (new runs only)")
+                   help="round length in seconds; with --round-s-max the first rounds' length (new runs only)")
     p.add_argument("--round-s-max", type=float, default=None, metavar="S",
-                   help="longest round the run may adapt to (new runs only; default 8x --round-s; "
-                        "equal to --round-s: fixed rounds)")
+                   help="let rounds adapt to what the swarm's machines need, up to S seconds (new single-region "
+                        "runs only; default: fixed rounds)")
     p.add_argument("--codec", default="int8", help="update codec: none, fp16, int8, topk (new runs only)")
     p.add_argument("--cross-region-period", type=int, default=5,
                    help="rounds between cross-region merges (new runs only)")

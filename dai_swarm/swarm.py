@@ -75,8 +75,8 @@ class Swarm:
     run's task from its signed manifest (joiners only). ``initial_peers``:
     multiaddrs of any peers of the swarm (empty: start a new swarm). ``region``: a name or
     ``"auto"`` (RTT clustering). ``identity``: an :class:`Identity`, a key path, or None
-    (ephemeral). The run settings (``round_s``, the first rounds' length, which then adapts to what
-    the swarm measures up to ``round_s_max`` (default 8x; equal to ``round_s``: fixed rounds) ...
+    (ephemeral). The run settings (``round_s``; with ``round_s_max`` the first rounds' length, which
+    then adapts to what the swarm's machines need up to ``round_s_max``, single-region runs only ...
     ``t0``, or ``start_in_s``: round 0 starts that
     many seconds after this peer creates the run) are used only when this peer creates the run; a joiner takes them from the signed manifest. ``attack`` is for tests and benchmarks.
     ``ledger`` is the path of this peer's reward log (written as rounds close; None: no log).

@@ -99,8 +99,8 @@ class RunManifest(_Record):
     Peers refuse to join a run whose manifest does not match their task (SPEC §4). ``founders``
     are the 64-hex ed25519 public keys of the run's founders (the creator's key, filled in by the
     ``Swarm`` that creates the run); a manifest record counts only if one of them signed it.
-    ``round_s`` is the first rounds' length; rounds then adapt to what the swarm measures, up to
-    ``round_s_max`` (:attr:`round_bounds`). ``resume`` (absent in a run's first generation) names the exported state a later generation
+    ``round_s`` is the round length; with ``round_s_max`` it is the first rounds' length and rounds
+    then adapt to what the swarm measures, up to ``round_s_max`` (:attr:`round_bounds`). ``resume`` (absent in a run's first generation) names the exported state a later generation
     starts from (``dai-swarm peer --resume DIR``); its rounds continue the parent's numbering, so
     round ``resume.round`` starts at ``t0 + resume.round * round_s``.
     """
@@ -110,7 +110,7 @@ class RunManifest(_Record):
     task: str
     task_config_hash: str
     round_s: float = Field(gt=0)
-    round_s_max: float | None = Field(default=None, gt=0)  # adaptive rounds: the longest (None: 8 x round_s)
+    round_s_max: float | None = Field(default=None, gt=0)  # adaptive rounds up to this (None: fixed rounds)
     cross_region_period: int = Field(ge=1)
     max_inner_steps: int = Field(ge=1)
     outer_lr: float = Field(gt=0)
@@ -136,9 +136,9 @@ class RunManifest(_Record):
 
     @property
     def round_bounds(self) -> tuple[float, float]:
-        """Adaptive round lengths stay in ``[round_s, round_s_max]`` (optim/schedule.py); a run
-        created with ``round_s_max == round_s`` keeps fixed rounds."""
-        hi = self.round_s_max if self.round_s_max is not None else 8 * self.round_s
+        """Adaptive round lengths stay in ``[round_s, round_s_max]`` (optim/schedule.py); without
+        ``round_s_max`` (or with it equal to ``round_s``) the run keeps fixed rounds."""
+        hi = self.round_s_max if self.round_s_max is not None else self.round_s
         return self.round_s, max(self.round_s, hi)
 
     @property

@@ -24,7 +24,7 @@ def test_too_short_rounds_grow_and_every_peer_follows_the_same_schedule(tmp_path
     run_id = f"adapt-{os.getpid()}"
     t0 = float(int(time.time()) + 20)
     common = dict(run_id=run_id, task="tinylm-small", t0=t0, round_s=ROUND_S, until_round=UNTIL, region="r0",
-                  max_inner_steps=5)
+                  max_inner_steps=5, extra_args=["--round-s-max", str(8 * ROUND_S)])
     peers = []
     try:
         founding = founding_peers(str(tmp_path), ["p0"])
