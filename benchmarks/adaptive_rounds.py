@@ -36,8 +36,9 @@ def summarize(run: dict, skip: int) -> dict:
     for h in run["histories"].values():
         for e in h["history"]:
             r = rows.setdefault(e["round"], {"round": e["round"], "hashes": [], "updates": [], "samples": [],
-                                             "round_s": [], "time": []})
+                                             "round_s": [], "time": [], "resynced": 0})
             r["hashes"].append(e["state_hash"] or "")
+            r["resynced"] += bool(e.get("resynced"))
             r["updates"].append(e["updates"])
             r["samples"].append(e["samples"])
             r["round_s"].append(e.get("round_s") or run["round_s"])
@@ -48,6 +49,7 @@ def summarize(run: dict, skip: int) -> dict:
         held = [x for x in r["hashes"] if x]
         out.append({"round": q, "peers": len(r["hashes"]), "hashes": len(set(held)),
                     "empty": max(r["updates"]) == 0, "disagreed": len(set(held)) > 1 or len(held) < len(r["hashes"]),
+                    "resynced": r["resynced"],
                     "round_s": median(r["round_s"]), "samples": median(r["samples"]), "time": median(r["time"])})
     steady = [r for r in out if r["round"] >= skip]
     n = run["peers"]
@@ -55,6 +57,8 @@ def summarize(run: dict, skip: int) -> dict:
     return {
         "rounds": out, "rounds_closed": len(out), "empty_rounds": sum(r["empty"] for r in steady),
         "disagreed_rounds": sum(r["disagreed"] for r in steady), "counted_rounds": len(steady),
+        "split_at_tally_rounds": sum(r["disagreed"] or r["resynced"] > 0 for r in steady),
+        "resynced_peer_rounds": sum(r["resynced"] for r in steady),
         "final_round_s": out[-1]["round_s"] if out else None,
         "samples_per_peer_round": round(sum(r["samples"] for r in steady) / max(1, len(steady)) / n, 1),
         "samples_per_peer_s": round(sum(r["samples"] for r in steady[1:]) / n / span, 2) if span > 0 else None,
@@ -68,13 +72,16 @@ def markdown(report: dict) -> str:
     lines = [f"# Adaptive rounds: {a['peers']} peers, {a['task']}, first rounds {a['round_s']} s, "
              f"until round {a['rounds']}", "",
              f"Machine: {report['machine']}. Rounds from {a['skip']} on are counted (before: start-up).", "",
-             "| run | round length (s) | rounds counted | empty | disagreed | agreed samples / peer / round "
-             "| agreed samples / peer / s |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "Empty: no update agreed. Disagreed: peers ended the round on different state hashes (or none). "
+             "Split at tally: disagreed, or some peer's tally was in a minority and it re-synced to the majority.", "",
+             "| run | round length (s) | rounds counted | empty | disagreed | split at tally (re-synced peer-rounds) "
+             "| agreed samples / peer / round | agreed samples / peer / s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in report["runs"].items():
         lengths = sorted({r["round_s"] for r in s["rounds"]})
         shown = f"{lengths[0]:g}" if len(lengths) == 1 else f"{lengths[0]:g} → {s['final_round_s']:g}"
         lines.append(f"| {name} | {shown} | {s['counted_rounds']} | {s['empty_rounds']} | {s['disagreed_rounds']} "
-                     f"| {s['samples_per_peer_round']} | {s['samples_per_peer_s']} |")
+                     f"| {s['split_at_tally_rounds']} ({s['resynced_peer_rounds']}) | {s['samples_per_peer_round']} "
+                     f"| {s['samples_per_peer_s']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -89,12 +96,12 @@ def plot(report: dict, path: str) -> None:
         xs = [r["round"] for r in s["rounds"]]
         ax1.step(xs, [r["round_s"] for r in s["rounds"]], where="post", label=name)
         ax2.plot(xs, [r["samples"] / report["args"]["peers"] for r in s["rounds"]], marker="o", ms=3, label=name)
-        bad = [r for r in s["rounds"] if r["empty"] or r["disagreed"]]
+        bad = [r for r in s["rounds"] if r["empty"] or r["disagreed"] or r["resynced"]]
         ax2.scatter([r["round"] for r in bad], [r["samples"] / report["args"]["peers"] for r in bad], marker="x",
                     color="red", zorder=3)
     ax1.set_ylabel("round length (s)")
     ax2.set_ylabel("agreed samples / peer")
-    ax2.set_xlabel("round (red x: empty or disagreed)")
+    ax2.set_xlabel("round (red x: empty, disagreed or split at the tally)")
     ax1.legend()
     ax1.set_title(f"{report['args']['peers']} peers, {report['args']['task']}")
     fig.tight_layout()
@@ -116,11 +123,24 @@ def main(argv=None) -> int:
     p.add_argument("--runs", nargs="+", default=["fixed", "adaptive", "tuned"], choices=("fixed", "adaptive", "tuned"))
     p.add_argument("--workdir", default="/tmp/dai_swarm_adaptive_rounds")
     p.add_argument("--out", default="docs/results/adaptive_rounds")
+    p.add_argument("--report-only", action="store_true", help="rebuild <out>.md/.png from the last run's histories")
     p.add_argument("--quick", action="store_true", help="CI smoke: 3 peers of regression, 0.5 s, 10 rounds")
     args = p.parse_args(argv)
     if args.quick:
         args.peers, args.task, args.round_s, args.rounds, args.max_inner_steps, args.lead_s = 3, "regression", 0.5, 10, 5, 20.0
         args.runs = [r for r in args.runs if r != "tuned"]
+    if args.report_only:  # rebuild the tables and plot from the peers' histories of the last run
+        with open(f"{args.out}.json") as f:
+            report = json.load(f)
+        for name, old in report["runs"].items():
+            folder = os.path.join(args.workdir, name)
+            hist = {i: json.load(open(os.path.join(folder, f"p{i}.json"))) for i in range(report["args"]["peers"])
+                    if os.path.exists(os.path.join(folder, f"p{i}.json"))}
+            run = {"histories": hist, "peers": report["args"]["peers"], "round_s": old["first_round_s"],
+                   "exit_codes": old["exit_codes"]}
+            report["runs"][name] = dict(summarize(run, report["args"]["skip"]), wall_s=old["wall_s"],
+                                        first_round_s=old["first_round_s"])
+        return _write(report, args.out)
     report = {"args": vars(args), "machine": f"{os.cpu_count()} CPUs", "runs": {}}
     settled = None
     for name in args.runs:
@@ -141,12 +161,16 @@ def main(argv=None) -> int:
             settled = s["final_round_s"]
         print(f"{name}: {s['counted_rounds']} rounds counted, {s['empty_rounds']} empty, {s['disagreed_rounds']} "
               f"disagreed, round length {first:g} -> {s['final_round_s']:g} s", file=sys.stderr)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(f"{args.out}.json", "w") as f:
+    return _write(report, args.out)
+
+
+def _write(report: dict, out: str) -> int:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(f"{out}.json", "w") as f:
         json.dump(report, f, indent=1)
-    with open(f"{args.out}.md", "w") as f:
+    with open(f"{out}.md", "w") as f:
         f.write(markdown(report))
-    plot(report, f"{args.out}.png")
+    plot(report, f"{out}.png")
     print(markdown(report))
     return 0
 
