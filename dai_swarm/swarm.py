@@ -22,6 +22,7 @@ import time
 from typing import Any, Iterator, Sequence
 
 import torch
+from pydantic import ValidationError
 
 from .checkpoints import Checkpointer, export_held_state
 from .dht.envelope import MAX_CLOCK_SKEW_S
@@ -31,7 +32,7 @@ from .dht.node import SwarmDHT
 from .dht.reach import ReachabilityWatch, p2p_options
 from .dht.records import RunManifest
 from .dht.regions import choose_region
-from .errors import ConfigError, ManifestMismatch, ManifestPinMismatch
+from .errors import ConfigError, DHTTimeout, ManifestMismatch, ManifestPinMismatch
 from .export import Provenance, load_export
 from .identity import Identity
 from .logging import get_logger
@@ -66,6 +67,18 @@ def _start_time(t0: float | None, start_in_s: float | None) -> float:
     if not math.isfinite(start_in_s) or start_in_s < 0:
         raise ConfigError(f"start_in_s must be a number >= 0, got {start_in_s}")
     return float(math.ceil(time.time() + start_in_s))
+
+
+SLOW_DHT_GRACE_S = 60.0  # how long a busy DHT process may keep the manifest read waiting beyond its wait
+
+
+def _manifest(**fields: Any) -> RunManifest:
+    """The run manifest of these settings; invalid ones raise ConfigError naming each field."""
+    try:
+        return RunManifest(**fields)
+    except ValidationError as e:
+        why = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid run settings: {why}") from None
 
 
 class Swarm:
@@ -108,6 +121,8 @@ class Swarm:
                  start_in_s: float | None = None, resume: str | None = None, checkpoint_dir: str | None = None,
                  checkpoint_every: int = 10, checkpoint_keep: int = 3, reachability: str = "auto"):
         self.pin = check_pin(manifest_hash)
+        if round_s_max is not None and not round_s_max >= round_s:
+            raise ConfigError(f"round_s_max ({round_s_max}) must be at least round_s ({round_s})")
         bad = [k for k in (*trust, *founders) if not isinstance(k, str) or not _HEX64.fullmatch(k)]
         if bad:
             raise ConfigError(f"trusted and founder keys are 64-hex ed25519 public keys, got {bad[0]!r}")
@@ -136,7 +151,7 @@ class Swarm:
             self.reach.start()
             if self.task is None:  # a volunteer who did not name the task: take the run's
                 self.task, task_spec = self._task_from_manifest(run_id, max(manifest_wait_s, 10.0))
-            wanted = RunManifest(
+            wanted = _manifest(
                 run_id=run_id, task=task_spec, task_config_hash=self.task.config_hash(), round_s=round_s,
                 round_s_max=round_s_max,
                 cross_region_period=cross_region_period, max_inner_steps=max_inner_steps, outer_lr=outer_lr,
@@ -177,7 +192,9 @@ class Swarm:
 
     def _read_manifest(self, run_id: str, wait_s: float) -> RunManifest | None:
         """The run's manifest (pinned by ``self.pin`` if given), waiting up to ``wait_s`` for one to
-        appear; a pin mismatch is raised only once the wait is over (a DHT is eventually consistent)."""
+        appear; a pin mismatch is raised only once the wait is over (a DHT is eventually consistent).
+        A DHT process too busy to answer (many peers starting on one host) is asked again for up to
+        ``SLOW_DHT_GRACE_S`` more, then its :class:`DHTTimeout` is raised: never read as "no run yet"."""
         deadline = time.time() + wait_s
         while True:
             try:
@@ -186,6 +203,11 @@ class Swarm:
                 if time.time() >= deadline:
                     raise
                 choice = None
+            except DHTTimeout as e:
+                if time.time() >= deadline + SLOW_DHT_GRACE_S:
+                    raise
+                logger.info("the DHT is slow to answer (%s); asking again", e)
+                continue
             if choice is not None:
                 if choice.competing:
                     logger.warning("run %s: %d other valid manifests compete (%s); using %s%s", run_id,

@@ -94,8 +94,8 @@ class Schedule:
         Rounds from ``since`` start at ``start + (r - since) * round_s`` exactly as every peer
         computes it; rounds from ``prev``'s ``since`` on use ``prev``; earlier ones keep ``base``."""
         t0 = self.start - self.since * self.round_s
-        if base.since == self.since and base.round_s == self.round_s and base.t0 == t0:
-            return base
+        if base.length(self.since) == self.round_s and base.start(self.since) == self.start:
+            return base  # the same rounds from ``since`` on (e.g. the manifest's first schedule)
         root = base
         while root.prior is not None:
             root = root.prior

@@ -178,3 +178,18 @@ def test_lateness_reports_the_round_length_its_work_needs():
     # max((1.6 - 1) / 0.3, 2.0 / 0.25, 0.9 / 0.45) = 8.0, with 20% headroom
     assert lat.need_s() == pytest.approx(9.6)
     assert lat.status()["need_s"] == pytest.approx(9.6)
+
+
+def test_swarm_refuses_a_longest_round_below_the_first_and_names_invalid_settings():
+    from dai_swarm.swarm import Swarm, _manifest
+
+    with pytest.raises(ConfigError, match="round_s_max"):
+        Swarm("regression", "run", round_s=5.0, round_s_max=2.0)
+    with pytest.raises(ConfigError, match="round_s: Input should be greater than 0"):
+        _manifest(run_id="run", task="regression", task_config_hash="h", round_s=-1.0, cross_region_period=1,
+                  max_inner_steps=1, outer_lr=1.0, outer_momentum=0.0, codec="int8", checks_per_update=0.25, seed=0,
+                  t0=T0)
+    with pytest.raises(ConfigError, match="founders"):
+        _manifest(run_id="run", task="regression", task_config_hash="h", round_s=5.0, cross_region_period=1,
+                  max_inner_steps=1, outer_lr=1.0, outer_momentum=0.0, codec="int8", checks_per_update=0.25, seed=0,
+                  t0=T0, founders=tuple(f"{i:064x}" for i in range(17)))

@@ -21,6 +21,7 @@ from statistics import median
 
 from dai_swarm.testing import founding_peers
 from dai_swarm.dht import _proc
+from dai_swarm.dht.records import MAX_FOUNDERS
 
 __all__ = ["mem_available_kib", "pss_kib", "per_round", "run_real_swarm"]
 
@@ -76,12 +77,13 @@ def run_real_swarm(workdir: str, *, peers: int, regions: int, round_s: float, un
     procs, logs = [], []
     addr = os.path.join(workdir, "p0.addr")
 
-    founding = founding_peers(workdir, [f"p{i}" for i in range(peers)])  # every region holds standing
+    # every region holds standing: the first peers, round-robin over the regions, up to the manifest's cap
+    founding = founding_peers(workdir, [f"p{i}" for i in range(min(peers, MAX_FOUNDERS))])
 
     def spawn(i: int, initial: list[str]) -> None:
         log = open(os.path.join(workdir, f"p{i}.log"), "wb")
         args = [*common, "--region", f"r{i % regions}", "--history-file", os.path.join(workdir, f"p{i}.json"),
-                *founding[f"p{i}"]]
+                *founding.get(f"p{i}", [])]
         if i == 0:
             args += ["--address-file", addr]
         if initial:
