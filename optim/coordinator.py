@@ -176,8 +176,9 @@ class Coordinator(PayloadFetch, StateSync):
         body = {"run_id": ctx.run_id, "round": round, "base_hash": base_hash, "peer": ctx.identity.public_key_hex,
                 "steps": claimed_steps, "samples": claimed_steps * ctx.batch_size, "codec": ctx.codec,
                 "digest": digest, "size_bytes": len(blob), "region": ctx.region, "p2p_id": ctx.p2p_id}
-        need = ctx.lateness.need_s() if hasattr(ctx, "lateness") else None
-        if need is not None:  # the round length this machine needs (optim/schedule.py)
+        # adaptive rounds only (a fixed-round run's records stay as before): the length this machine needs
+        need = ctx.lateness.need_s() if getattr(ctx, "schedule_rule", None) is not None else None
+        if need is not None:  # (optim/schedule.py)
             body["need_s"] = min(float(need), MAX_NEED_S)
         self._publish("update", round, body)
         events.info("announced round %d update %s (%d steps, %d bytes)", round, digest[:12], steps, len(blob),
