@@ -69,10 +69,9 @@ class Pace:
         clock = got.clock(self.clock)
         if clock is self.clock:
             return None
-        old = self.clock
         self.clock = clock
-        logger.info("round schedule: rounds from %d last %.1f s (round %d lasted %.1f s)", got.since, got.round_s,
-                    got.since - 1, old.length(max(0, got.since - 1)))
+        logger.info("round schedule: rounds from %d last %.2f s (round %d: %.2f s)", got.since, got.round_s,
+                    got.since - 1, clock.length(max(0, got.since - 1)))
         return clock
 
     def status(self) -> dict | None:
