@@ -154,16 +154,15 @@ class RoundRuntime:
 
     def follow_schedule(self, state: BaseState | None) -> None:
         """Take the round schedule recorded in ``state`` (a base this peer holds) if it is the newest."""
-        clock = self.pace.follow(state.extra, state.round) if state is not None else None
-        if clock is not None:
-            self.clock = clock
-            self.lateness.set_clock(clock)
+        self._use_clock(self.pace.follow(state.extra, state.round) if state is not None else None)
 
     def follow_peer_schedule(self) -> None:
         """Holding no state yet: take the round schedule the trust anchors' peer records report
         (rounds may have changed length since the manifest); the first state loaded then rules."""
-        clock = self.pace.from_peers(self.peer_schedules.items(), self.anchor_keys)
-        if clock is not None:
+        self._use_clock(self.pace.from_peers(self.peer_schedules.items(), self.anchor_keys))
+
+    def _use_clock(self, clock: RoundClock | None) -> None:
+        if clock is not None:  # one swap, read by the coordinator on its next tick
             self.clock = clock
             self.lateness.set_clock(clock)
 
