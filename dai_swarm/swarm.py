@@ -28,7 +28,7 @@ from .checkpoints import Checkpointer, export_held_state
 from .dht.envelope import MAX_CLOCK_SKEW_S
 from .dht.manifest import MAX_LEAD_S, PIN_HEX, check_pin
 from .dht.manifest import manifest_hash as manifest_hash_of
-from .dht.node import SwarmDHT
+from .dht.node import DHT_START_TIMEOUT_S, SwarmDHT
 from .dht.reach import ReachabilityWatch, p2p_options
 from .dht.records import RunManifest
 from .dht.regions import choose_region
@@ -116,7 +116,7 @@ class Swarm:
                  outer_lr: float = 0.6, outer_momentum: float = 0.9, max_inner_steps: int = 10_000,
                  cross_region_period: int = 5, checks_per_update: float = DEFAULT_CHECKS_PER_UPDATE, seed: int = 0,
                  t0: float | None = None, attack: Any = None, evaluate: bool = True, verifier: Any = None,
-                 ledger: str | None = None, manifest_wait_s: float = 3.0, start_timeout_s: float = 30.0,
+                 ledger: str | None = None, manifest_wait_s: float = 3.0, start_timeout_s: float = DHT_START_TIMEOUT_S,
                  manifest_hash: str | None = None, trust: Sequence[str] = (), founders: Sequence[str] = (),
                  start_in_s: float | None = None, resume: str | None = None, checkpoint_dir: str | None = None,
                  checkpoint_every: int = 10, checkpoint_keep: int = 3, reachability: str = "auto"):
