@@ -90,7 +90,7 @@ def write_round_record(rt: Any, outcome: Any, state: Any) -> dict | None:
     try:
         prev = rt.bases.get(outcome.round + 1)
         contributors = _contributors(rt.verifier, state.extra, outcome.contributors, outcome.regions)
-        ids = rt.coordinator.verdict_winners.get(outcome.round - 1, ())
+        ids = rt.coordinator.machine.verdicts_for(outcome.round)
         before = slashed_keys(prev.extra) if prev is not None else set()
         section = state.extra.get(SECTION)
         body = compute_round_record(outcome.round, contributors, rt.verifier.verifier_counts(outcome.round - 1, ids),

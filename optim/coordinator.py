@@ -35,10 +35,11 @@ from . import codecs
 from .book import MAX_NEED_S, BookLimits, RoundBook
 from .crossregion import CrossRegionMerger
 from .fetching import PayloadFetch
+from .machine import AdoptInclusion, CloseRound, KeepState, NoState, RoundMachine, TallyCommand
 from .states import BaseState, BaseStore
 from .statesync import StateSync
 from .rules import NullVerifier, compute_next_base  # re-exported: the driver and the simulator share them
-from .votes import Vote, tally
+from .votes import TallyResult, Vote, tally
 
 __all__ = ["Coordinator", "NullVerifier", "RoundOutcome", "compute_next_base"]
 
@@ -76,15 +77,13 @@ class Coordinator(PayloadFetch, StateSync):
         self.payloads: dict[str, Mapping[str, torch.Tensor]] = {}
         self.providers: dict[str, list[str]] = {}
         self.outcomes: dict[int, RoundOutcome] = {}
-        self.closed: set[int] = set()
-        self.tallied: set[int] = set()
-        self._prefetch_after = 0.0  # next instant _prefetch_next may try (throttle)
+        self._prefetch_at = float("-inf")  # when _prefetch_next last tried (throttle)
         self.my_votes: dict[int, Vote] = {}
-        self.verdict_winners: dict[int, tuple[str, ...]] = {}
         self._candidates: dict[int, BaseState] = {}
         self.merger = CrossRegionMerger(self)
         self.foreign_source: dict[int, str] = {}  # base round -> region whose state this region adopts
         self.first_round = 0
+        self.machine = self._machine(0)  # every round decision (optim/machine.py); replaced by start()
         self.error: SwarmError | None = None  # the newest network-side error (see errored())
         self.error_round: int | None = None
         self.errors = 0
@@ -94,9 +93,14 @@ class Coordinator(PayloadFetch, StateSync):
         self._lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------------
+    def _machine(self, first_round: int) -> RoundMachine:
+        return RoundMachine(self.ctx.clock, first_round, observe_from=first_round, kinds=("close", "tally"),
+                            lookback=3, merge_period=int(getattr(self.ctx, "cross_region_period", 0) or 0))
+
     def start(self, first_round: int) -> None:
         """Start closing rounds from ``first_round`` on."""
         self.first_round = first_round
+        self.machine = self._machine(first_round)
         self._thread.start()
 
     def errored(self) -> dict | None:
@@ -115,38 +119,34 @@ class Coordinator(PayloadFetch, StateSync):
 
     def _main(self) -> None:
         while not self._stop.is_set():
-            clock = self.ctx.clock  # replaced when the round schedule changes (optim/schedule.py)
+            self.machine.clock = self.ctx.clock  # replaced when the round schedule changes (optim/schedule.py)
             now = time.time()
-            current = clock.round_at(now)
-            for q in range(max(self.first_round, current - 3), current):
+            for action in self.machine.due(now):
+                q = action.round
                 try:
-                    if q not in self.closed and now >= clock.close_time(q):
+                    if isinstance(action, CloseRound):
                         self.close_round(q)
-                    if q in self.closed and q not in self.tallied and now >= clock.tally_time(q):
+                    else:
                         self.tally_round(q)
                 except SwarmError as e:  # latched (errored()); the round is skipped, the peer re-syncs later
                     self.error, self.error_round = e, q
                     self.errors += 1
                     logger.warning("round %d: %s", q, e)
-                    self.closed.add(q)
-                    self.tallied.add(q)
+                    self.machine.failed(q)
                 except Exception as e:  # a bug must not kill the thread silently
                     logger.exception("round %d failed: %r", q, e)
-                    self.closed.add(q)
-                    self.tallied.add(q)
-            self._prefetch_next(current, now)
+                    self.machine.failed(q)
+            self._prefetch_next(self.machine.clock.round_at(now), now)
             self._stop.wait(0.05)
 
     def _prefetch_next(self, r: int, now: float) -> None:
-        """A peer that re-synced the base of the round it trains (``r``) but missed the tally that
-        made ``r + 1``'s would skip close(r) and stay one round behind for good on a loaded machine
-        (seen in the attack swarms): fetch base ``r + 1`` as soon as the swarm offers it (after
-        tally(r - 1)), not only in the 0.2-round window at close(r). At most every quarter round."""
-        clock = self.ctx.clock
-        if self.bases.get(r) is None or self.bases.get(r + 1) is not None or r - 1 < self.first_round \
-                or now < clock.tally_time(r - 1) or now >= clock.close_time(r) or now < self._prefetch_after:
+        """Fetch base ``r + 1`` early when the machine says so (:meth:`RoundMachine.should_prefetch`):
+        a peer that re-synced the base of the round it trains but missed the tally that made the next
+        one would otherwise skip close(r) and stay one round behind for good on a loaded machine."""
+        if not self.machine.should_prefetch(r, now, lambda k: self.bases.get(k) is not None, self._prefetch_at):
             return
-        self._prefetch_after = now + 0.25 * clock.round_s
+        self._prefetch_at = now
+        clock = self.machine.clock
         try:
             if self.resync(r + 1, timeout_s=min(0.25 * clock.round_s, clock.close_time(r) - now)) is not None:
                 logger.info("round %d: caught up: base of round %d fetched before the close", r, r + 1)
@@ -188,7 +188,7 @@ class Coordinator(PayloadFetch, StateSync):
     # --- close ----------------------------------------------------------------------------------
     def _compute(self, book: RoundBook, base_next: BaseState) -> BaseState:
         return compute_next_base(book, self.payloads, base_next, self.bases.get(book.round), self.ctx.verifier,
-                                 self.verdict_winners.get(book.round - 1, ()), outer_lr=self.ctx.outer_lr,
+                                 self.machine.verdicts_for(book.round), outer_lr=self.ctx.outer_lr,
                                  outer_momentum=self.ctx.outer_momentum,
                                  delay_compensation=self.ctx.delay_compensation,
                                  rewards=getattr(self.ctx, "rewards", None),
@@ -197,7 +197,6 @@ class Coordinator(PayloadFetch, StateSync):
     def close_round(self, q: int) -> None:
         """Close round ``q`` locally: gather, fetch, check, compute, vote."""
         t = time.time()
-        self.closed.add(q)
         base_q, base_next = self.bases.get(q), self.bases.get(q + 1)
         if base_q is not None and base_next is None:  # a joiner holds θ_q but not yet θ_{q+1}
             try:
@@ -216,13 +215,13 @@ class Coordinator(PayloadFetch, StateSync):
         book = RoundBook(self.ctx.run_id, q, base_q.hash, limits=limits)
         self.books[q] = book
         book.offer_many(self._announcements(q))
-        self._fetch_all(book, deadline=self.ctx.clock.tally_time(q) - 0.1 * self.ctx.clock.round_s)
+        self._fetch_all(book, deadline=self.machine.fetch_deadline(q))
         inclusion = book.close()
         state = self._compute(book, base_next)
         vote = Vote(self.ctx.run_id, q, self.ctx.identity.public_key_hex, inclusion, state.hash)
         self.my_votes[q] = vote
         verdicts = sorted(set(self.ctx.verifier.vote_verdicts(q)))
-        if q == 0 or (q - 1) in self.verdict_winners:
+        if self.machine.may_vote(q):
             self._publish("vote", q, {"inclusion": list(inclusion), "state_hash": state.hash, "verdicts": verdicts})
         else:  # a joiner did not see round q-1's verdict tally, so its replicated metadata may differ:
             # it computes a candidate but lets the informed peers decide, and adopts their state
@@ -245,8 +244,8 @@ class Coordinator(PayloadFetch, StateSync):
                 continue
         return out
 
-    def _tally_verdicts(self, q: int) -> tuple[str, ...]:
-        """The verdict-id set of round ``q``'s votes that the reputation-weighted majority named."""
+    def _tally_verdicts(self, q: int) -> TallyResult:
+        """Tally the verdict-id sets named in round ``q``'s votes (standing-weighted, like the votes)."""
         sets = []
         for rec in self._records("vote", q):
             ids = rec.body.get("verdicts", [])
@@ -254,65 +253,42 @@ class Coordinator(PayloadFetch, StateSync):
                 sets.append(Vote(self.ctx.run_id, q, rec.signer, tuple(ids), "0" * 64))
             except (MalformedRecord, TypeError):
                 continue
-        result = tally(sets, self.ctx.vote_weights(), run_id=self.ctx.run_id, round=q,
-                       electorate=self._electorate(sets))
-        return result.inclusion if result.decided else ()
+        return tally(sets, self.ctx.vote_weights(), run_id=self.ctx.run_id, round=q, electorate=self._electorate(sets))
 
     def tally_round(self, q: int) -> None:
-        """Tally round ``q``'s votes, adopt the majority, re-sync if still in the minority."""
-        self.tallied.add(q)
+        """Tally round ``q``'s votes and execute what the machine decides (adopt, keep, merge,
+        re-sync, confirm); see :mod:`.machine`."""
         book = self.books.get(q)
         state = self._candidates.pop(q, None)
         outcome = self.outcomes.setdefault(q, RoundOutcome(q))
         votes = self._read_votes(q, book)
         result = tally(votes, self.ctx.vote_weights(), run_id=self.ctx.run_id, round=q,
                        electorate=self._electorate(votes))
-        self.verdict_winners[q] = self._tally_verdicts(q)
-        self.verdict_winners.pop(q - 3, None)
-        if book is not None and state is not None and result.decided and result.inclusion != book.inclusion():
-            missing = book.adopt(result.inclusion)
-            if missing:
-                book.offer_many([a for a in self._announcements(q) if a.digest in missing])
-            self._fetch_all(book, deadline=time.time() + 0.2 * self.ctx.clock.round_s)
-            if book.ready:
-                state = self._compute(book, self.bases.get(q + 1))
-                logger.info("round %d: adopted the majority inclusion (%d updates)", q, len(result.inclusion))
-            else:
-                state = None
-        if state is not None and (not result.decided or state.hash == result.state_hash):
-            outcome.agreed = result.decided
-            kept = True  # our own state (decided for it, or nobody with weight decided otherwise)
-            if self.merger.is_sync_round(q + 2):
-                state = self.merger.merge(q, state)
-            if state is not None:
-                self.bases.put(state)
-            else:  # our region is off the global chain: adopt another region's merged state
-                state, kept = self.resync(q + 2), False
-                outcome.resynced = state is not None
-        else:
-            kept = False
-            target = result.state_hash if result.decided else None
-            winners = {v.voter for v in votes if v.state_hash == target}
-            outcome.agreed = False
-            if not target:
-                state = None
-            elif self.merger.is_sync_round(q + 2):  # the winners publish their *merged* state
-                state = self._retry_resync(q, lambda: self._resync_to_voters(q, winners))
-            else:  # the majority publishes its state at about this time
-                state = self._retry_resync(q, lambda: self.resync(q + 2, target))
-            outcome.resynced = state is not None
+        self.machine.tallied_verdicts(q, self._tally_verdicts(q))
+        winners = {v.voter for v in votes if result.decided and v.state_hash == result.state_hash}
+        cmd = self.machine.decide(q, result, candidate=state.hash if state is not None else None,
+                                  inclusion=book.inclusion() if book is not None and state is not None else None,
+                                  winners=winners, now=time.time())
+        if isinstance(cmd, AdoptInclusion):
+            state = self._adopt(q, book, cmd)
+            cmd = self.machine.adopted(q, result, candidate=state.hash if state is not None else None,
+                                       winners=winners, now=time.time())
+        state, cmd = self._settle(q, cmd, state, outcome)
         if state is not None:
             outcome.state_hash = state.hash
             self._publish_state(state)
-            if kept and (self.merger.is_sync_round(q + 2) or not self._all_voted_for(votes, state)):
+            if self.machine.must_confirm(q, cmd, self._electorate(votes), {v.voter: v.state_hash for v in votes},
+                                         self.ctx.identity.public_key_hex):
                 confirmed = self._confirm_state(q, state, votes)
                 if confirmed is not state:
                     state, outcome.resynced = confirmed, True
                     outcome.state_hash = state.hash
-            if book is not None:
-                outcome.inclusion = book.inclusion() if book.ready else outcome.inclusion
-                outcome.contributors = {a.peer: a.samples for a, _ in book.included()} if book.ready else {}
-                outcome.regions = {a.peer: a.region for a, _ in book.included()} if book.ready else {}
+            if book is not None and book.ready:
+                outcome.inclusion = book.inclusion()
+                outcome.contributors = {a.peer: a.samples for a, _ in book.included()}
+                outcome.regions = {a.peer: a.region for a, _ in book.included()}
+            elif book is not None:
+                outcome.contributors, outcome.regions = {}, {}
         for d in list(self.payloads):
             if book is not None and d in book.digests():
                 self.payloads.pop(d, None)
@@ -324,6 +300,41 @@ class Coordinator(PayloadFetch, StateSync):
         for cb in self.on_round_tallied:
             cb(outcome)
 
+    def _adopt(self, q: int, book: RoundBook, cmd: AdoptInclusion) -> BaseState | None:
+        """A minority peer recomputes on the majority's inclusion (None: a payload is still missing)."""
+        missing = book.adopt(cmd.inclusion)
+        if missing:
+            book.offer_many([a for a in self._announcements(q) if a.digest in missing])
+        self._fetch_all(book, deadline=cmd.deadline)
+        if not book.ready:
+            return None
+        logger.info("round %d: adopted the majority inclusion (%d updates)", q, len(cmd.inclusion))
+        return self._compute(book, self.bases.get(q + 1))
+
+    def _settle(self, q: int, cmd: TallyCommand, state: BaseState | None,
+                outcome: RoundOutcome) -> tuple[BaseState | None, TallyCommand]:
+        """Execute a settled tally command: the base of ``q + 2`` held now (None: none yet) and the
+        command it came from (a refused merge turns a kept state into a re-sync)."""
+        if isinstance(cmd, KeepState):
+            outcome.agreed = cmd.agreed
+            if cmd.merge:
+                state = self.merger.merge(q, state)
+            if state is not None:
+                self.bases.put(state)
+                return state, cmd
+            cmd = self.machine.merge_failed(q, time.time())  # off the global chain: adopt another
+            state = self.resync(q + 2)  # region's merged state
+        elif isinstance(cmd, NoState):
+            outcome.agreed = False
+            return None, cmd
+        else:
+            outcome.agreed = False
+            if cmd.merged:  # the winners publish their *merged* state
+                state = self._retry_resync(q, cmd.give_up, lambda: self._resync_to_voters(q, set(cmd.voters)))
+            else:  # the majority publishes its state at about this time
+                state = self._retry_resync(q, cmd.give_up, lambda: self.resync(q + 2, cmd.target))
+        outcome.resynced = state is not None
+        return state, cmd
 
     def _electorate(self, votes: list[Vote]) -> set[str]:
         """Public keys expected to publish this region's next state: live peers of the region
@@ -334,12 +345,6 @@ class Coordinator(PayloadFetch, StateSync):
                 keys.add(key)
         return keys
 
-    def _all_voted_for(self, votes: list[Vote], state: BaseState) -> bool:
-        """True iff every member of the electorate voted, all for ``state``: nothing to confirm."""
-        by_voter = {v.voter: v.state_hash for v in votes}
-        me = self.ctx.identity.public_key_hex
-        return all(by_voter.get(k) == state.hash for k in self._electorate(votes) if k != me)
-
     def _read_votes(self, q: int, book: RoundBook | None) -> list[Vote]:
         """Round ``q``'s votes; if a live peer that announced an update this round has no vote yet
         (a DHT read can miss a record under load), read again for up to 0.1 T."""
@@ -347,7 +352,7 @@ class Coordinator(PayloadFetch, StateSync):
         if book is None:
             return votes
         expected = {a.peer for a, _ in book.included()} | {self.ctx.identity.public_key_hex}
-        end = time.time() + 0.1 * self.ctx.clock.round_s
+        end = self.machine.vote_patience(time.time())
         while not self._stop.is_set() and time.time() < end and not expected <= {v.voter for v in votes}:
             self._stop.wait(0.1)
             votes = self._votes(q)

@@ -45,6 +45,7 @@ from dai_swarm.logging import get_logger
 from . import codecs
 from .aggregate import weighted_mean
 from .exchange import fetch_from_any, fetch_when_ready
+from .machine import is_sync_round
 from .states import BaseState
 from .votes import standing_keys
 from dai_swarm.canonical import state_hash
@@ -238,11 +239,6 @@ class CrossRegionMerger:
         self.c = coordinator
         self.merges = 0
 
-    def is_sync_round(self, base_round: int) -> bool:
-        """True if the base of ``base_round`` is a cross-region merge point."""
-        k = int(self.c.ctx.cross_region_period)
-        return k > 0 and base_round >= 2 and base_round % k == 0
-
     def merge(self, q: int, state: BaseState) -> BaseState | None:
         """Merge this region's agreed base of round ``q+2`` with the other regions' deltas.
 
@@ -336,7 +332,8 @@ class CrossRegionMerger:
         ctx = self.c.ctx
         read_end = ctx.clock.tally_time(q) + MERGE_READ_END * ctx.clock.round_s
         per_member = weight_cap(1, ctx.max_inner_steps, ctx.batch_size, ctx.cross_region_period)
-        max_merges = sum(1 for b in range(2, r) if self.is_sync_round(b))  # merges an anchor can be behind
+        # merges an anchor can be behind
+        max_merges = sum(1 for b in range(2, r) if is_sync_round(b, int(ctx.cross_region_period)))
         standing = standing_keys(ctx.verifier.vote_weights(state.extra))
         while True:
             members = self._members()

@@ -43,13 +43,6 @@ class StateSync:
                   for rec in self._records("state", round, self.foreign_source.get(round)))
         return [o for o in offers if o is not None]
 
-    def _resync_deadline(self, q: int) -> float:
-        """How long a minority peer keeps trying to re-sync the base of ``q+2`` at round ``q``'s
-        tally: until 0.15 T before round ``q+2`` starts (the base is not needed earlier), at least 1 s.
-        A peer that still has no base then catches up when its trainer needs it (0.05 T before)."""
-        clock = self.ctx.clock
-        return max(time.time() + 1.0, clock.start(q + 2) - 0.15 * clock.round_s)
-
     def _resync_to_voters(self, q: int, winners: set[str]) -> BaseState | None:
         """Merge rounds: the vote named the winners' pre-merge hash, but they publish the merged
         base of ``q+2``; adopt the state most of the winning voters published (None: not yet)."""
@@ -59,9 +52,8 @@ class StateSync:
         maj = majority_state_hash(offers, state_weights(self.ctx.vote_weights()), electorate=self._electorate([]))
         return self.resync(q + 2, maj.state_hash) if maj is not None and maj.weight > 0 else None
 
-    def _retry_resync(self, q: int, attempt: Callable[[], BaseState | None]) -> BaseState | None:
-        """Call ``attempt`` until it returns a state or :meth:`_resync_deadline` passes (then None)."""
-        give_up = self._resync_deadline(q)
+    def _retry_resync(self, q: int, give_up: float, attempt: Callable[[], BaseState | None]) -> BaseState | None:
+        """Call ``attempt`` until it returns a state or ``give_up`` passes (then None)."""
         while not self._stop.is_set():
             try:
                 state = attempt()
@@ -96,7 +88,7 @@ class StateSync:
                 self._publish_state(adopted)
             return adopted
 
-        return self._retry_resync(q, check) or state
+        return self._retry_resync(q, self.machine.resync_give_up(q, time.time()), check) or state
 
     def _lying_donor(self, peer_id: Any, why: str) -> None:
         """A donor sent state bytes that do not match the chunk list: count it (status counters)."""

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import torch
 
+from dai_swarm.optim.clock import RoundClock
 from dai_swarm.optim import codecs
 from dai_swarm.optim.coordinator import Coordinator
 from dai_swarm.optim.limits import FRAMING_MARGIN, MAX_EXTRA_BYTES, derive_limits
@@ -74,7 +75,7 @@ def _ctx(dht, peers_now: dict, peers_later: dict):
 
     ctx.refresh_peers = refresh
     ctx.announcer = lambda key: RoundRuntime.announcer(ctx, key)
-    ctx.clock = SimpleNamespace(round_s=5.0)
+    ctx.clock = RoundClock(0.0, 5.0)
     ctx.count = lambda name, n=1: ctx.counters.__setitem__(name, ctx.counters.get(name, 0) + n)
     return ctx
 

@@ -25,8 +25,8 @@ from dai_swarm.optim.aggregate import update_weight, weighted_mean
 from dai_swarm.optim.book import Accepted, BookLimits, Rejected, RoundBook, UpdateAnnouncement
 from dai_swarm.optim.clock import CLOSE_FRAC, TALLY_FRAC, RoundClock
 from dai_swarm.optim.outer import OuterState, outer_step
-from dai_swarm.optim.protocol import (
-    Announce, ApplyBase, CloseRound, Done, RoundPlanner, Tally, TrainUntil, WaitUntil,
+from dai_swarm.optim.machine import (
+    Announce, ApplyBase, CloseRound, Done, RoundMachine, Tally, TrainUntil, WaitUntil,
 )
 from dai_swarm.optim.votes import HeadCount, Vote, inclusion_digest, majority_state_hash, tally
 
@@ -304,7 +304,7 @@ def test_majority_state_hash_names_who_must_resync():
 
 
 # ---------------------------------------------------------------------------- planner
-def run_planner(planner: RoundPlanner, clock: FakeClock, handle_s: float = 0.0, limit: int = 500):
+def run_planner(planner: RoundMachine, clock: FakeClock, handle_s: float = 0.0, limit: int = 500):
     """Drive a planner with a fake clock; each discrete action takes ``handle_s`` seconds."""
     timeline = []
     for _ in range(limit):
@@ -324,7 +324,7 @@ def run_planner(planner: RoundPlanner, clock: FakeClock, handle_s: float = 0.0, 
 def test_planner_timeline_follows_the_clock_only():
     c = RoundClock(100.0, 10.0, close_frac=0.35, tally_frac=0.7, margin_s=1.0)
     fc = FakeClock(95.0)
-    tl = run_planner(RoundPlanner(c, 0, 2), fc)
+    tl = run_planner(RoundMachine(c, 0, 2), fc)
     discrete = [(t, a) for t, a in tl if not isinstance(a, (TrainUntil, WaitUntil, Done))]
     assert [a for _, a in discrete] == [
         Announce(0, 109.0), CloseRound(0, 113.5), Tally(0, 117.0), ApplyBase(2, 117.0),
@@ -339,12 +339,12 @@ def test_planner_timeline_follows_the_clock_only():
 def test_planner_never_waits_on_a_silent_peer_and_catches_up_when_late():
     c = RoundClock(0.0, 10.0)
     # slow handling (2 s per action) still never shifts any later deadline
-    tl = run_planner(RoundPlanner(c, 0, 4), FakeClock(0.0), handle_s=2.0)
+    tl = run_planner(RoundMachine(c, 0, 4), FakeClock(0.0), handle_s=2.0)
     for t, a in tl:
         if isinstance(a, (Announce, CloseRound, Tally, ApplyBase)):
             assert a.due <= t < a.due + 2.0 * 2 + 1e-9
     # a driver that stalls past several deadlines gets the overdue actions, oldest first
-    p = RoundPlanner(c, 0, 1)
+    p = RoundMachine(c, 0, 1)
     got = [p.next_action(100.0) for _ in range(9)]
     assert [type(a).__name__ for a in got] == ["Announce", "CloseRound", "Tally", "ApplyBase",
                                                "Announce", "CloseRound", "Tally", "ApplyBase", "Done"]
@@ -353,14 +353,14 @@ def test_planner_never_waits_on_a_silent_peer_and_catches_up_when_late():
 
 def test_planner_for_joiner_observes_the_previous_round():
     c = RoundClock(0.0, 10.0, close_frac=0.35, tally_frac=0.7)
-    p = RoundPlanner.for_joiner(c, 34.0, rounds=1)
+    p = RoundMachine.for_joiner(c, 34.0, rounds=1)
     assert (p.first_round, p.last_round) == (4, 4)
     assert p.next_action(34.0) == WaitUntil(40.0)
     got = [p.next_action(1e9) for _ in range(8)]
     assert got[:4] == [CloseRound(3, 43.5), Tally(3, 47.0), ApplyBase(5, 47.0), Announce(4, 50.0)]
     assert isinstance(got[-1], Done)
     with pytest.raises(ConfigError):
-        RoundPlanner(c, 3, 2)
+        RoundMachine(c, 3, 2)
 
 
 # --------------------------------------------------- in-memory swarm over the pure core

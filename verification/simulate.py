@@ -23,6 +23,7 @@ import torch
 
 from dai_swarm.optim import codecs
 from dai_swarm.optim.aggregate import update_weight, weighted_mean
+from dai_swarm.optim.machine import VERDICT_LAG
 from dai_swarm.optim.outer import OuterState, outer_step
 
 from .recompute import recompute_update, relative_distance
@@ -32,8 +33,8 @@ from .verdicts import Verdict
 
 __all__ = ["PROTOCOL_LAG", "detection_trial", "tamper_update", "training_run"]
 
-#: verdicts about round t weigh the aggregation of round t + 3 (vote in t+2, applied at close of t+3)
-PROTOCOL_LAG = 3
+#: verdicts about round t weigh the aggregation of round t + 3 (the round machine's offset)
+PROTOCOL_LAG = VERDICT_LAG
 _DUMMY = "ab" * 32
 
 

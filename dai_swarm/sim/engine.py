@@ -1,7 +1,7 @@
 """The discrete-event simulator: a swarm of simulated peers running the real round protocol core.
 
 Time is simulated. Protocol instants come from a real :class:`~dai_swarm.optim.clock.RoundClock`
-and a :class:`~dai_swarm.optim.protocol.RoundPlanner` (Announce, CloseRound, Tally, ApplyBase);
+and a :class:`~dai_swarm.optim.machine.RoundMachine` (Announce, CloseRound, Tally, ApplyBase);
 churn (join, leave, crash) is a second stream of timed events merged with them in time order.
 What each peer does at each instant is in :mod:`dai_swarm.sim.rounds`. Training is real: every
 update is computed by :func:`~dai_swarm.verification.recompute.recompute_update` on the task with
@@ -26,7 +26,7 @@ import torch
 from dai_swarm.canonical import canonical_json, sha256_hex
 from dai_swarm.optim.clock import RoundClock
 from dai_swarm.optim.limits import derive_limits
-from dai_swarm.optim.protocol import Announce, ApplyBase, CloseRound, Done, RoundPlanner, Tally, TrainUntil, WaitUntil
+from dai_swarm.optim.machine import Announce, ApplyBase, CloseRound, Done, RoundMachine, Tally, TrainUntil, WaitUntil
 from dai_swarm.optim.states import BaseState
 from dai_swarm.optim.votes import HeadCount, tally
 from dai_swarm.rewards.rules import Contributor, compute_round_record
@@ -71,6 +71,11 @@ class Simulator(RoundSteps):
             p.ready.update({0: -math.inf, 1: -math.inf})
             self.peers.append(p)
         self.protos = sorted({p.proto for p in self.peers})
+        # the swarm's instants; merges only between protocol regions (clustered, several regions)
+        merge_k = self.cfg.cross_region_period if cfg.exchange == "clustered" and len(self.protos) > 1 else 0
+        self.planner = RoundMachine(self.clock, 0, self.cfg.rounds - 1, merge_period=merge_k)
+        for p in self.peers:
+            p.machine = self._machine(0)
         self.region_base = {(g, r): like.hash for g in self.protos for r in (0, 1)}
         self.anns: dict[tuple, list] = defaultdict(list)
         self.votes: dict[tuple, dict] = defaultdict(dict)
@@ -127,14 +132,20 @@ class Simulator(RoundSteps):
             h = self.region_base.get((p.proto, r))
             if h is not None:
                 p.bases[r], p.ready[r] = h, self._download_state(p, h, t + self.net.dht_s(p.lat), max(0, r - 2))
+                p.machine = self._machine(r)
                 self.counters["joins"] += 1
                 return
+
+    def _machine(self, first_round: int) -> RoundMachine:
+        """The round machine of a peer that holds base ``first_round`` (the real peer's class)."""
+        return RoundMachine(self.clock, first_round, observe_from=first_round, kinds=("close", "tally"),
+                            merge_period=self.planner.merge_period)
 
     # --- main loop -------------------------------------------------------------------------------
     def run(self) -> list[dict]:
         """Simulate every round; returns :attr:`rows` (one dict per closed round)."""
         t_wall = time.perf_counter()
-        planner = RoundPlanner(self.clock, 0, self.cfg.rounds - 1)
+        planner = self.planner
         now = self.clock.start(0)
         while True:
             a = planner.next_action(now)
@@ -182,7 +193,7 @@ class Simulator(RoundSteps):
                 late += p.ready[r] > c.start(r)
         included, slashed_now = 0, set()
         for g in self.protos:
-            votes = [rec.vote for rec in self.votes[(g, q)].values()]
+            votes = [rec.vote for rec in self.votes[(g, q)].values() if rec.voted]
             res = tally(votes, HeadCount(), run_id=self.cfg.run_id, round=q)
             included += len(res.inclusion)
             h = self.region_base.get((g, r))

@@ -91,8 +91,9 @@ def peer_key(seed: int, idx: int) -> str:
 class SimPeer:
     """One simulated peer. ``region`` is geographic (link classes); ``proto`` its protocol region
     (== region when clustered, ``"flat"`` otherwise). ``bases`` maps round -> state hash held and
-    ``ready`` round -> instant that base became available here; ``verdicts`` round -> the verdict
-    ids this peer's tally of that round agreed on."""
+    ``ready`` round -> instant that base became available here; ``machine`` its
+    :class:`~dai_swarm.optim.machine.RoundMachine` (every round decision, as in a real peer), made
+    when it first holds a base."""
 
     idx: int
     key: str
@@ -106,7 +107,7 @@ class SimPeer:
     crashed: bool = False
     bases: dict[int, str] = field(default_factory=dict)
     ready: dict[int, float] = field(default_factory=dict)
-    verdicts: dict[int, tuple] = field(default_factory=dict)
+    machine: Any = None
 
     def alive(self, t: float) -> bool:
         """True if the peer is in the swarm at instant ``t``."""

@@ -24,8 +24,9 @@ from dai_swarm.canonical import sha256_hex
 from dai_swarm.errors import CodecError, MalformedRecord
 from dai_swarm.optim import codecs
 from dai_swarm.optim.book import BookLimits, RoundBook, UpdateAnnouncement
+from dai_swarm.optim.machine import AdoptInclusion, KeepState, ResyncState
 from dai_swarm.optim.rules import compute_next_base
-from dai_swarm.optim.crossregion import (MERGE_END, CrossRegionMerger, gateway_of, merge_region_deltas, merged_base,
+from dai_swarm.optim.crossregion import (MERGE_END, gateway_of, merge_region_deltas, merged_base,
                                          region_delta, weight_cap)
 from dai_swarm.optim.votes import HeadCount, Vote, tally
 from dai_swarm.verification.recompute import recompute_update
@@ -122,9 +123,8 @@ class RoundSteps:
 
     def close(self, q: int) -> None:
         """Every live peer holding base q reads the announcements, fetches, computes and votes."""
-        clock, T = self.clock, self.cfg.round_s
+        clock = self.clock
         c = clock.close_time(q)
-        fetch_deadline = clock.tally_time(q) - 0.1 * T
         groups: dict[tuple, str] = {}
         for p in self.peers:
             if not p.alive(c) or q not in p.bases:
@@ -138,9 +138,9 @@ class RoundSteps:
             lookup = c + self.net.dht_s(p.lat)
             entries = self.anns[(g, q)]
             seen = [(ann, a) for ann, vis, a in entries if vis <= lookup]
-            ok, done = self._fetch(p, seen, lookup, fetch_deadline, q, "update")
+            ok, done = self._fetch(p, seen, lookup, p.machine.fetch_deadline(q), q, "update")
             key = (p.bases[q], p.bases[q + 1], tuple(sorted((ann.peer, ann.digest) for ann, _ in seen)),
-                   frozenset(ok), p.verdicts.get(q - 1, ()))
+                   frozenset(ok), p.machine.verdicts_for(q))
             if key not in groups:
                 book = self._book(g, q, p.bases[q], [ann for ann, _ in seen], ok)
                 inclusion = book.close()
@@ -150,22 +150,23 @@ class RoundSteps:
             carried = () if p.attack is not None else self.pending_verdicts.get((g, q), ())
             t_vote = done + self.cfg.compute_s_per_update * len(inclusion) + self.net.dht_s(p.lat)
             self.votes[(g, q)][p.idx] = SimpleNamespace(vote=vote, time=t_vote, seen=seen, ok=ok, key=key,
-                                                        verdicts=tuple(carried))
+                                                        verdicts=tuple(carried), voted=p.machine.may_vote(q))
         self.books_run[q] = len(groups)
 
     # --- tally (tally_time(q)) -------------------------------------------------------------------
     def tally(self, q: int) -> None:
-        """Each voter tallies the votes it sees; minorities adopt or re-sync; checks are scheduled."""
-        clock, T, cfg = self.clock, self.cfg.round_s, self.cfg
+        """Each peer that closed the round tallies the votes it sees and executes what its round
+        machine decides (keep, adopt, re-sync); checks are scheduled."""
+        clock, cfg = self.clock, self.cfg
         t = clock.tally_time(q)
         self.finals[q] = {}
         cache: dict[tuple, Any] = {}
         adopt_cache: dict[tuple, str | None] = {}
         for g in self.protos:
-            voters = self.votes[(g, q)]
-            by_time = sorted((r.time, j) for j, r in voters.items())
+            closers = self.votes[(g, q)]
+            by_time = sorted((r.time, j) for j, r in closers.items() if r.voted)
             times = [x for x, _ in by_time]
-            for i, rec in voters.items():
+            for i, rec in closers.items():
                 p = self.peers[i]
                 if not p.alive(t):
                     continue
@@ -176,34 +177,41 @@ class RoundSteps:
                 if ck not in cache:
                     visible = sorted(j for _, j in by_time[:k])
                     rep = self.verifier.vote_weights(extra)
-                    res = tally([voters[j].vote for j in visible], rep, run_id=cfg.run_id, round=q)
-                    vres = tally([Vote(cfg.run_id, q, voters[j].vote.voter, tuple(sorted(voters[j].verdicts)), ZERO64)
-                                  for j in visible], rep, run_id=cfg.run_id, round=q)
-                    cache[ck] = (res, vres.inclusion if vres.decided else ())
-                res, winners = cache[ck]
-                p.verdicts[q] = winners
-                h, mode = rec.vote.state_hash, "agreed"
-                if res.decided and res.inclusion != rec.vote.inclusion:
-                    h, mode = self._adopt(p, g, q, rec, res, look, adopt_cache), "adopted"
-                if h is not None and (not res.decided or h == res.state_hash):
-                    self.finals[q][i] = (h, t, mode if res.decided else "undecided")
-                elif res.decided and res.state_hash in self.states:
-                    self.finals[q][i] = (res.state_hash, self._download_state(p, res.state_hash, look, q), "resynced")
+                    res = tally([closers[j].vote for j in visible], rep, run_id=cfg.run_id, round=q)
+                    vres = tally([Vote(cfg.run_id, q, closers[j].vote.voter, tuple(sorted(closers[j].verdicts)),
+                                       ZERO64) for j in visible], rep, run_id=cfg.run_id, round=q)
+                    won = frozenset(closers[j].vote.voter for j in visible
+                                    if res.decided and closers[j].vote.state_hash == res.state_hash)
+                    cache[ck] = (res, vres, won)
+                res, vres, won = cache[ck]
+                m = p.machine
+                m.tallied_verdicts(q, vres)
+                cmd = m.decide(q, res, candidate=rec.vote.state_hash, inclusion=rec.vote.inclusion, winners=won,
+                               now=look)
+                mode = "agreed"
+                if isinstance(cmd, AdoptInclusion):
+                    h = self._adopt(p, g, q, rec, cmd, look, adopt_cache)
+                    cmd, mode = m.adopted(q, res, candidate=h, winners=won, now=look), "adopted"
+                if isinstance(cmd, KeepState):
+                    self.finals[q][i] = (cmd.state_hash, t, mode if cmd.agreed else "undecided")
+                elif isinstance(cmd, ResyncState) and cmd.target in self.states:
+                    # on a sync round the winners' merged state is what apply() maps this hash to
+                    self.finals[q][i] = (cmd.target, self._download_state(p, cmd.target, look, q), "resynced")
                 else:
                     self.finals[q][i] = (None, t, "no_state")
         self._spot_checks(q)
 
-    def _adopt(self, p, g: str, q: int, rec, res, look: float, cache: dict) -> str | None:
-        """Minority peer: fetch the winning inclusion's missing payloads within 0.2 T, recompute."""
+    def _adopt(self, p, g: str, q: int, rec, cmd: AdoptInclusion, look: float, cache: dict) -> str | None:
+        """Minority peer: fetch the winning inclusion's missing payloads by the machine's deadline, recompute."""
         entries = {ann.digest: (ann, a) for ann, _, a in self.anns[(g, q)]}
-        missing = [entries[d] for d in res.inclusion if d not in rec.ok and d in entries]
-        got, _ = self._fetch(p, missing, look, look + 0.2 * self.cfg.round_s, q, "update")
+        missing = [entries[d] for d in cmd.inclusion if d not in rec.ok and d in entries]
+        got, _ = self._fetch(p, missing, look, cmd.deadline, q, "update")
         ok = frozenset(rec.ok | got)
-        key = (rec.key, res.inclusion, ok)
+        key = (rec.key, cmd.inclusion, ok)
         if key not in cache:
             book = self._book(g, q, p.bases[q], [a for a, _ in rec.seen], set(rec.ok))
             book.close()
-            book.adopt(res.inclusion)
+            book.adopt(cmd.inclusion)
             book.offer_many([ann for ann, _ in missing])
             for d in book.to_fetch():
                 book.mark_fetched(d, d in ok, "" if d in ok else "unreachable")
@@ -223,7 +231,7 @@ class RoundSteps:
         cfg = self.cfg
         t = self.clock.tally_time(q)
         for g in self.protos:
-            votes = [r.vote for r in self.votes[(g, q)].values()]
+            votes = [r.vote for r in self.votes[(g, q)].values() if r.voted]
             res = tally(votes, HeadCount(), run_id=cfg.run_id, round=q)
             if not res.decided:
                 continue
@@ -255,8 +263,7 @@ class RoundSteps:
         """Install base ``r`` at every voter of round r-2; merge regions on sync rounds."""
         q = r - 2
         finals = self.finals.pop(q, {})
-        merger = CrossRegionMerger(SimpleNamespace(ctx=SimpleNamespace(cross_region_period=self.cfg.cross_region_period)))
-        sync = self.cfg.exchange == "clustered" and len(self.protos) > 1 and merger.is_sync_round(r)
+        sync = self.planner.is_sync_round(r)  # the machine's rule (merge_period 0 in a flat or 1-region run)
         by_region: dict[str, Counter] = defaultdict(Counter)
         for i, (h, _, _) in finals.items():
             if h is not None:
