@@ -8,7 +8,6 @@ this peer's signed peer record (with live metrics) in the DHT. ``SwarmOptimizer.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any, Mapping
@@ -26,6 +25,7 @@ from .optim.limits import derive_limits
 from .optim.netloop import NetLoop
 from .optim.schedule import ScheduleRule
 from .optim.states import BaseState, BaseStore
+from .optim.strategy import HONEST
 from .rewards import RewardLog
 from .heartbeat import heartbeat_loop, refresh_peers
 from .lateness import Lateness
@@ -43,8 +43,8 @@ class RoundRuntime:
     """Runs the round protocol for one peer; see the module docstring.
 
     ``model`` is the user-visible model (its parameters are overwritten with each new canonical
-    base); ``attack`` is an optional object from :mod:`dai_swarm.testing` that tampers with this
-    peer's updates (benchmarks and tests only); ``rule`` an optional robust aggregation rule.
+    base); ``attack`` is an optional :class:`~dai_swarm.optim.strategy.UpdateStrategy` from
+    :mod:`dai_swarm.testing` that replaces the honest one (benchmarks and tests only); ``rule`` an optional robust aggregation rule.
     ``resume_state`` is a verified export's state (:func:`dai_swarm.export.load_export`): the
     first base of a resumed generation (``manifest.resume``), else only a faster start when the
     majority's state has its hash.
@@ -68,11 +68,9 @@ class RoundRuntime:
         self.max_inner_steps = manifest.max_inner_steps
         self.outer_lr, self.outer_momentum = manifest.outer_lr, manifest.outer_momentum
         self.delay_compensation = True
-        perturb = os.environ.get("DAI_SWARM_TEST_PERTURB_ROUND")
-        self.perturb_round = int(perturb) if perturb and perturb.isdigit() else None
         self.finish_times: dict[int, float] = {}
         self.trained_from: dict[int, str] = {}  # round -> hash of the base its announced update started from
-        self.attack, self.evaluate = attack, evaluate
+        self.strategy, self.evaluate = attack if attack is not None else HONEST, evaluate
         self.verifier = verifier if verifier is not None else NullVerifier()
         self.rewards = RoundRewards(self.verifier)  # reward units and their vesting, in the replicated state
         # trust anchors of a peer that holds no state yet: the manifest's founders and --trust keys

@@ -181,9 +181,9 @@ class Swarm:
             if checkpoint_dir:
                 self.runtime.coordinator.on_round_tallied.append(
                     Checkpointer(self, checkpoint_dir, checkpoint_every, checkpoint_keep))
-            for hooked in (verifier, attack):
-                if hasattr(hooked, "bind"):
-                    hooked.bind(self.runtime)
+            self.runtime.strategy.bind(self.runtime)
+            if hasattr(verifier, "bind"):
+                verifier.bind(self.runtime)
             self.runtime.start()
         except BaseException:
             self.shutdown()
@@ -296,7 +296,7 @@ class Swarm:
         start = rt.round
         while not rt._stop.is_set() and (max_rounds is None or rt.round < start + max_rounds):
             batch = self.task.get_batch(rt.batch_indices())
-            yield rt.attack.tamper_batch(batch) if hasattr(rt.attack, "tamper_batch") else batch
+            yield rt.strategy.tamper_batch(batch)
 
     # --- introspection and shutdown ---------------------------------------------------------------
     @property

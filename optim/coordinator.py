@@ -168,11 +168,11 @@ class Coordinator(PayloadFetch, StateSync):
     def announce(self, round: int, base_hash: str, steps: int, samples: int, delta: Mapping[str, torch.Tensor]) -> str:
         """Encode, store and announce this peer's round update; returns its digest."""
         ctx = self.ctx
-        tensors = ctx.attack.tamper(dict(delta), round) if ctx.attack is not None else dict(delta)
-        blob = ctx.attack.tamper_blob(codecs.encode(tensors, ctx.codec, **ctx.codec_params), round) \
-            if ctx.attack is not None else codecs.encode(tensors, ctx.codec, **ctx.codec_params)
+        strategy = ctx.strategy  # honest unless a test or benchmark built this peer (optim/strategy.py)
+        blob = strategy.tamper_blob(codecs.encode(strategy.tamper(dict(delta), round), ctx.codec, **ctx.codec_params),
+                                    round)
         digest = ctx.store.put(blob, round)
-        claimed_steps = ctx.attack.claimed_steps(steps) if ctx.attack is not None else steps
+        claimed_steps = strategy.claimed_steps(steps)
         body = {"run_id": ctx.run_id, "round": round, "base_hash": base_hash, "peer": ctx.identity.public_key_hex,
                 "steps": claimed_steps, "samples": claimed_steps * ctx.batch_size, "codec": ctx.codec,
                 "digest": digest, "size_bytes": len(blob), "region": ctx.region, "p2p_id": ctx.p2p_id}
@@ -206,10 +206,7 @@ class Coordinator(PayloadFetch, StateSync):
         if base_q is None or base_next is None:
             logger.info("round %d: no base held (joining); skipping its close", q)
             return
-        if self.ctx.perturb_round == q:  # test hook: make this peer diverge from its region
-            logger.warning("round %d: perturbing the local base on request (DAI_SWARM_TEST_PERTURB_ROUND)", q)
-            base_next = BaseState.make(base_next.round, {n: t + 1e-3 for n, t in base_next.params.items()},
-                                       base_next.momentum, base_next.extra, base_next.anchor)
+        base_next = self.ctx.strategy.tamper_base(q, base_next)
         limits = BookLimits(max_inner_steps=self.ctx.max_inner_steps, batch_size=self.ctx.batch_size,
                             max_payload_bytes=self.ctx.max_payload_bytes, codecs=frozenset([self.ctx.codec]))
         book = RoundBook(self.ctx.run_id, q, base_q.hash, limits=limits)

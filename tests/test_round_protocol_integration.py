@@ -113,9 +113,9 @@ def test_two_regions_with_kill_join_divergence_and_rogue(tmp_path):
         boot = p0.addresses()
         rogue = Rogue(boot, run_id, t0)
         rogue.start()
-        for name, region, env in (("p1", "r0", None), ("p2", "r0", {"DAI_SWARM_TEST_PERTURB_ROUND": str(PERTURB_ROUND)}),
-                                  ("p3", "r1", None), ("p4", "r1", None)):
-            peers.append(spawn_peer(str(tmp_path), name, region=region, initial_peers=boot, env=env,
+        for name, region, extra in (("p1", "r0", None), ("p2", "r0", ["--attack", f"diverge@{PERTURB_ROUND}"]),
+                                    ("p3", "r1", None), ("p4", "r1", None)):
+            peers.append(spawn_peer(str(tmp_path), name, region=region, initial_peers=boot, extra_args=extra,
                                     founding=founding.get(name), **common))
         p4 = peers[4]
         # SIGKILL p4 in the middle of round 4

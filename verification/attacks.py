@@ -1,11 +1,13 @@
 """The attack catalogue of SPEC §7, as Byzantine peer behaviours (tests and benchmarks only).
 
-``make_attack(kind)`` returns an :class:`Attack`; ``dai-swarm peer --attack KIND`` and
-``Swarm(attack=...)`` hand it to the round runtime, which calls
+``make_attack(kind)`` returns an :class:`Attack`, an :class:`~dai_swarm.optim.strategy.UpdateStrategy`;
+``dai-swarm peer --attack KIND`` and ``Swarm(attack=...)`` hand it to the round runtime in place of
+the honest strategy, which calls
 
 * ``tamper(delta, round) -> delta`` on the pseudo-gradient, ``tamper_blob(blob, round) -> bytes``
   on the encoded payload, ``claimed_steps(steps) -> int`` for the announcement,
 * ``tamper_batch(batch) -> batch`` on every training batch (``Swarm.batches``),
+* ``tamper_base(round, state) -> state`` on the base a candidate is computed from (``diverge@R``),
 * ``bind(runtime)`` once, so that attacks that need the network (copy, verdict forgery) can use it.
 
 Every method of the base class is the honest behaviour; each kind overrides what it attacks.
@@ -23,13 +25,14 @@ import zstandard
 from dai_swarm.errors import ConfigError
 from dai_swarm.logging import get_logger
 from dai_swarm.optim import codecs
+from dai_swarm.optim.strategy import UpdateStrategy
 
 __all__ = ["ATTACK_KINDS", "Attack", "make_attack"]
 
 logger = get_logger(__name__)
 
 
-class Attack:
+class Attack(UpdateStrategy):
     """Honest behaviour; subclasses override one or more hooks. ``kind`` names the attack."""
 
     kind = "honest"
@@ -42,22 +45,6 @@ class Attack:
     def bind(self, runtime: Any) -> None:
         """Keep a reference to the round runtime (coordinator, DHT, verifier, store)."""
         self.rt = runtime
-
-    def tamper(self, delta: dict, round: int) -> dict:
-        """Change the pseudo-gradient before it is encoded."""
-        return delta
-
-    def tamper_blob(self, blob: bytes, round: int) -> bytes:
-        """Change the encoded payload."""
-        return blob
-
-    def claimed_steps(self, steps: int) -> int:
-        """The inner-step count to announce."""
-        return steps
-
-    def tamper_batch(self, batch: Any) -> Any:
-        """Change a training batch."""
-        return batch
 
     # --- helpers for attacks that look at the others -----------------------------------------
     def _others_last(self) -> list[Mapping[str, torch.Tensor]]:
@@ -393,8 +380,16 @@ ATTACK_KINDS = tuple(_FACTORIES)
 
 
 def make_attack(kind: str) -> Attack:
-    """A fresh :class:`Attack` of ``kind`` (one of :data:`ATTACK_KINDS`); ConfigError otherwise."""
+    """A fresh :class:`Attack` of ``kind`` (one of :data:`ATTACK_KINDS`, or ``diverge@R``: perturb
+    this peer's base at round R's close); ConfigError otherwise."""
+    if kind.startswith("diverge@"):
+        at = kind.split("@", 1)[1]
+        if not at.isdigit():
+            raise ConfigError(f"diverge@R needs a round number R, got {kind!r}")
+        from .diverge import Diverge  # its own module (a replica fault, not a training attack)
+
+        return Diverge(int(at))
     if kind not in _FACTORIES:
-        raise ConfigError(f"unknown attack {kind!r}; known: {', '.join(ATTACK_KINDS)}")
+        raise ConfigError(f"unknown attack {kind!r}; known: {', '.join(ATTACK_KINDS)}, diverge@R")
     return _FACTORIES[kind]()
 
