@@ -28,7 +28,7 @@ from dai_swarm.optim.machine import AdoptInclusion, KeepState, ResyncState
 from dai_swarm.optim.rules import compute_next_base
 from dai_swarm.optim.crossregion import (MERGE_END, gateway_of, merge_region_deltas, merged_base,
                                          region_delta, weight_cap)
-from dai_swarm.optim.votes import HeadCount, Vote, tally
+from dai_swarm.optim.votes import HeadCount, Vote, confirm_state, tally
 from dai_swarm.verification.recompute import recompute_update
 
 from .verify import check_prob_hit, make_verdict, recheck
@@ -166,6 +166,8 @@ class RoundSteps:
             closers = self.votes[(g, q)]
             by_time = sorted((r.time, j) for j, r in closers.items() if r.voted)
             times = [x for x, _ in by_time]
+            electorate = {rec.vote.voter for j, rec in closers.items() if self.peers[j].alive(t)}
+            confirm: list[int] = []
             for i, rec in closers.items():
                 p = self.peers[i]
                 if not p.alive(t):
@@ -194,12 +196,30 @@ class RoundSteps:
                     cmd, mode = m.adopted(q, res, candidate=h, winners=won, now=look), "adopted"
                 if isinstance(cmd, KeepState):
                     self.finals[q][i] = (cmd.state_hash, t, mode if cmd.agreed else "undecided")
+                    seen = {closers[j].vote.voter: closers[j].vote.state_hash for _, j in by_time[:k]}
+                    if m.must_confirm(q, cmd, electorate, seen, p.key):
+                        confirm.append(i)
                 elif isinstance(cmd, ResyncState) and cmd.target in self.states:
                     # on a sync round the winners' merged state is what apply() maps this hash to
                     self.finals[q][i] = (cmd.target, self._download_state(p, cmd.target, look, q), "resynced")
                 else:
                     self.finals[q][i] = (None, t, "no_state")
+            self._confirm(g, q, confirm, electorate)
         self._spot_checks(q)
+
+    def _confirm(self, g: str, q: int, idx: list[int], electorate: set[str]) -> None:
+        """Peers whose machine asked for it compare their kept state with the region's state records
+        (the finals of its peers, as the real peer reads them), with the same pure rule; a peer outside
+        a settled majority re-syncs before round q+2 starts."""
+        finals = self.finals[q]
+        offers = [(self.peers[j].key, h) for j, (h, _, _) in finals.items() if h is not None and self.peers[j].proto == g]
+        for i in idx:
+            p, (h, t_ready, _) = self.peers[i], finals[i]
+            weights = self.verifier.vote_weights(self.states[p.bases[q + 1]].extra)
+            decision = confirm_state(h, p.key, offers, electorate, weights)
+            if decision.action == "resync" and decision.target in self.states:
+                finals[i] = (decision.target, self._download_state(p, decision.target, t_ready, q), "resynced")
+                self.counters["confirm_resyncs"] += 1
 
     def _adopt(self, p, g: str, q: int, rec, cmd: AdoptInclusion, look: float, cache: dict) -> str | None:
         """Minority peer: fetch the winning inclusion's missing payloads by the machine's deadline, recompute."""
