@@ -7,8 +7,8 @@ Use them in your own task's tests::
     with testing.SocketGuard():                       # removes the /tmp/hivemind-*.sock we leave
         nodes = testing.launch_dht_swarm(3)
         try:
-            nodes[1].publish_round_record("run", "vote", 0, {"ok": True}, ttl_s=10)
-            assert nodes[2].get_round_records("run", "vote", 0)
+            nodes[1].publish_round_record("run", "note", 0, {"ok": True}, ttl_s=10)
+            assert nodes[2].get_round_records("run", "note", 0)
         finally:
             testing.shutdown_all(nodes)
 

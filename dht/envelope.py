@@ -67,6 +67,11 @@ class SignedRecord:
         return self.record.to_body()
 
     @property
+    def wire(self) -> Any:
+        """The typed body of a protocol round record (:mod:`.wire`), validated when it was read; else None."""
+        return self.record.wire if isinstance(self.record, RoundRecord) else None
+
+    @property
     def kind(self) -> str | None:
         """The record kind of a round record (None for other types)."""
         return self.record.kind if isinstance(self.record, RoundRecord) else None

@@ -26,9 +26,10 @@ from functools import partial
 from typing import Any, Callable, Sequence
 
 import hivemind
+from pydantic import ValidationError
 from hivemind.p2p import P2P
 
-from ..errors import BootstrapError, ConfigError, DHTClosed, IdentityError, RecordRejected
+from ..errors import BootstrapError, ConfigError, DHTClosed, IdentityError, MalformedRecord, RecordRejected
 from ..identity import Identity
 from ..logging import get_logger
 from . import _proc
@@ -311,9 +312,14 @@ class SwarmDHT:
 
     # -- round-keyed records -------------------------------------------------------------------
     def publish_round_record(self, run_id: str, kind: str, round: int, body: dict, ttl_s: float = 600.0) -> bool:
-        """Sign and store ``body`` as this peer's ``kind`` record for ``round`` of ``run_id``."""
+        """Sign and store ``body`` as this peer's ``kind`` record for ``round`` of ``run_id``. A body
+        that does not match its protocol kind's schema (:mod:`.wire`) raises MalformedRecord."""
         validate_name(run_id, "run id")
-        return self._publish(RoundRecord(kind=kind, round=round, body=body), run_id, ttl_s)
+        try:
+            record = RoundRecord(kind=kind, round=round, body=body)
+        except ValidationError as e:
+            raise MalformedRecord(f"not publishing a malformed {kind} record: {e.errors()[0].get('msg', e)}") from None
+        return self._publish(record, run_id, ttl_s)
 
     def get_round_records(self, run_id: str, kind: str, round: int) -> list[SignedRecord]:
         """Verified ``kind`` records of ``round``: one per signer, each with ``.signer``, ``.body``, ``.issued_at``."""

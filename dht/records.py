@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError, MalformedRecord
+from .wire import parse_wire
 
 __all__ = [
     "RECORD_TYPES",
@@ -229,18 +230,33 @@ class RoundRecord(_Record):
     """A generic round-keyed record: update announcements, votes, verdicts, state and log heads.
 
     ``kind`` names the family (e.g. ``"update"``, ``"vote"``), ``round`` the round it belongs to,
-    ``body`` the kind-specific content, which its consumer validates.
+    ``body`` the kind-specific content: for the protocol's kinds validated here against their
+    schema (:mod:`.wire`), so that a malformed body is refused where the record is read.
     """
 
     TYPE: ClassVar[str] = "round"
     kind: str
     round: int = Field(ge=0)
     body: dict[str, Any]
+    _wire: Any = PrivateAttr(default=None)
 
     @field_validator("kind")
     @classmethod
     def _check_kind(cls, v: str) -> str:
         return validate_name(v, "record kind")
+
+    @model_validator(mode="after")
+    def _check_body(self) -> "RoundRecord":
+        try:  # a protocol kind's body must match its schema (dht/wire.py); other kinds pass as they are
+            self._wire = parse_wire(self.kind, self.body)
+        except MalformedRecord as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    @property
+    def wire(self) -> Any:
+        """The typed body (:mod:`.wire`) of a protocol record kind, else None."""
+        return self._wire
 
 
 RECORD_TYPES: dict[str, type[_Record]] = {

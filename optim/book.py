@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable
 
+from dai_swarm.dht.wire import MAX_NEED_S
 from dai_swarm.errors import (
     ConfigError,
     DigestMismatch,
@@ -44,7 +45,6 @@ from dai_swarm.errors import (
 
 __all__ = ["MAX_NEED_S", "Accepted", "BookLimits", "Rejected", "RoundBook", "UpdateAnnouncement"]
 
-MAX_NEED_S = 86400.0  # a round length report above a day is malformed
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX = re.compile(r"^(?:[0-9a-f]{2})+$")
 

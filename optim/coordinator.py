@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from dai_swarm.dht.wire import VoteBody, typed
 from dai_swarm.errors import MalformedRecord, SwarmError
 from dai_swarm.logging import get_logger
 
@@ -231,24 +232,32 @@ class Coordinator(PayloadFetch, StateSync):
         self._candidates[q] = state
 
     # --- tally ----------------------------------------------------------------------------------
-    def _votes(self, q: int) -> list[Vote]:
+    def _vote_bodies(self, q: int) -> list[tuple[str, VoteBody]]:
+        """(signer, typed body) of round ``q``'s vote records (:class:`~dai_swarm.dht.wire.VoteBody`)."""
         out = []
         for rec in self._records("vote", q):
             try:
-                out.append(Vote(self.ctx.run_id, q, rec.signer, tuple(rec.body.get("inclusion", ())),
-                                rec.body.get("state_hash", "")))
-            except (MalformedRecord, TypeError):
+                out.append((rec.signer, typed(rec, "vote")))
+            except MalformedRecord:
+                self.ctx.count("malformed_vote")
+        return out
+
+    def _votes(self, q: int) -> list[Vote]:
+        out = []
+        for signer, w in self._vote_bodies(q):
+            try:
+                out.append(Vote(self.ctx.run_id, q, signer, tuple(w.inclusion), w.state_hash))
+            except MalformedRecord:  # e.g. a repeated digest
                 continue
         return out
 
     def _tally_verdicts(self, q: int) -> TallyResult:
         """Tally the verdict-id sets named in round ``q``'s votes (standing-weighted, like the votes)."""
         sets = []
-        for rec in self._records("vote", q):
-            ids = rec.body.get("verdicts", [])
+        for signer, w in self._vote_bodies(q):
             try:
-                sets.append(Vote(self.ctx.run_id, q, rec.signer, tuple(ids), "0" * 64))
-            except (MalformedRecord, TypeError):
+                sets.append(Vote(self.ctx.run_id, q, signer, tuple(w.verdicts), "0" * 64))
+            except MalformedRecord:
                 continue
         return tally(sets, self.ctx.vote_weights(), run_id=self.ctx.run_id, round=q, electorate=self._electorate(sets))
 

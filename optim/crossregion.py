@@ -39,7 +39,8 @@ from typing import Any, Collection, Iterable, Mapping
 
 import torch
 
-from dai_swarm.errors import PayloadTooLarge, PeerUnreachable, ProtocolError, SwarmError
+from dai_swarm.dht.wire import parse_wire
+from dai_swarm.errors import MalformedRecord, PayloadTooLarge, PeerUnreachable, ProtocolError, SwarmError
 from dai_swarm.logging import get_logger
 
 from . import codecs
@@ -142,15 +143,15 @@ def anchor_merges(anchor: str) -> int:
 
 
 def _parse_xdelta(body: Mapping, max_payload_bytes: int) -> tuple[str, tuple[str, int, int, str]] | None:
+    """(region, (digest, size, samples, anchor)) of an xdelta body (schema:
+    :class:`~dai_swarm.dht.wire.XDeltaBody`), or None if malformed or over the run's payload cap."""
     try:
-        key = (str(body["digest"]), int(body["size"]), int(body["samples"]), str(body["anchor"]))
-        region = str(body["region"])
-        anchor_merges(key[3])
-    except (KeyError, TypeError, ValueError):
+        w = parse_wire("xdelta", body)
+    except MalformedRecord:
         return None
-    if len(key[0]) != 64 or not 0 < key[1] <= max_payload_bytes or key[2] < 0:
+    if w.size > max_payload_bytes:
         return None
-    return region, key
+    return w.region, (w.digest, w.size, w.samples, w.anchor)
 
 
 def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping[str, tuple[str, str]],

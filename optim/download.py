@@ -26,7 +26,8 @@ import random
 from collections import deque
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
-from dai_swarm.errors import DigestMismatch, PayloadTooLarge, PeerUnreachable, ProtocolError
+from dai_swarm.dht.wire import parse_wire
+from dai_swarm.errors import DigestMismatch, MalformedRecord, PayloadTooLarge, PeerUnreachable, ProtocolError
 from dai_swarm.logging import get_logger
 
 from .exchange import Traffic, fetch_payload
@@ -87,15 +88,13 @@ def state_record(state_hash: str, blob: bytes, p2p_id: str) -> tuple[dict, bytes
 
 
 def parse_state_offer(signer: str, body: Mapping[str, Any]) -> StateOffer | None:
-    """The offer in a state record's body, or None if a field is missing or ill-typed."""
-    b = body
-    if not (isinstance(b.get("state_hash"), str) and isinstance(b.get("digest"), str) and len(b["digest"]) == 64
-            and type(b.get("size")) is int and b["size"] > 0 and isinstance(b.get("p2p_id"), str)
-            and type(b.get("chunk_bytes")) is int and isinstance(b.get("chunks_digest"), str)
-            and len(b["chunks_digest"]) == 64):
+    """The offer in a state record's body (schema: :class:`~dai_swarm.dht.wire.StateBody`), or None
+    if it does not match."""
+    try:
+        w = parse_wire("state", body)
+    except MalformedRecord:
         return None
-    return StateOffer(signer, b["state_hash"], b["digest"], b["size"], b["p2p_id"], b["chunk_bytes"],
-                      b["chunks_digest"])
+    return StateOffer(signer, w.state_hash, w.digest, w.size, w.p2p_id, w.chunk_bytes, w.chunks_digest)
 
 
 def pick_download(offers: Sequence[StateOffer], target: str, me: str,

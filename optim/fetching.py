@@ -15,6 +15,7 @@ from typing import Mapping
 
 import torch
 
+from dai_swarm.dht.wire import typed
 from dai_swarm.errors import CodecError, DigestMismatch, MalformedRecord, PeerUnreachable, ProtocolError, SwarmError
 from dai_swarm.logging import get_logger
 
@@ -119,13 +120,13 @@ class PayloadFetch:
                 logger.info("round %d: announcement from %s dropped: no live peer record in region %s",
                             round, rec.signer[:12], self.ctx.region)
                 continue
-            body = dict(rec.body)
-            body.pop("p2p_id", None)
             try:
+                body = typed(rec, "update").body()  # schema: dai_swarm.dht.wire.UpdateBody
+                body.pop("p2p_id", None)
                 if body.get("peer") != rec.signer:
                     raise MalformedRecord("announcement names another peer than its signer")
                 ann = UpdateAnnouncement(**body)
-            except (TypeError, MalformedRecord) as e:
+            except MalformedRecord as e:
                 self.ctx.count("malformed_announcement")
                 logger.info("round %d: malformed announcement from %s: %s", round, rec.signer[:12], e)
                 continue

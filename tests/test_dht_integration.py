@@ -45,10 +45,12 @@ def test_discovery_round_records_and_manifest(swarm):
     assert {p.peer_id for p in peers} == {a.peer_id, b.peer_id, c.peer_id}
     assert peers[0].metrics == {"round": 1}
     assert a.regions(RUN) == {"eu": sorted([a.peer_id, b.peer_id]), "us": [c.peer_id]}
-    b.publish_round_record(RUN, "vote", 7, {"digest": "x"}, ttl_s=30)
-    got = testing.wait_until(lambda: a.get_round_records(RUN, "vote", 7), 10, what="vote")
+    b.publish_round_record(RUN, "note", 7, {"digest": "x"}, ttl_s=30)
+    got = testing.wait_until(lambda: a.get_round_records(RUN, "note", 7), 10, what="note")
     assert [(r.signer, r.body) for r in got] == [(b.identity.public_key_hex, {"digest": "x"})]
-    assert a.get_round_records(RUN, "vote", 8) == []
+    assert a.get_round_records(RUN, "note", 8) == []
+    with pytest.raises(MalformedRecord):  # a protocol kind's body must match its schema (dht/wire.py)
+        b.publish_round_record(RUN, "vote", 7, {"digest": "x"}, ttl_s=30)
     m = RunManifest(run_id=RUN, task="regression", task_config_hash="ab", round_s=5, cross_region_period=2,
                     max_inner_steps=10, outer_lr=0.7, outer_momentum=0.9, codec="fp16", checks_per_update=0.2,
                     seed=0, t0=time.time(), versions={"torch": "2.13.0"}, founders=(a.identity.public_key_hex,))
@@ -62,34 +64,40 @@ def test_discovery_round_records_and_manifest(swarm):
 def test_forged_records_refused_by_honest_nodes(swarm):
     a, b, c, rogue = swarm
     victim = b.identity.public_key_hex
-    key = round_key(RUN, "verdict", 1)
-    honest = seal(b.identity, RoundRecord(kind="verdict", round=1, body={"pass": True}), run_id=RUN, ttl_s=30)
+    key = round_key(RUN, "note", 1)
+    honest = seal(b.identity, RoundRecord(kind="note", round=1, body={"pass": True}), run_id=RUN, ttl_s=30)
     # 1) wrong key: the rogue signs with its own key but writes the victim's subkey
-    own = seal(rogue.identity, RoundRecord(kind="verdict", round=1, body={"pass": False}), run_id=RUN, ttl_s=30)
+    own = seal(rogue.identity, RoundRecord(kind="note", round=1, body={"pass": False}), run_id=RUN, ttl_s=30)
     # 2) tampered field: the victim's record with its body edited
     fields = json.loads(honest)
     fields["body"]["body"]["pass"] = False
     tampered = canonical_json(fields)
     # 3) replay: an old record of the victim's, validly signed, already expired
-    old = seal(b.identity, RoundRecord(kind="verdict", round=1, body={"pass": True}), run_id=RUN, ttl_s=5,
+    old = seal(b.identity, RoundRecord(kind="note", round=1, body={"pass": True}), run_id=RUN, ttl_s=5,
                issued_at=time.time() - 60)
     for value in (own, tampered, old):
         rogue.store_raw(key, victim, value, time.time() + 30)
     # 4) a valid record copied to another round
-    rogue.store_raw(round_key(RUN, "verdict", 2), victim, honest, open_envelope(honest).expiration)
+    rogue.store_raw(round_key(RUN, "note", 2), victim, honest, open_envelope(honest).expiration)
     time.sleep(1.0)
     for node in (a, b, c):
-        assert node.get_round_records(RUN, "verdict", 1) == []
-        assert node.get_round_records(RUN, "verdict", 2) == []
+        assert node.get_round_records(RUN, "note", 1) == []
+        assert node.get_round_records(RUN, "note", 2) == []
     refused = sum(sum(n.counters[r] for r in ("forged", "expired", "malformed")) for n in (a, b, c))
     assert refused >= 4
     # the node without a validator keeps the forged value locally, but every read re-verifies
     dropped = lambda: sum(rogue.counters[r] for r in ("forged", "expired", "malformed"))  # noqa: E731
     before = dropped()
-    assert rogue.get_round_records(RUN, "verdict", 1) == []
+    assert rogue.get_round_records(RUN, "note", 1) == []
     assert dropped() > before
     raw = rogue.dht.get(key, latest=True)
     assert raw is not None and victim in raw.value
+    # 5) a validly signed protocol record whose body breaks its schema (dht/wire.py): refused on read
+    bad = RoundRecord.model_construct(kind="vote", round=5, body={"inclusion": ["x"], "state_hash": "ab" * 32})
+    rogue.store_raw(round_key(RUN, "vote", 5), rogue.identity.public_key_hex,
+                    seal(rogue.identity, bad, run_id=RUN, ttl_s=30), time.time() + 30)
+    before = rogue.counters["malformed"]
+    assert rogue.get_round_records(RUN, "vote", 5) == [] and rogue.counters["malformed"] == before + 1
 
 
 def test_backdated_or_altered_manifest_refused_over_a_real_dht(swarm):

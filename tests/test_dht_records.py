@@ -27,7 +27,7 @@ def ident():
 
 
 def _round(ident, ttl_s=60.0, issued_at=None, run_id="run1", round_=3):
-    return seal(ident, RoundRecord(kind="update", round=round_, body={"digest": "ab" * 32, "samples": 128}),
+    return seal(ident, RoundRecord(kind="note", round=round_, body={"digest": "ab" * 32, "samples": 128}),
                 run_id=run_id, ttl_s=ttl_s, issued_at=issued_at)
 
 
@@ -41,13 +41,13 @@ def test_roundtrip(ident):
     signed = open_envelope(_round(ident))
     assert signed.signer == ident.public_key_hex == signed.subkey
     assert signed.body == {"digest": "ab" * 32, "samples": 128}
-    assert (signed.kind, signed.round, signed.key) == ("update", 3, round_key("run1", "update", 3))
+    assert (signed.kind, signed.round, signed.key) == ("note", 3, round_key("run1", "note", 3))
     assert signed.expiration - signed.issued_at == pytest.approx(60.0)
 
 
 @pytest.mark.parametrize("field,value", [
-    ("type", "peer"), ("run_id", "run2"), ("key", round_key("run1", "update", 4)), ("issued_at", 1.0),
-    ("expiration", 4e9), ("body", {"kind": "update", "round": 4, "body": {}}), ("v", 2),
+    ("type", "peer"), ("run_id", "run2"), ("key", round_key("run1", "note", 4)), ("issued_at", 1.0),
+    ("expiration", 4e9), ("body", {"kind": "note", "round": 4, "body": {}}), ("v", 2),
 ])
 def test_tampering_any_field_breaks_signature(ident, field, value):
     fields = json.loads(_round(ident))
@@ -78,7 +78,7 @@ def test_subkey_must_be_signer(ident):
 
 def test_moved_record_refused_even_if_resigned(ident):
     fields = json.loads(_round(ident))
-    fields["key"] = round_key("run1", "update", 9)  # content says round 3
+    fields["key"] = round_key("run1", "note", 9)  # content says round 3
     with pytest.raises(MalformedRecord, match="key its content implies"):
         open_envelope(_resign(ident, fields))
 
@@ -97,7 +97,7 @@ def test_oversize_checked_before_parsing(ident):
         open_envelope(b"{" * (MAX_RECORD_BYTES + 1))
     assert info.value.reason == "oversized"
     with pytest.raises(MalformedRecord, match="cap"):
-        seal(ident, RoundRecord(kind="update", round=0, body={"x": "y" * MAX_RECORD_BYTES}), run_id="r", ttl_s=5)
+        seal(ident, RoundRecord(kind="note", round=0, body={"x": "y" * MAX_RECORD_BYTES}), run_id="r", ttl_s=5)
 
 
 @pytest.mark.parametrize("data", [b"", b"not json", b"[]", b'{"v":1}', "é".encode("latin-1"), b'{"a":NaN}'])
@@ -146,7 +146,7 @@ def test_validator_binds_hashed_key_subkey_expiration(ident):
     v = SwarmRecordValidator()
     data = _round(ident)
     assert v.validate(_dht_record(ident, data))
-    assert not v.validate(_dht_record(ident, data, key=round_key("run1", "update", 4)))
+    assert not v.validate(_dht_record(ident, data, key=round_key("run1", "note", 4)))
     assert not v.validate(_dht_record(ident, data, subkey=Identity.generate().public_key_hex))
     assert not v.validate(_dht_record(ident, data, expiration=open_envelope(data).expiration + 1000))
     assert not v.validate(DHTRecord(b"k" * 20, b"s", msgpack.packb([1, 2]), time.time() + 10))
@@ -186,10 +186,10 @@ def test_envelope_cache_verifies_once_and_still_expires_and_refuses(monkeypatch)
     calls = []
     real = envelope.verify_signature
     monkeypatch.setattr(envelope, "verify_signature", lambda *a: calls.append(1) or real(*a))
-    key = round_key("run", "vote.a", 3)
+    key = round_key("run", "note.a", 3)
     ids = [Identity.generate() for _ in range(20)]
     now = time.time()
-    data = [seal(i, RoundRecord(kind="vote.a", round=3, body={"n": 1}), run_id="run", ttl_s=60, issued_at=now)
+    data = [seal(i, RoundRecord(kind="note.a", round=3, body={"n": 1}), run_id="run", ttl_s=60, issued_at=now)
             for i in ids]
     cache = EnvelopeCache()
     kw = dict(expected_key=key, expected_type="round", expected_run_id="run")

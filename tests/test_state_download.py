@@ -77,7 +77,7 @@ class FakeNet:
 
 def _setup(blob: bytes, donors: list[str], liars: dict[str, int] | None = None, list_liars: set[str] = frozenset()):
     """Holdings where ``liars[name] = chunk index`` flips one byte of that chunk."""
-    body, hashes = state_record("s" * 64, blob, "p")
+    body, hashes = state_record("5" * 64, blob, "p")
     offer = parse_state_offer("signer", body)
     holdings = {}
     for d in donors:
@@ -178,7 +178,7 @@ def test_chunk_list_stays_bounded_and_records_parse():
     assert chunk_size_for(1) == MIB and chunk_size_for(MAX_CHUNKS * MIB) == MIB
     assert chunk_size_for(MAX_CHUNKS * MIB + 1) == 2 * MIB
     assert -(-(300 * 1000 * MIB) // chunk_size_for(300 * 1000 * MIB)) <= MAX_CHUNKS
-    body, hashes = state_record("h" * 64, _blob(2 * MIB + 1), "peer")
+    body, hashes = state_record("8" * 64, _blob(2 * MIB + 1), "peer")
     assert len(hashes) == 3 * 32 and len(str(body)) < 400
     assert parse_state_offer("s", body).chunks_digest == hashlib.sha256(hashes).hexdigest()
     for broken in ({**body, "chunks_digest": 5}, {k: v for k, v in body.items() if k != "chunk_bytes"},
@@ -266,7 +266,7 @@ def test_real_p2p_liar_among_donors_and_300_unknown_digest_requests():
     from dai_swarm import testing
 
     blob = torch.randn(3 * MIB // 4 * 5, generator=torch.Generator().manual_seed(1)).numpy().tobytes()  # 15 MiB
-    body, hashes = state_record("s" * 64, blob, "p")
+    body, hashes = state_record("5" * 64, blob, "p")
     offer = parse_state_offer("k", body)
 
     async def go():

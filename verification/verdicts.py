@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from dai_swarm.canonical import canonical_json, sha256_hex
+from dai_swarm.dht.wire import MAX_VERDICTS, typed
 from dai_swarm.errors import MalformedRecord
 
 __all__ = ["MAX_PER_RECORD", "Verdict", "record_body", "verdict_id", "verdicts_from_record"]
@@ -28,7 +29,7 @@ _DOMAIN = "dai_swarm.verdict.v1"
 #: distances are published rounded to this many significant digits (JSON-stable floats)
 _SIG_DIGITS = 6
 #: verdicts one verifier may publish for one round (one record holds them all)
-MAX_PER_RECORD = 256
+MAX_PER_RECORD = MAX_VERDICTS
 
 
 def _round_sig(x: float) -> float:
@@ -138,9 +139,7 @@ def verdicts_from_record(record: Any) -> tuple[list[Verdict], int]:
     """
     if record.round is None:
         raise MalformedRecord("not a round record")
-    items = record.body.get("verdicts")
-    if not isinstance(items, list) or len(items) > MAX_PER_RECORD:
-        raise MalformedRecord("a verdict record holds a list of at most %d verdicts" % MAX_PER_RECORD)
+    items = typed(record, "verdict").verdicts  # schema: dai_swarm.dht.wire.VerdictsBody (<= MAX_PER_RECORD)
     out, bad = [], 0
     for item in items:
         try:
