@@ -8,6 +8,7 @@ this peer's signed peer record (with live metrics) in the DHT. ``SwarmOptimizer.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any, Mapping
@@ -19,6 +20,7 @@ from .errors import ConfigError, SwarmError
 from .logging import get_logger
 from .optim import codecs
 from .optim.clock import RoundClock
+from .optim.config import RunConfig
 from .optim.coordinator import Coordinator, NullVerifier, RoundOutcome
 from .optim.exchange import PayloadServer, PayloadStore, Traffic
 from .optim.limits import derive_limits
@@ -39,6 +41,9 @@ __all__ = ["RoundRuntime"]
 logger = get_logger(__name__)
 
 
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(RunConfig))
+
+
 class RoundRuntime:
     """Runs the round protocol for one peer; see the module docstring.
 
@@ -50,24 +55,24 @@ class RoundRuntime:
     majority's state has its hash.
     """
 
+    def __getattr__(self, name: str) -> Any:  # the run's fixed settings live in self.config (one source)
+        if name in _CONFIG_FIELDS and "config" in self.__dict__:
+            return getattr(self.config, name)
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
     def __init__(self, task: Any, dht: Any, identity: Any, manifest: RunManifest, region: str, *,
                  model: torch.nn.Module | None = None, attack: Any = None, verifier: Any = None,
                  evaluate: bool = True, max_payload_bytes: int | None = None, ledger: str | None = None,
                  trusted: tuple[str, ...] = (), resume_state: BaseState | None = None):
         self.task, self.dht, self.identity, self.manifest, self.region = task, dht, identity, manifest, region
-        self.run_id = manifest.run_id
         self.model = model if model is not None else task.build_model(manifest.seed)
         self.like = BaseState.initial(self.model)
+        limits = derive_limits(self.like, manifest.codec, dict(manifest.codec_params))  # from the model, never fixed
+        self.config = RunConfig.from_manifest(manifest, region, task.batch_size, limits, max_payload_bytes)
         clock = RoundClock(manifest.t0, manifest.round_s, margin_s=min(0.1 * manifest.round_s, 2.0))
         lo, hi = manifest.round_bounds  # rounds adapt to what the swarm measures (optim/schedule.py)
         self.schedule_rule = ScheduleRule(clock, lo, hi, manifest.first_round) if hi > lo else None
         self.pace, self.clock, self.lateness = Pace(clock, self.schedule_rule), clock, Lateness(clock)
-        self.cross_region_period = manifest.cross_region_period
-        self.codec, self.codec_params = manifest.codec, dict(manifest.codec_params)
-        self.batch_size = int(task.batch_size)
-        self.max_inner_steps = manifest.max_inner_steps
-        self.outer_lr, self.outer_momentum = manifest.outer_lr, manifest.outer_momentum
-        self.delay_compensation = True
         self.finish_times: dict[int, float] = {}
         self.trained_from: dict[int, str] = {}  # round -> hash of the base its announced update started from
         self.strategy, self.evaluate = attack if attack is not None else HONEST, evaluate
@@ -84,10 +89,6 @@ class RoundRuntime:
         if manifest.resume is not None:  # a resumed generation starts from the exported state
             held = resume_state is not None and resume_state.hash == manifest.resume.state_hash
             self.genesis = resume_state.at_round(self.origin) if held else None
-        limits = derive_limits(self.like, self.codec, self.codec_params)  # from the model, never fixed
-        self.max_payload_bytes = min(limits.max_payload_bytes, max_payload_bytes or limits.max_payload_bytes)
-        self.max_decoded_bytes = limits.max_decoded_bytes
-        self.max_state_bytes = limits.max_state_bytes
         self.counters: dict[str, int] = {}
         self.history: list[dict] = []
         self.region_of: dict[str, str] = {}  # libp2p id -> region, of the live signed peer records

@@ -34,6 +34,7 @@ from dai_swarm.logging import get_logger
 
 from . import codecs
 from .book import MAX_NEED_S, BookLimits, RoundBook
+from .config import RunConfig
 from .crossregion import CrossRegionMerger
 from .fetching import PayloadFetch
 from .machine import AdoptInclusion, CloseRound, KeepState, NoState, RoundMachine, TallyCommand
@@ -66,14 +67,16 @@ class RoundOutcome:
 class Coordinator(PayloadFetch, StateSync):
     """Background driver of the round protocol for one peer of one region.
 
-    ``ctx`` bundles the collaborators (set up by :class:`dai_swarm.runtime.RoundRuntime`):
-    run_id, region, identity, dht, netloop, p2p, store, traffic, clock, manifest fields, the
-    ``like`` base state (for shapes), ``reputation()`` (aggregation weights) and
+    ``ctx`` bundles the collaborators (set up by :class:`dai_swarm.runtime.RoundRuntime`): its
+    ``config`` (:class:`~.config.RunConfig`, the run's fixed settings), identity, the record board
+    ``dht`` (:class:`~.config.RecordBoard`), netloop, p2p, store, traffic, the current clock, the
+    ``like`` base state (for shapes), the ``verifier`` (:class:`~.config.Verifier`) and
     ``vote_weights()`` (standing: weights in votes, verdict sets and state majorities).
     """
 
     def __init__(self, ctx: Any, bases: BaseStore):
         self.ctx, self.bases = ctx, bases
+        self.cfg: RunConfig = ctx.config  # the run's fixed settings (optim/config.py)
         self.books: dict[int, RoundBook] = {}
         self.payloads: dict[str, Mapping[str, torch.Tensor]] = {}
         self.providers: dict[str, list[str]] = {}
@@ -96,7 +99,7 @@ class Coordinator(PayloadFetch, StateSync):
     # --- lifecycle ------------------------------------------------------------------------------
     def _machine(self, first_round: int) -> RoundMachine:
         return RoundMachine(self.ctx.clock, first_round, observe_from=first_round, kinds=("close", "tally"),
-                            lookback=3, merge_period=int(getattr(self.ctx, "cross_region_period", 0) or 0))
+                            lookback=3, merge_period=self.cfg.cross_region_period)
 
     def start(self, first_round: int) -> None:
         """Start closing rounds from ``first_round`` on."""
@@ -156,27 +159,27 @@ class Coordinator(PayloadFetch, StateSync):
 
     # --- records --------------------------------------------------------------------------------
     def _kind(self, what: str, region: str | None = None) -> str:
-        return f"{what}.{region or self.ctx.region}"
+        return f"{what}.{region or self.cfg.region}"
 
     def _publish(self, what: str, round: int, body: dict) -> None:
-        self.ctx.dht.publish_round_record(self.ctx.run_id, self._kind(what), round, body,
+        self.ctx.dht.publish_round_record(self.cfg.run_id, self._kind(what), round, body,
                                           ttl_s=max(60.0, 20 * self.ctx.clock.round_s))
 
     def _records(self, what: str, round: int, region: str | None = None) -> list:
-        return self.ctx.dht.get_round_records(self.ctx.run_id, self._kind(what, region), round)
+        return self.ctx.dht.get_round_records(self.cfg.run_id, self._kind(what, region), round)
 
     # --- announce -------------------------------------------------------------------------------
     def announce(self, round: int, base_hash: str, steps: int, samples: int, delta: Mapping[str, torch.Tensor]) -> str:
         """Encode, store and announce this peer's round update; returns its digest."""
         ctx = self.ctx
         strategy = ctx.strategy  # honest unless a test or benchmark built this peer (optim/strategy.py)
-        blob = strategy.tamper_blob(codecs.encode(strategy.tamper(dict(delta), round), ctx.codec, **ctx.codec_params),
+        blob = strategy.tamper_blob(codecs.encode(strategy.tamper(dict(delta), round), self.cfg.codec, **self.cfg.codec_params),
                                     round)
         digest = ctx.store.put(blob, round)
         claimed_steps = strategy.claimed_steps(steps)
-        body = {"run_id": ctx.run_id, "round": round, "base_hash": base_hash, "peer": ctx.identity.public_key_hex,
-                "steps": claimed_steps, "samples": claimed_steps * ctx.batch_size, "codec": ctx.codec,
-                "digest": digest, "size_bytes": len(blob), "region": ctx.region, "p2p_id": ctx.p2p_id}
+        body = {"run_id": self.cfg.run_id, "round": round, "base_hash": base_hash, "peer": ctx.identity.public_key_hex,
+                "steps": claimed_steps, "samples": claimed_steps * self.cfg.batch_size, "codec": self.cfg.codec,
+                "digest": digest, "size_bytes": len(blob), "region": self.cfg.region, "p2p_id": ctx.p2p_id}
         # adaptive rounds only (a fixed-round run's records stay as before): the length this machine needs
         need = ctx.lateness.need_s() if getattr(ctx, "schedule_rule", None) is not None else None
         if need is not None:  # (optim/schedule.py)
@@ -189,9 +192,9 @@ class Coordinator(PayloadFetch, StateSync):
     # --- close ----------------------------------------------------------------------------------
     def _compute(self, book: RoundBook, base_next: BaseState) -> BaseState:
         return compute_next_base(book, self.payloads, base_next, self.bases.get(book.round), self.ctx.verifier,
-                                 self.machine.verdicts_for(book.round), outer_lr=self.ctx.outer_lr,
-                                 outer_momentum=self.ctx.outer_momentum,
-                                 delay_compensation=self.ctx.delay_compensation,
+                                 self.machine.verdicts_for(book.round), outer_lr=self.cfg.outer_lr,
+                                 outer_momentum=self.cfg.outer_momentum,
+                                 delay_compensation=self.cfg.delay_compensation,
                                  rewards=getattr(self.ctx, "rewards", None),
                                  schedule=getattr(self.ctx, "schedule_rule", None))
 
@@ -208,15 +211,15 @@ class Coordinator(PayloadFetch, StateSync):
             logger.info("round %d: no base held (joining); skipping its close", q)
             return
         base_next = self.ctx.strategy.tamper_base(q, base_next)
-        limits = BookLimits(max_inner_steps=self.ctx.max_inner_steps, batch_size=self.ctx.batch_size,
-                            max_payload_bytes=self.ctx.max_payload_bytes, codecs=frozenset([self.ctx.codec]))
-        book = RoundBook(self.ctx.run_id, q, base_q.hash, limits=limits)
+        limits = BookLimits(max_inner_steps=self.cfg.max_inner_steps, batch_size=self.cfg.batch_size,
+                            max_payload_bytes=self.cfg.max_payload_bytes, codecs=frozenset([self.cfg.codec]))
+        book = RoundBook(self.cfg.run_id, q, base_q.hash, limits=limits)
         self.books[q] = book
         book.offer_many(self._announcements(q))
         self._fetch_all(book, deadline=self.machine.fetch_deadline(q))
         inclusion = book.close()
         state = self._compute(book, base_next)
-        vote = Vote(self.ctx.run_id, q, self.ctx.identity.public_key_hex, inclusion, state.hash)
+        vote = Vote(self.cfg.run_id, q, self.ctx.identity.public_key_hex, inclusion, state.hash)
         self.my_votes[q] = vote
         verdicts = sorted(set(self.ctx.verifier.vote_verdicts(q)))
         if self.machine.may_vote(q):
@@ -246,7 +249,7 @@ class Coordinator(PayloadFetch, StateSync):
         out = []
         for signer, w in self._vote_bodies(q):
             try:
-                out.append(Vote(self.ctx.run_id, q, signer, tuple(w.inclusion), w.state_hash))
+                out.append(Vote(self.cfg.run_id, q, signer, tuple(w.inclusion), w.state_hash))
             except MalformedRecord:  # e.g. a repeated digest
                 continue
         return out
@@ -256,10 +259,10 @@ class Coordinator(PayloadFetch, StateSync):
         sets = []
         for signer, w in self._vote_bodies(q):
             try:
-                sets.append(Vote(self.ctx.run_id, q, signer, tuple(w.verdicts), "0" * 64))
+                sets.append(Vote(self.cfg.run_id, q, signer, tuple(w.verdicts), "0" * 64))
             except MalformedRecord:
                 continue
-        return tally(sets, self.ctx.vote_weights(), run_id=self.ctx.run_id, round=q, electorate=self._electorate(sets))
+        return tally(sets, self.ctx.vote_weights(), run_id=self.cfg.run_id, round=q, electorate=self._electorate(sets))
 
     def tally_round(self, q: int) -> None:
         """Tally round ``q``'s votes and execute what the machine decides (adopt, keep, merge,
@@ -268,7 +271,7 @@ class Coordinator(PayloadFetch, StateSync):
         state = self._candidates.pop(q, None)
         outcome = self.outcomes.setdefault(q, RoundOutcome(q))
         votes = self._read_votes(q, book)
-        result = tally(votes, self.ctx.vote_weights(), run_id=self.ctx.run_id, round=q,
+        result = tally(votes, self.ctx.vote_weights(), run_id=self.cfg.run_id, round=q,
                        electorate=self._electorate(votes))
         self.machine.tallied_verdicts(q, self._tally_verdicts(q))
         winners = {v.voter for v in votes if result.decided and v.state_hash == result.state_hash}

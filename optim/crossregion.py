@@ -246,21 +246,21 @@ class CrossRegionMerger:
         Returns None when this region's anchor is not the one most regions share (it missed an
         earlier merge): the coordinator then adopts another region's merged state instead.
         """
-        ctx, r = self.c.ctx, q + 2
+        ctx, cfg, r = self.c.ctx, self.c.cfg, q + 2
         delta = region_delta(state)
-        blob = codecs.encode(delta, ctx.codec, **ctx.codec_params)
+        blob = codecs.encode(delta, cfg.codec, **cfg.codec_params)
         digest = ctx.store.put(blob, r)
         samples = int(state.extra.get("epoch_samples", 0))
         anchor = f"{int(state.extra.get('merges', 0)):08d}:{state_hash(state.anchor)}"
-        ctx.dht.publish_round_record(ctx.run_id, "xdelta", r, {
-            "region": ctx.region, "digest": digest, "size": len(blob), "samples": samples, "p2p_id": ctx.p2p_id,
+        ctx.dht.publish_round_record(cfg.run_id, "xdelta", r, {
+            "region": cfg.region, "digest": digest, "size": len(blob), "samples": samples, "p2p_id": ctx.p2p_id,
             "anchor": anchor}, ttl_s=max(60.0, 20 * ctx.clock.round_s))
         wait = ctx.clock.tally_time(q) + MERGE_AT * ctx.clock.round_s - time.time()
         if wait > 0:
             time.sleep(wait)
         adm, members = self._admit(q, r, state)
         anchors = {g: d.anchor for g, d in adm.regions.items()}
-        anchors[ctx.region] = anchor
+        anchors[cfg.region] = anchor
         majority = self._majority_anchor(anchors, anchor)
         if majority != anchor:
             # our region missed an earlier merge: deltas against different anchors cannot be mixed.
@@ -268,7 +268,7 @@ class CrossRegionMerger:
             source = min(reg for reg, a in anchors.items() if a == majority)
             self.c.foreign_source[r] = source
             logger.warning("merge %d: region %s is off the global chain; adopting region %s's state",
-                           r, ctx.region, source)
+                           r, cfg.region, source)
             return None
         chosen = {g: d for g, d in adm.regions.items() if d.anchor == anchor}
         if not chosen:
@@ -276,17 +276,17 @@ class CrossRegionMerger:
         deadline = ctx.clock.tally_time(q) + MERGE_END * ctx.clock.round_s
         providers = {d.digest: [(pid, g) for pid in d.providers] for g, d in chosen.items()}
         published = set(adm.mates)
-        by_key = {k: p2p for k, (g, p2p) in members.items() if g == ctx.region and p2p in published}
+        by_key = {k: p2p for k, (g, p2p) in members.items() if g == cfg.region and p2p in published}
         by_key[ctx.identity.public_key_hex] = ctx.p2p_id
         gateway = by_key[gateway_of(by_key, r)]
         decoded = self._fetch(r, {g: (d.digest, d.size, d.weight) for g, d in chosen.items()}, providers,
                               gateway, deadline)
         expect = {n: tuple(t.shape) for n, t in state.params.items()}
         # our own region: the delta we computed, weighted like the other regions weigh it
-        mine = sum(1 for reg, _ in members.values() if reg == ctx.region)
-        own_w = float(min(samples, weight_cap(max(1, mine), ctx.max_inner_steps, ctx.batch_size,
-                                              ctx.cross_region_period)))
-        weights: dict[str, list] = {digest: [own_w, codecs.decode(blob, max_bytes=ctx.max_decoded_bytes)]}
+        mine = sum(1 for reg, _ in members.values() if reg == cfg.region)
+        own_w = float(min(samples, weight_cap(max(1, mine), cfg.max_inner_steps, cfg.batch_size,
+                                              cfg.cross_region_period)))
+        weights: dict[str, list] = {digest: [own_w, codecs.decode(blob, max_bytes=cfg.max_decoded_bytes)]}
         used = 0
         for region, d in sorted(chosen.items()):
             tensors = decoded.get(d.digest) if d.digest != digest else weights[digest][1]
@@ -317,30 +317,30 @@ class CrossRegionMerger:
 
     def _members(self) -> dict[str, tuple[str, str]]:
         """Public key → (region, libp2p id) of the run's live, signed peer records (us included)."""
-        ctx = self.c.ctx
+        ctx, cfg = self.c.ctx, self.c.cfg
         out: dict[str, tuple[str, str]] = {}
         try:
-            for s in ctx.dht.peer_records(ctx.run_id):
+            for s in ctx.dht.peer_records(cfg.run_id):
                 out[s.signer] = (s.record.region, s.record.peer_id)
         except Exception as e:  # no membership view: no other region is admitted, we merge alone
             logger.info("peer records unavailable for the merge: %s", e)
-        out[ctx.identity.public_key_hex] = (ctx.region, ctx.p2p_id)
+        out[ctx.identity.public_key_hex] = (cfg.region, ctx.p2p_id)
         return out
 
     def _admit(self, q: int, r: int, state: BaseState) -> tuple[Admission, dict]:
         """Read round ``r``'s xdelta records and admit regions (:func:`admit_region_deltas`), reading
         again until ``MERGE_READ_END`` while some live member of a region has not published yet."""
-        ctx = self.c.ctx
+        ctx, cfg = self.c.ctx, self.c.cfg
         read_end = ctx.clock.tally_time(q) + MERGE_READ_END * ctx.clock.round_s
-        per_member = weight_cap(1, ctx.max_inner_steps, ctx.batch_size, ctx.cross_region_period)
+        per_member = weight_cap(1, cfg.max_inner_steps, cfg.batch_size, cfg.cross_region_period)
         # merges an anchor can be behind
-        max_merges = sum(1 for b in range(2, r) if is_sync_round(b, int(ctx.cross_region_period)))
+        max_merges = sum(1 for b in range(2, r) if is_sync_round(b, int(cfg.cross_region_period)))
         standing = standing_keys(ctx.verifier.vote_weights(state.extra))
         while True:
             members = self._members()
-            records = [(rec.signer, rec.body) for rec in ctx.dht.get_round_records(ctx.run_id, "xdelta", r)]
+            records = [(rec.signer, rec.body) for rec in ctx.dht.get_round_records(cfg.run_id, "xdelta", r)]
             final = time.time() >= read_end
-            adm = admit_region_deltas(records, members, ctx.region, max_payload_bytes=ctx.max_payload_bytes,
+            adm = admit_region_deltas(records, members, cfg.region, max_payload_bytes=cfg.max_payload_bytes,
                                       per_member_cap=per_member, max_merges=max_merges, final=final,
                                       standing=standing)
             if not adm.short or final:
@@ -357,7 +357,7 @@ class CrossRegionMerger:
     def _fetch(self, r: int, chosen: dict, providers: dict, gateway: str, deadline: float) -> dict:
         from hivemind.p2p import PeerID
 
-        ctx = self.c.ctx
+        ctx, cfg = self.c.ctx, self.c.cfg
         out: dict[str, dict] = {}
 
         async def one(digest: str) -> None:
@@ -366,23 +366,23 @@ class CrossRegionMerger:
                 if local is None and gateway != ctx.p2p_id:  # the gateway may still be fetching it:
                     try:  # ask it again briefly (the asker polls; servers never hold a request)
                         local = await fetch_when_ready(
-                            ctx.p2p, PeerID.from_base58(gateway), ctx.run_id, digest, max_bytes=ctx.max_payload_bytes,
+                            ctx.p2p, PeerID.from_base58(gateway), cfg.run_id, digest, max_bytes=cfg.max_payload_bytes,
                             wait_s=min(2.0, 0.15 * ctx.clock.round_s, max(0.0, deadline - time.time() - 0.5)),
                             timeout_s=max(0.3, deadline - time.time()), traffic=ctx.traffic)
                     except (PeerUnreachable, ProtocolError, PayloadTooLarge) as e:
                         logger.info("merge %d: gateway did not serve %s: %s", r, digest[:12], e)
                 if local is None:
-                    remote = [(PeerID.from_base58(pid), "cross" if reg != ctx.region else "intra")
+                    remote = [(PeerID.from_base58(pid), "cross" if reg != cfg.region else "intra")
                               for pid, reg in providers.get(digest, []) if pid not in (ctx.p2p_id, gateway)]
-                    local = await fetch_from_any(ctx.p2p, remote, ctx.run_id, digest, max_bytes=ctx.max_payload_bytes,
+                    local = await fetch_from_any(ctx.p2p, remote, cfg.run_id, digest, max_bytes=cfg.max_payload_bytes,
                                                  timeout_s=max(0.3, deadline - time.time()), traffic=ctx.traffic)
                 if held is None:
                     ctx.store.put(local, r, digest)
-                out[digest] = codecs.decode(local, max_bytes=ctx.max_decoded_bytes)
+                out[digest] = codecs.decode(local, max_bytes=cfg.max_decoded_bytes)
             except (SwarmError, ValueError) as e:
                 logger.info("merge %d: region delta %s unavailable: %s", r, digest[:12], e)
 
-        wanted = [d for region, (d, _, _) in chosen.items() if region != ctx.region]
+        wanted = [d for region, (d, _, _) in chosen.items() if region != cfg.region]
 
         async def go() -> None:
             await asyncio.gather(*(one(d) for d in wanted))

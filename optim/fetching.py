@@ -44,7 +44,7 @@ class PayloadFetch:
     def _check_payload(self, digest: str, blob: bytes) -> Mapping[str, torch.Tensor]:
         like = self.ctx.like
         expect = {n: (tuple(t.shape), torch.float32) for n, t in like.params.items()}
-        return codecs.decode(blob, expect=expect, max_bytes=self.ctx.max_decoded_bytes)
+        return codecs.decode(blob, expect=expect, max_bytes=self.cfg.max_decoded_bytes)
 
     def _mates(self) -> list:
         """(PeerID, link) of the other live peers of this region: they serve every payload they hold."""
@@ -59,8 +59,8 @@ class PayloadFetch:
         attempt, first = 0, None
         while True:
             try:
-                return await fetch_from_any(self.ctx.p2p, providers, self.ctx.run_id, digest,
-                                            max_bytes=self.ctx.max_payload_bytes,
+                return await fetch_from_any(self.ctx.p2p, providers, self.cfg.run_id, digest,
+                                            max_bytes=self.cfg.max_payload_bytes,
                                             timeout_s=max(0.2, (end - time.monotonic()) * (0.6 if attempt < 2 else 1.0)),
                                             traffic=self.ctx.traffic)
             except (PeerUnreachable, ProtocolError) as e:
@@ -118,7 +118,7 @@ class PayloadFetch:
             if provider is None:
                 self.ctx.count("unknown_announcer")
                 logger.info("round %d: announcement from %s dropped: no live peer record in region %s",
-                            round, rec.signer[:12], self.ctx.region)
+                            round, rec.signer[:12], self.cfg.region)
                 continue
             try:
                 body = typed(rec, "update").body()  # schema: dai_swarm.dht.wire.UpdateBody

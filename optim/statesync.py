@@ -115,7 +115,7 @@ class StateSync:
                 self._no_anchor_warned = round
                 logger.warning("round %d: no founder or trusted key offers the state of region %s (%d other "
                                "signer(s) do): not downloading; pass --trust KEY of a peer you trust",
-                               round, self.ctx.region, len({o.signer for o in offers}))
+                               round, self.cfg.region, len({o.signer for o in offers}))
                 self.ctx.count("no_trusted_offer")
             return None
         if maj is None or maj.weight <= 0:
@@ -139,7 +139,7 @@ class StateSync:
                 continue
         timeout_s = timeout_s or max(5.0, self.ctx.clock.round_s)
         blob = self.ctx.netloop.run(
-            fetch_chunked(self.ctx.p2p, donor_ids, self.ctx.run_id, offer, max_bytes=self.ctx.max_state_bytes,
+            fetch_chunked(self.ctx.p2p, donor_ids, self.cfg.run_id, offer, max_bytes=self.cfg.max_state_bytes,
                           traffic=self.ctx.traffic, timeout_s=timeout_s, on_liar=self._lying_donor),
             timeout_s=timeout_s * 3)
         state = BaseState.from_blob(round, blob, target, self.ctx.like)

@@ -17,6 +17,7 @@ from dai_swarm.optim.exchange import PayloadStore
 from dai_swarm.optim.states import BaseState
 from dai_swarm.optim.votes import HeadCount, standing_keys
 from dai_swarm.verification.reputation import initial_extra, vote_weights
+from fakes import run_config
 
 ANCHOR = {"w": torch.zeros(4)}
 TAG = f"{1:08d}:{state_hash(ANCHOR)}"
@@ -133,7 +134,9 @@ def _merge(my_state, peers, others):
                           clock=SimpleNamespace(tally_time=lambda q: 0.0, round_s=1.0), cross_region_period=K,
                           max_payload_bytes=1 << 20, max_decoded_bytes=1 << 20, max_inner_steps=STEPS, batch_size=BS,
                           verifier=SimpleNamespace(vote_weights=vote_weights))
-    merger = CrossRegionMerger(SimpleNamespace(ctx=ctx, foreign_source={}))
+    cfg = run_config(codec="none", cross_region_period=K, max_payload_bytes=1 << 20, max_decoded_bytes=1 << 20,
+                     max_inner_steps=STEPS, batch_size=BS)
+    merger = CrossRegionMerger(SimpleNamespace(ctx=ctx, cfg=cfg, foreign_source={}))
     fetched = []
     merger._fetch = lambda r, chosen, providers, gw, deadline: {
         d: codecs.decode(net[d]) for d, _, _ in chosen.values() if d in net and not fetched.append(d)}

@@ -17,6 +17,7 @@ from dai_swarm.heartbeat import refresh_peers
 from dai_swarm.runtime import RoundRuntime
 from dai_swarm.optim.states import BaseState, BaseStore
 from dai_swarm.tasks import load_task
+from fakes import run_config
 
 
 def _like(task: str = "regression") -> BaseState:
@@ -67,7 +68,8 @@ def _ann(key: str, p2p: str, digest: str, region: str = "r0") -> SimpleNamespace
 
 
 def _ctx(dht, peers_now: dict, peers_later: dict):
-    ctx = SimpleNamespace(run_id="run", region="r0", dht=dht, counters={}, refreshes=0, peer_keys=dict(peers_now))
+    ctx = SimpleNamespace(run_id="run", region="r0", dht=dht, counters={}, refreshes=0, peer_keys=dict(peers_now),
+                          config=run_config())
 
     def refresh():
         ctx.refreshes += 1
@@ -132,7 +134,7 @@ def test_a_network_side_error_is_latched_and_reported_not_swallowed():
     from dai_swarm.optim.clock import RoundClock
     from dai_swarm.optim.states import BaseStore
 
-    c = Coordinator(SimpleNamespace(clock=RoundClock(_time.time() - 25.0, 10.0)), BaseStore())
+    c = Coordinator(SimpleNamespace(clock=RoundClock(_time.time() - 25.0, 10.0), config=run_config()), BaseStore())
     assert c.errored() is None
 
     def fail(q):

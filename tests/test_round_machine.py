@@ -18,6 +18,7 @@ from dai_swarm.optim.machine import (ADOPT_FETCH_FRAC, AdoptInclusion, CloseRoun
                                      RoundMachine, Tally)
 from dai_swarm.optim.states import BaseStore
 from dai_swarm.optim.votes import HeadCount, Vote, tally
+from fakes import run_config
 
 T = 10.0
 CLOCK = RoundClock(0.0, T, close_frac=0.3, tally_frac=0.55)
@@ -166,7 +167,7 @@ def test_the_real_peer_and_the_simulator_run_the_same_machine():
     from dai_swarm.sim.config import SimConfig
     from dai_swarm.sim.engine import Simulator
 
-    real = Coordinator(SimpleNamespace(clock=CLOCK, cross_region_period=5), BaseStore())
+    real = Coordinator(SimpleNamespace(clock=CLOCK, config=run_config(cross_region_period=5)), BaseStore())
     assert type(real.machine) is RoundMachine and real.machine.merge_period == 5
     sim = Simulator(SimConfig(peers=3, regions=1, rounds=3, task="regression", evaluate=False))
     sim.run()

@@ -29,6 +29,7 @@ from dai_swarm.optim.coordinator import Coordinator, NullVerifier
 from dai_swarm.optim.exchange import PayloadStore
 from dai_swarm.optim.states import BaseState, BaseStore
 from dai_swarm.optim.votes import HeadCount, confirm_state, tally
+from fakes import run_config
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 P3, P5, P6 = "03" * 32, "05" * 32, "06" * 32
@@ -105,6 +106,7 @@ def _coordinator(key: str, dht: MemoryDHT, clock: RoundClock, states: dict, peer
     ctx = SimpleNamespace(
         run_id="run", region="r1", identity=SimpleNamespace(public_key_hex=key), dht=dht.view(key), clock=clock,
         cross_region_period=1000, store=PayloadStore(), p2p_id=f"p2p-{key[:4]}", verifier=NullVerifier(),
+        config=run_config(region="r1"),
         peer_keys=peers, announcer=lambda k: peers.get(k, (None,))[0], counters={})
     c = Coordinator(ctx, BaseStore())
     ctx.reputation = lambda: {P3: 0.55, P5: 0.25}

@@ -26,6 +26,7 @@ from dai_swarm.verification.reputation import (
     ReputationPolicy, initial_extra, standing_of, update_reputation, vote_weights,
 )
 from dai_swarm.verification.verdicts import Verdict
+from fakes import run_config
 
 
 def _key(name: str) -> str:
@@ -161,7 +162,7 @@ def _joiner(records, anchors, count):
     ctx = SimpleNamespace(run_id="run", region="r0", identity=SimpleNamespace(public_key_hex=_key("joiner")),
                           dht=_Records(records), clock=RoundClock(time.time(), 4.0), cross_region_period=1000,
                           store=PayloadStore(), p2p_id="p2p-joiner", verifier=NullVerifier(), region_of={},
-                          count=count, link_of_p2p=lambda p: "intra")
+                          count=count, link_of_p2p=lambda p: "intra", config=run_config())
     c = Coordinator(ctx, BaseStore())
     ctx.vote_weights = lambda extra=None: {k: 1.0 for k in anchors} if c.bases.latest() is None else {}
     return c

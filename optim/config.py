@@ -1,0 +1,99 @@
+"""What the round protocol reads of its run and of the world around it: one frozen config, typed ports.
+
+:class:`RunConfig` is built once when a peer starts (from the signed manifest, the task's batch
+size and the caps derived from the model) and never changes: the driver, the merger and the
+state sync read their settings here instead of reaching into the runtime. The clock is not in it:
+with adaptive rounds it changes (:mod:`.schedule`), and the round machine follows it.
+
+The ports are what the protocol needs from the outside, as :class:`typing.Protocol` types: a
+:class:`RecordBoard` (the hivemind DHT in a peer; an in-memory board in unit tests; the
+simulator's DHT model) and a :class:`Verifier` (spot checks; :class:`~.rules.NullVerifier` when
+verification is off). Payloads travel over hivemind P2P streams (:mod:`.exchange`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+
+from dai_swarm.errors import ConfigError
+
+__all__ = ["RecordBoard", "RunConfig", "Verifier"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run's protocol settings as one peer holds them (see the module docstring).
+
+    ``max_payload_bytes`` caps one update or region delta on the wire, ``max_decoded_bytes`` its
+    decoded tensors, ``max_state_bytes`` a state snapshot; all three follow from the model and the
+    codec (:func:`~.limits.derive_limits`). ``record_ttl_s`` is how long round records live.
+    """
+
+    run_id: str
+    region: str
+    codec: str
+    batch_size: int
+    max_inner_steps: int
+    max_payload_bytes: int
+    max_decoded_bytes: int
+    max_state_bytes: int
+    cross_region_period: int
+    outer_lr: float
+    outer_momentum: float
+    codec_params: Mapping[str, Any] = field(default_factory=dict)
+    delay_compensation: bool = True
+    round_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_inner_steps", "max_payload_bytes", "max_decoded_bytes", "max_state_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(self.cross_region_period, bool) or not isinstance(self.cross_region_period, int) \
+                or self.cross_region_period < 0:
+            raise ConfigError(f"cross_region_period must be an int >= 0, got {self.cross_region_period!r}")
+        object.__setattr__(self, "codec_params", dict(self.codec_params))
+
+    @property
+    def record_ttl_s(self) -> float:
+        """Lifetime of a round record: 20 rounds (at least a minute), so late joiners still read them."""
+        return max(60.0, 20 * self.round_s)
+
+    @classmethod
+    def from_manifest(cls, manifest: Any, region: str, batch_size: int, limits: Any,
+                      max_payload_bytes: int | None = None) -> "RunConfig":
+        """The config of a peer of ``region`` in the run ``manifest`` describes; ``limits`` from
+        :func:`~.limits.derive_limits`; ``max_payload_bytes`` may only lower the derived cap."""
+        payload = min(limits.max_payload_bytes, max_payload_bytes or limits.max_payload_bytes)
+        return cls(run_id=manifest.run_id, region=region, codec=manifest.codec, batch_size=int(batch_size),
+                   max_inner_steps=manifest.max_inner_steps, max_payload_bytes=payload,
+                   max_decoded_bytes=limits.max_decoded_bytes, max_state_bytes=limits.max_state_bytes,
+                   cross_region_period=manifest.cross_region_period, outer_lr=manifest.outer_lr,
+                   outer_momentum=manifest.outer_momentum, codec_params=dict(manifest.codec_params),
+                   round_s=float(manifest.round_s))
+
+
+@runtime_checkable
+class RecordBoard(Protocol):
+    """Signed round records, one per signer and (kind, round): the DHT as the protocol sees it."""
+
+    def publish_round_record(self, run_id: str, kind: str, round: int, body: dict, ttl_s: float = ...) -> bool:
+        """Sign and store this peer's ``kind`` record of ``round``."""
+
+    def get_round_records(self, run_id: str, kind: str, round: int) -> Sequence[Any]:
+        """The verified records (``.signer``, ``.body``, typed ``.wire``) of ``kind`` and ``round``."""
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Spot checks as the round protocol drives them (:mod:`dai_swarm.verification.spotcheck`)."""
+
+    def vote_verdicts(self, round: int) -> Iterable[str]:
+        """Verdict ids to carry in this peer's vote of ``round``."""
+
+    def on_close(self, round: int, book: Any, payloads: Mapping[str, Any], base: Any) -> None:
+        """Round ``round`` closed here: schedule checks of some included updates."""
+
+    def vote_weights(self, extra: Mapping | None = None) -> Mapping[str, float]:
+        """Standing weights from a state's replicated metadata (votes, verdict sets, state majorities)."""
