@@ -21,6 +21,7 @@ import sys
 
 import torch
 
+from dai_swarm.identity import Identity
 from dai_swarm.sim import LinkSpec, SimConfig, simulate
 
 MODES = ("clustered", "flat")
@@ -127,10 +128,13 @@ def calibrate(args: argparse.Namespace) -> int:
                           lead_s=args.lead_s)
     real_rows = per_round(real)
     loopback = LinkSpec(0.0002, 1e9)
+    # the simulated peers are the real ones: their keys and run id give them the same batches, hence the
+    # same updates and payload sizes (host CPU time is what the simulator does not model)
+    keys = tuple(Identity.load(os.path.join(args.workdir, f"p{i}.key")).public_key_hex for i in range(args.peers))
     cfg = SimConfig(peers=args.peers, regions=args.regions, rounds=args.rounds, round_s=args.round_s, task=args.task,
                     codec=args.codec, cross_region_period=args.k, max_inner_steps=args.max_inner_steps,
                     speed_median=1000.0, speed_sigma=0.0, intra=loopback, cross=loopback, check_prob=0.0,
-                    seed=args.seed, dht_hop_s=0.01)
+                    seed=args.seed, dht_hop_s=0.01, run_id=real["run_id"], keys=keys)
     sim_rows, summary = simulate(cfg)
     sim_by_round = {r["round"]: r for r in sim_rows}
     full = [r for r in real_rows if r["peers"] == args.peers and r["round"] in sim_by_round]
@@ -144,7 +148,8 @@ def calibrate(args: argparse.Namespace) -> int:
                      "sim_completion_median_s": s["completion_median_s"],
                      "real_completion_max_s": r["completion_max_s"], "sim_completion_max_s": s["completion_max_s"],
                      "real_updates": r["updates_median"], "sim_included": s["included"],
-                     "real_regions_in_agreement": r["regions_in_agreement"]})
+                     "real_regions_in_agreement": r["regions_in_agreement"],
+                     "sim_regions_in_agreement": s["regions_in_agreement"]})
     tot_real = {k: sum(c["real_bytes"][k] for c in comp) for k in ("intra", "cross")}
     tot_sim = {k: sum(c["sim_bytes"][k] for c in comp) for k in ("intra", "cross")}
     out = {"rows": comp, "real_rows": real_rows, "total_real": tot_real, "total_sim": tot_sim,
@@ -157,13 +162,14 @@ def calibrate(args: argparse.Namespace) -> int:
         json.dump(out, fh, indent=1, sort_keys=True, default=str)
     print(json.dumps({k: v for k, v in out.items() if k not in ("real_rows", "sim_summary")}, indent=1, default=str))
     print("| round | real intra B | sim intra B | err | real cross B | sim cross B | real done (median/max) s | "
-          "sim done (median/max) s | real updates | sim updates |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "sim done (median/max) s | real updates | sim updates | regions agreed (real / sim) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for c in comp:
         print(f"| {c['round']} | {c['real_bytes']['intra']:,} | {c['sim_bytes']['intra']:,} | {c['err_intra']} | "
               f"{c['real_bytes']['cross']:,} | {c['sim_bytes']['cross']:,} | {c['real_completion_median_s']:.2f} / "
               f"{c['real_completion_max_s']:.2f} | {c['sim_completion_median_s']:.2f} / {c['sim_completion_max_s']:.2f} | "
-              f"{c['real_updates']} | {c['sim_included']} |")
+              f"{c['real_updates']} | {c['sim_included']} | {c['real_regions_in_agreement']} / "
+              f"{c['sim_regions_in_agreement']} |")
     return 0
 
 

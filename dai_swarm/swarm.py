@@ -157,7 +157,7 @@ class Swarm:
                 cross_region_period=cross_region_period, max_inner_steps=max_inner_steps, outer_lr=outer_lr,
                 outer_momentum=outer_momentum, codec=codec,
                 # updates are small next to a round: spend the CPU on zstd for 11-14% fewer bytes
-                codec_params=dict({"zstd": "always"} if codec_params is None else codec_params),
+                codec_params=dict(codecs.RUN_CODEC_PARAMS if codec_params is None else codec_params),
                 checks_per_update=checks_per_update, seed=seed,
                 t0=_start_time(t0, start_in_s),
                 versions=manifest_versions(),

@@ -52,8 +52,8 @@ def test_two_peers_one_round_matches_hand_computation():
     row = rows[0]
     task = load_task("regression")
     theta0 = {n: p.detach().clone() for n, p in task.build_model(7).named_parameters()}
-    blobs = [codecs.encode(recompute_update(task, theta0, "sim", 7, peer_key(7, i), 0, 3, raw=True), "int8")
-             for i in range(2)]
+    blobs = [codecs.encode(recompute_update(task, theta0, "sim", 7, peer_key(7, i), 0, 3, raw=True), "int8",
+                           **codecs.RUN_CODEC_PARAMS) for i in range(2)]  # as a real peer of a new run encodes
     deltas = [codecs.decode(b) for b in blobs]
     lr, mu = cfg.outer_lr, cfg.outer_momentum
     expect = {n: theta0[n] - lr * (1 + mu) * (deltas[0][n] + deltas[1][n]) / 2 for n in theta0}

@@ -14,6 +14,7 @@ from typing import Mapping
 
 from dai_swarm.errors import ConfigError
 from dai_swarm.optim.clock import CLOSE_FRAC, TALLY_FRAC
+from dai_swarm.optim.codecs import RUN_CODEC_PARAMS
 from dai_swarm.verification.spotcheck import DEFAULT_TAU
 
 __all__ = ["LinkSpec", "SimConfig"]
@@ -52,6 +53,9 @@ class SimConfig:
     fraction of peers (initial and joiners) running ``attack``. ``check_prob`` is the chance that an
     included update is spot-checked (by two verifiers, the rules' ``min_fail_verifiers``) with the
 spot checker's pass threshold ``tau`` on the relative L2 distance.
+    ``keys`` (optional) are the public keys of peers ``0 .. len(keys)-1`` (calibration against a real run:
+    the same keys and ``run_id`` give the same batches, hence bitwise the same updates); other peers get
+    seed-derived keys. ``codec_params`` are the run's codec parameters (a new run's default).
     ``region_links`` overrides ``(intra, cross)`` link specs per region name.
     """
 
@@ -62,6 +66,7 @@ spot checker's pass threshold ``tau`` on the relative L2 distance.
     task: str = "regression"
     task_overrides: Mapping[str, object] = field(default_factory=dict)
     codec: str = "int8"
+    codec_params: Mapping[str, object] = field(default_factory=lambda: dict(RUN_CODEC_PARAMS))
     exchange: str = "clustered"
     cross_region_period: int = 3
     max_inner_steps: int = 4
@@ -87,6 +92,7 @@ spot checker's pass threshold ``tau`` on the relative L2 distance.
     evaluate: bool = True
     run_id: str = "sim"
     seed: int = 0
+    keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         ints = (("peers", 1), ("regions", 1), ("rounds", 1), ("cross_region_period", 0), ("max_inner_steps", 1))

@@ -52,7 +52,7 @@ class Simulator(RoundSteps):
         self._eval_model = self.task.build_model(cfg.seed)
         like = BaseState.initial(self.model)
         self.expect = {n: (tuple(t.shape), torch.float32) for n, t in like.params.items()}
-        limits = derive_limits(like, cfg.codec)  # the caps a real peer derives from the same model
+        limits = derive_limits(like, cfg.codec, dict(cfg.codec_params))  # the caps a real peer derives
         self.max_decoded = limits.max_decoded_bytes
         self.max_payload = limits.max_payload_bytes
         self.clock = RoundClock(0.0, cfg.round_s, close_frac=cfg.close_frac, tally_frac=cfg.tally_frac,

@@ -122,5 +122,6 @@ def draw_peer(cfg: SimConfig, rng: random.Random, idx: int, region: str, joined_
         else cfg.speed_median
     lat = math.exp(rng.gauss(0.0, 0.2))
     byz = rng.random() < cfg.byzantine if byzantine is None else byzantine
-    return SimPeer(idx, peer_key(cfg.seed, idx), region, region if cfg.exchange == "clustered" else "flat",
+    key = cfg.keys[idx] if idx < len(cfg.keys) else peer_key(cfg.seed, idx)
+    return SimPeer(idx, key, region, region if cfg.exchange == "clustered" else "flat",
                    speed, lat, make_attack(cfg.attack, cfg.seed * 1_000_003 + idx) if byz else None, joined_at)

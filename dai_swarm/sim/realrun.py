@@ -133,7 +133,8 @@ def run_real_swarm(workdir: str, *, peers: int, regions: int, round_s: float, un
         if os.path.exists(path):
             with open(path) as f:
                 histories[i] = json.load(f)
-    return {"t0": t0, "round_s": round_s, "peers": peers, "regions": regions, "histories": histories,
+    return {"t0": t0, "round_s": round_s, "peers": peers, "regions": regions, "run_id": run_id,
+            "histories": histories,
             "pss_kib": pss, "pss_main_kib": pss_main, "aborted_low_memory": aborted,
             "min_mem_available_kib": min_avail, "exit_codes": [p.returncode for p in procs]}
 

@@ -61,7 +61,7 @@ class RoundSteps:
             claimed = steps
             if p.attack is not None:
                 delta = p.attack.tamper(dict(delta), q)
-            blob = codecs.encode(delta, cfg.codec)
+            blob = codecs.encode(delta, cfg.codec, **cfg.codec_params)
             if p.attack is not None:
                 blob = p.attack.tamper_blob(blob, q)
                 claimed = p.attack.claimed_steps(steps)
@@ -268,7 +268,8 @@ class RoundSteps:
                     continue
                 base = self.states[ann.base_hash]
                 passed, dist, recomputed = recheck(self.task, self.model, base.params, ann, self.decoded.get(d),
-                                                   run_id=cfg.run_id, seed=cfg.seed, codec=cfg.codec, tau=cfg.tau)
+                                                   run_id=cfg.run_id, seed=cfg.seed, codec=cfg.codec, tau=cfg.tau,
+                                                   codec_params=cfg.codec_params)
                 self.counters["spot_checks"] += 1
                 for v in ranked:
                     lie = v.attack is not None and self.peers[anns[d][1]].attack is not None
@@ -315,7 +316,7 @@ class RoundSteps:
         deltas = {}
         for g, h in sorted(majority.items()):
             st = self.states[h]
-            blob = codecs.encode(region_delta(st), self.cfg.codec)
+            blob = codecs.encode(region_delta(st), self.cfg.codec, **self.cfg.codec_params)
             deltas[g] = (sha256_hex(blob), len(blob), int(st.extra.get("epoch_samples", 0)),
                          codecs.decode(blob, max_bytes=self.max_decoded))
         alive_regions = {self.peers[i].proto for i, (h, _, _) in finals.items()
@@ -352,7 +353,7 @@ class RoundSteps:
             self.merge_done[g] = done + 2 * self.net.spec(g, g).latency_s
             for h in {h for i, (h, _, _) in finals.items() if h is not None and self.peers[i].proto == g}:
                 st = self.states[h]
-                own = codecs.encode(region_delta(st), self.cfg.codec)
+                own = codecs.encode(region_delta(st), self.cfg.codec, **self.cfg.codec_params)
                 updates = [(sha256_hex(own), weight(g, int(st.extra.get("epoch_samples", 0))),
                             codecs.decode(own, max_bytes=self.max_decoded))]
                 updates += [(deltas[g2][0], weight(g2, deltas[g2][2]), deltas[g2][3]) for g2 in got]

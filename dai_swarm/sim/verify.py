@@ -59,15 +59,15 @@ def check_prob_hit(seed: int, digest: str, prob: float) -> bool:
 
 def recheck(task: Any, model: torch.nn.Module, base_params: Mapping[str, torch.Tensor], ann: Any,
             published: Mapping[str, torch.Tensor] | None, *, run_id: str, seed: int, codec: str,
-            tau: float) -> tuple[bool, float, str]:
+            tau: float, codec_params: Mapping[str, Any] | None = None) -> tuple[bool, float, str]:
     """Recompute ``ann``'s update like a verifier: (passed, distance or -1, recomputed digest).
 
     Honest verifiers of one update get the same answer (exact recomputation, I4), so the simulator
     runs it once per checked update and hands the outcome to each honest verifier.
     """
     raw = recompute_update(task, base_params, run_id, seed, ann.peer, ann.round, ann.steps, raw=True, model=model)
-    blob = codecs.encode(raw, codec)
-    ref = codecs.decode(blob, max_bytes=codecs.decode_cap_for(raw, codec))
+    blob = codecs.encode(raw, codec, **dict(codec_params or {}))
+    ref = codecs.decode(blob, max_bytes=codecs.decode_cap_for(raw, codec, **dict(codec_params or {})))
     dist = relative_distance(published, ref) if published is not None else math.inf
     passed = math.isfinite(dist) and dist <= tau
     return passed, (dist if math.isfinite(dist) else -1.0), sha256_hex(blob)

@@ -28,8 +28,13 @@ from .frame import (
     encode_frame,
 )
 
+#: the codec parameters of a new run unless its creator chooses others (the manifest records them):
+#: every stream through zstd, so update frames are as small as the codec allows
+RUN_CODEC_PARAMS: dict[str, Any] = {"zstd": "always"}
+
 __all__ = [
     "DEFAULT_MAX_DECODED_BYTES",
+    "RUN_CODEC_PARAMS",
     "FORMAT_VERSION",
     "MAX_BYTES",
     "MAX_ELEMENTS",
