@@ -161,15 +161,19 @@ def calibrate(args: argparse.Namespace) -> int:
     with open(f"{args.out}.json", "w") as fh:
         json.dump(out, fh, indent=1, sort_keys=True, default=str)
     print(json.dumps({k: v for k, v in out.items() if k not in ("real_rows", "sim_summary")}, indent=1, default=str))
-    print("| round | real intra B | sim intra B | err | real cross B | sim cross B | real done (median/max) s | "
-          "sim done (median/max) s | real updates | sim updates | regions agreed (real / sim) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = ["| round | real intra B | sim intra B | err | real cross B | sim cross B | real done (median/max) s | "
+             "sim done (median/max) s | real updates | sim updates | regions agreed (real / sim) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in comp:
-        print(f"| {c['round']} | {c['real_bytes']['intra']:,} | {c['sim_bytes']['intra']:,} | {c['err_intra']} | "
-              f"{c['real_bytes']['cross']:,} | {c['sim_bytes']['cross']:,} | {c['real_completion_median_s']:.2f} / "
-              f"{c['real_completion_max_s']:.2f} | {c['sim_completion_median_s']:.2f} / {c['sim_completion_max_s']:.2f} | "
-              f"{c['real_updates']} | {c['sim_included']} | {c['real_regions_in_agreement']} / "
-              f"{c['sim_regions_in_agreement']} |")
+        lines.append(f"| {c['round']} | {c['real_bytes']['intra']:,} | {c['sim_bytes']['intra']:,} | {c['err_intra']} | "
+                     f"{c['real_bytes']['cross']:,} | {c['sim_bytes']['cross']:,} | "
+                     f"{c['real_completion_median_s']:.2f} / {c['real_completion_max_s']:.2f} | "
+                     f"{c['sim_completion_median_s']:.2f} / {c['sim_completion_max_s']:.2f} | "
+                     f"{c['real_updates']} | {c['sim_included']} | {c['real_regions_in_agreement']} / "
+                     f"{c['sim_regions_in_agreement']} |")
+    with open(f"{args.out}.md", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
     return 0
 
 
