@@ -88,7 +88,7 @@ class Coordinator(PayloadFetch, StateSync):
         self.foreign_source: dict[int, str] = {}  # base round -> region whose state this region adopts
         self.first_round = 0
         self.machine = self._machine(0)  # every round decision (optim/machine.py); replaced by start()
-        self.error: SwarmError | None = None  # the newest network-side error (see errored())
+        self.error: Exception | None = None  # the newest network-side error or bug (see errored())
         self.error_round: int | None = None
         self.errors = 0
         self.on_round_tallied: list[Callable[[RoundOutcome], None]] = []
@@ -127,18 +127,20 @@ class Coordinator(PayloadFetch, StateSync):
             now = time.time()
             for action in self.machine.due(now):
                 q = action.round
+                if self.machine.cancelled(q):  # its close failed earlier in this same batch
+                    continue
                 try:
                     if isinstance(action, CloseRound):
                         self.close_round(q)
                     else:
                         self.tally_round(q)
-                except SwarmError as e:  # latched (errored()); the round is skipped, the peer re-syncs later
+                except Exception as e:  # latched (errored()); the round is skipped, the peer re-syncs later
+                    if isinstance(e, SwarmError):
+                        logger.warning("round %d: %s", q, e)
+                    else:  # a bug: never kills the thread, never passes silently (traceback + status)
+                        logger.exception("round %d failed: %r", q, e)
                     self.error, self.error_round = e, q
                     self.errors += 1
-                    logger.warning("round %d: %s", q, e)
-                    self.machine.failed(q)
-                except Exception as e:  # a bug must not kill the thread silently
-                    logger.exception("round %d failed: %r", q, e)
                     self.machine.failed(q)
             self._prefetch_next(self.machine.clock.round_at(now), now)
             self._stop.wait(0.05)

@@ -285,6 +285,10 @@ class RoundMachine:
             out.append(action)
         return out
 
+    def cancelled(self, round: int) -> bool:
+        """Whether :meth:`failed` cancelled ``round`` (a driver holding already-due actions skips them)."""
+        return round in self._skip
+
     def failed(self, round: int) -> None:
         """Round ``round`` failed on the network side: none of its remaining actions are emitted
         (the peer re-syncs a later base instead)."""

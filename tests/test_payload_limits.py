@@ -149,3 +149,30 @@ def test_a_network_side_error_is_latched_and_reported_not_swallowed():
     err = c.errored()
     assert err is not None and err["type"] == "ProtocolError" and "the DHT said no" in err["message"]
     assert err["round"] in (0, 1) and err["count"] >= 1
+
+
+def test_a_bug_on_the_network_side_is_latched_too_and_the_thread_goes_on():
+    """A non-protocol exception (a bug) skips its round like a network error, is reported by errored()
+    with its type, and leaves the thread running for the next round."""
+    import time as _time
+    from types import SimpleNamespace
+
+    from dai_swarm.optim.clock import RoundClock
+    from dai_swarm.optim.states import BaseStore
+
+    c = Coordinator(SimpleNamespace(clock=RoundClock(_time.time() - 25.0, 10.0), config=run_config()), BaseStore())
+    tallied = []
+
+    def broken(q):
+        raise KeyError(f"round {q}: a bug")
+
+    c.close_round = broken
+    c.tally_round = tallied.append
+    c.start(first_round=0)
+    deadline = _time.time() + 5
+    while c.errors < 2 and _time.time() < deadline:
+        _time.sleep(0.02)
+    c.stop()
+    err = c.errored()
+    assert err is not None and err["type"] == "KeyError" and err["count"] == 2 and c._thread.is_alive() is False
+    assert tallied == []  # a failed close cancels its round's tally

@@ -57,7 +57,9 @@ def test_a_failed_round_emits_no_tally():
     m = _peer(0)
     assert m.due(CLOCK.close_time(2)) == [CloseRound(0, 13.0), Tally(0, 15.5), CloseRound(1, 23.0),
                                           Tally(1, 25.5), CloseRound(2, 33.0)]
+    assert not m.cancelled(2)
     m.failed(2)  # the close of round 2 raised on the network side
+    assert m.cancelled(2)
     assert m.due(CLOCK.tally_time(3)) == [CloseRound(3, 43.0), Tally(3, 45.5)] and m.dropped == 1
 
 
