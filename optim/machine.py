@@ -129,11 +129,12 @@ Action = Union[TrainUntil, Announce, CloseRound, Tally, ApplyBase, WaitUntil, Do
 @dataclass(frozen=True)
 class KeepState:
     """This peer's candidate ``state_hash`` becomes its base of ``round + 2`` (merged first when
-    ``merge``). ``agreed``: a majority with weight decided for it (False never; None: undecided)."""
+    ``merge``). ``agreed``: a majority with weight decided for it (False: nobody with weight decided,
+    so the peer keeps its own state undecided)."""
 
     round: int
     state_hash: str
-    agreed: bool | None
+    agreed: bool
     merge: bool
 
 
@@ -351,7 +352,7 @@ class RoundMachine:
                 now: float) -> TallyCommand:
         """The settled command once this peer's candidate is final (None: the adopt fell short)."""
         if candidate is not None and (not result.decided or candidate == result.state_hash):
-            return KeepState(q, candidate, True if result.decided else None, self.is_sync_round(q + 2))
+            return KeepState(q, candidate, bool(result.decided), self.is_sync_round(q + 2))
         if not result.decided:
             return NoState(q)
         return ResyncState(q, result.state_hash, self.is_sync_round(q + 2), frozenset(winners),

@@ -131,7 +131,7 @@ def test_undecided_tally_keeps_a_candidate_and_leaves_a_peer_without_one_waiting
     m = _peer(0)
     nobody = _result([(P3, [D1], B)], weights={P1: 1.0})  # only a key without standing voted
     assert not nobody.decided
-    assert m.decide(5, nobody, candidate=B, inclusion=(D1,), winners=set(), now=55.5) == KeepState(5, B, None, False)
+    assert m.decide(5, nobody, candidate=B, inclusion=(D1,), winners=set(), now=55.5) == KeepState(5, B, False, False)
     assert m.decide(5, nobody, candidate=None, inclusion=None, winners=set(), now=55.5) == NoState(5)
 
 
