@@ -16,7 +16,8 @@ from .verification.spotcheck import DEFAULT_CHECKS_PER_UPDATE
 
 logger = get_logger(__name__)
 
-ATTACKS_HELP = "FOR TESTS AND BENCHMARKS ONLY: behave as a Byzantine peer of this kind"
+ATTACKS_HELP = ("FOR TESTS AND BENCHMARKS ONLY: behave as a Byzantine peer of this kind (see "
+                "dai_swarm.verification.attacks), or diverge@R: perturb this peer's state once at round R")
 
 
 def _checks(text: str) -> float:

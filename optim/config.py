@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from dai_swarm.errors import ConfigError
 
-__all__ = ["RecordBoard", "RunConfig", "Verifier"]
+__all__ = ["RecordBoard", "RoundContext", "RunConfig", "Verifier"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +97,42 @@ class Verifier(Protocol):
 
     def vote_weights(self, extra: Mapping | None = None) -> Mapping[str, float]:
         """Standing weights from a state's replicated metadata (votes, verdict sets, state majorities)."""
+
+
+class RoundContext(Protocol):
+    """Everything the round driver (:class:`~.coordinator.Coordinator` and its mixins, the merger)
+    reads of the peer it runs in; :class:`dai_swarm.runtime.RoundRuntime` provides it, unit tests a
+    namespace with the parts they use. Fixed settings are in ``config``; the rest is live state."""
+
+    config: RunConfig
+    clock: Any  # the current RoundClock (replaced when the round schedule changes)
+    identity: Any  # this peer's signing identity (``public_key_hex``)
+    dht: RecordBoard
+    verifier: Verifier
+    strategy: Any  # the UpdateStrategy (optim/strategy.py)
+    p2p: Any  # hivemind P2P replica for payload streams
+    p2p_id: str
+    netloop: Any  # the event loop thread that runs stream coroutines
+    store: Any  # PayloadStore
+    traffic: Any  # Traffic counters by link class
+    like: Any  # a BaseState with the model's shapes
+    lateness: Any  # how long this peer needs per round (adaptive rounds)
+    counters: dict
+
+    def vote_weights(self, extra: Mapping | None = None) -> Mapping[str, float]:
+        """Standing weights from ``extra`` (default: the newest base's)."""
+
+    def announcer(self, public_key: str) -> str | None:
+        """The libp2p id of ``public_key``'s live peer record in this region, or None."""
+
+    def refresh_peers(self) -> None:
+        """Read the signed peer records again."""
+
+    def region_mates(self) -> list[str]:
+        """libp2p ids of this region's live peers."""
+
+    def link_of_p2p(self, p2p_id: str) -> str:
+        """``"intra"`` or ``"cross"``: the link class to a peer."""
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the status counter ``name``."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -34,7 +34,7 @@ from dai_swarm.logging import get_logger
 
 from . import codecs
 from .book import MAX_NEED_S, BookLimits, RoundBook
-from .config import RunConfig
+from .config import RoundContext, RunConfig
 from .crossregion import CrossRegionMerger
 from .fetching import PayloadFetch
 from .machine import AdoptInclusion, CloseRound, KeepState, NoState, RoundMachine, TallyCommand
@@ -74,7 +74,7 @@ class Coordinator(PayloadFetch, StateSync):
     ``vote_weights()`` (standing: weights in votes, verdict sets and state majorities).
     """
 
-    def __init__(self, ctx: Any, bases: BaseStore):
+    def __init__(self, ctx: RoundContext, bases: BaseStore):
         self.ctx, self.bases = ctx, bases
         self.cfg: RunConfig = ctx.config  # the run's fixed settings (optim/config.py)
         self.books: dict[int, RoundBook] = {}

@@ -10,7 +10,7 @@ import pytest
 
 from dai_swarm.dht.records import RunManifest
 from dai_swarm.errors import ConfigError
-from dai_swarm.optim.config import RecordBoard, RunConfig, Verifier
+from dai_swarm.optim.config import RecordBoard, RoundContext, RunConfig, Verifier
 from dai_swarm.optim.rules import NullVerifier
 from fakes import run_config
 
@@ -44,3 +44,10 @@ def test_the_ports_are_protocols_the_fakes_and_the_defaults_satisfy():
     board = SimpleNamespace(publish_round_record=lambda *a, **k: True, get_round_records=lambda *a: [])
     assert isinstance(board, RecordBoard) and not isinstance(SimpleNamespace(), RecordBoard)
     assert isinstance(NullVerifier(), Verifier)
+
+
+def test_the_runtime_provides_every_method_of_the_round_context():
+    from dai_swarm.runtime import RoundRuntime
+
+    methods = [n for n, v in vars(RoundContext).items() if callable(v) and not n.startswith("_")]
+    assert methods and all(callable(getattr(RoundRuntime, n, None)) for n in methods), methods
