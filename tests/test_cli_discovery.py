@@ -63,11 +63,13 @@ def test_status_bad_input_is_a_clear_error(args, message):
         args = ["--run-id", "r", *args]
     start = time.monotonic()
     with testing.SocketGuard():
-        out = subprocess.run([*PY, "status", *args, "--timeout-s", "10"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([*PY, "status", *args, "--timeout-s", "10"], capture_output=True, text=True, timeout=90)
     assert out.returncode == 1
     assert "dai-swarm status: error:" in out.stderr and message in out.stderr
     assert "Traceback" not in out.stderr
-    assert time.monotonic() - start < 30
+    # the command's 10 s deadline plus interpreter start (torch import), p2pd start and shutdown: 35 s was
+    # measured for the unreachable peer beside two 8-peer swarms on 2 cores; a hang would not end at all
+    assert time.monotonic() - start < 60
 
 
 def test_bootstrap_unreadable_identity(tmp_path):
