@@ -27,7 +27,7 @@ class RunConfig:
 
     ``max_payload_bytes`` caps one update or region delta on the wire, ``max_decoded_bytes`` its
     decoded tensors, ``max_state_bytes`` a state snapshot; all three follow from the model and the
-    codec (:func:`~.limits.derive_limits`). ``record_ttl_s`` is how long round records live.
+    codec (:func:`~.limits.derive_limits`).
     """
 
     run_id: str
@@ -43,7 +43,6 @@ class RunConfig:
     outer_momentum: float
     codec_params: Mapping[str, Any] = field(default_factory=dict)
     delay_compensation: bool = True
-    round_s: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_inner_steps", "max_payload_bytes", "max_decoded_bytes", "max_state_bytes"):
@@ -55,11 +54,6 @@ class RunConfig:
             raise ConfigError(f"cross_region_period must be an int >= 0, got {self.cross_region_period!r}")
         object.__setattr__(self, "codec_params", dict(self.codec_params))
 
-    @property
-    def record_ttl_s(self) -> float:
-        """Lifetime of a round record: 20 rounds (at least a minute), so late joiners still read them."""
-        return max(60.0, 20 * self.round_s)
-
     @classmethod
     def from_manifest(cls, manifest: Any, region: str, batch_size: int, limits: Any,
                       max_payload_bytes: int | None = None) -> "RunConfig":
@@ -70,8 +64,7 @@ class RunConfig:
                    max_inner_steps=manifest.max_inner_steps, max_payload_bytes=payload,
                    max_decoded_bytes=limits.max_decoded_bytes, max_state_bytes=limits.max_state_bytes,
                    cross_region_period=manifest.cross_region_period, outer_lr=manifest.outer_lr,
-                   outer_momentum=manifest.outer_momentum, codec_params=dict(manifest.codec_params),
-                   round_s=float(manifest.round_s))
+                   outer_momentum=manifest.outer_momentum, codec_params=dict(manifest.codec_params))
 
 
 @runtime_checkable

@@ -41,7 +41,7 @@ from .machine import AdoptInclusion, CloseRound, KeepState, NoState, RoundMachin
 from .states import BaseState, BaseStore
 from .statesync import StateSync
 from .rules import NullVerifier, compute_next_base  # re-exported: the driver and the simulator share them
-from .votes import TallyResult, Vote, tally
+from .votes import Vote, tally
 
 __all__ = ["Coordinator", "NullVerifier", "RoundOutcome", "compute_next_base"]
 
@@ -175,8 +175,8 @@ class Coordinator(PayloadFetch, StateSync):
         """Encode, store and announce this peer's round update; returns its digest."""
         ctx = self.ctx
         strategy = ctx.strategy  # honest unless a test or benchmark built this peer (optim/strategy.py)
-        blob = strategy.tamper_blob(codecs.encode(strategy.tamper(dict(delta), round), self.cfg.codec, **self.cfg.codec_params),
-                                    round)
+        tensors = strategy.tamper(dict(delta), round)
+        blob = strategy.tamper_blob(codecs.encode(tensors, self.cfg.codec, **self.cfg.codec_params), round)
         digest = ctx.store.put(blob, round)
         claimed_steps = strategy.claimed_steps(steps)
         body = {"run_id": self.cfg.run_id, "round": round, "base_hash": base_hash, "peer": ctx.identity.public_key_hex,
@@ -247,24 +247,17 @@ class Coordinator(PayloadFetch, StateSync):
                 self.ctx.count("malformed_vote")
         return out
 
-    def _votes(self, q: int) -> list[Vote]:
+    def _votes(self, q: int, bodies: list[tuple[str, VoteBody]] | None = None, verdicts: bool = False) -> list[Vote]:
+        """Round ``q``'s votes from its vote records (read now unless ``bodies`` are given); with
+        ``verdicts`` the verdict-id sets the votes name instead of their inclusions."""
         out = []
-        for signer, w in self._vote_bodies(q):
+        for signer, w in self._vote_bodies(q) if bodies is None else bodies:
             try:
-                out.append(Vote(self.cfg.run_id, q, signer, tuple(w.inclusion), w.state_hash))
+                out.append(Vote(self.cfg.run_id, q, signer, tuple(w.verdicts), "0" * 64) if verdicts
+                           else Vote(self.cfg.run_id, q, signer, tuple(w.inclusion), w.state_hash))
             except MalformedRecord:  # e.g. a repeated digest
                 continue
         return out
-
-    def _tally_verdicts(self, q: int) -> TallyResult:
-        """Tally the verdict-id sets named in round ``q``'s votes (standing-weighted, like the votes)."""
-        sets = []
-        for signer, w in self._vote_bodies(q):
-            try:
-                sets.append(Vote(self.cfg.run_id, q, signer, tuple(w.verdicts), "0" * 64))
-            except MalformedRecord:
-                continue
-        return tally(sets, self.ctx.vote_weights(), run_id=self.cfg.run_id, round=q, electorate=self._electorate(sets))
 
     def tally_round(self, q: int) -> None:
         """Tally round ``q``'s votes and execute what the machine decides (adopt, keep, merge,
@@ -272,10 +265,12 @@ class Coordinator(PayloadFetch, StateSync):
         book = self.books.get(q)
         state = self._candidates.pop(q, None)
         outcome = self.outcomes.setdefault(q, RoundOutcome(q))
-        votes = self._read_votes(q, book)
+        bodies = self._read_votes(q, book)  # one read serves the inclusions and the verdict sets
+        votes, sets = self._votes(q, bodies), self._votes(q, bodies, verdicts=True)
         result = tally(votes, self.ctx.vote_weights(), run_id=self.cfg.run_id, round=q,
                        electorate=self._electorate(votes))
-        self.machine.tallied_verdicts(q, self._tally_verdicts(q))
+        self.machine.tallied_verdicts(q, tally(sets, self.ctx.vote_weights(), run_id=self.cfg.run_id, round=q,
+                                               electorate=self._electorate(sets)))
         winners = {v.voter for v in votes if result.decided and v.state_hash == result.state_hash}
         cmd = self.machine.decide(q, result, candidate=state.hash if state is not None else None,
                                   inclusion=book.inclusion() if book is not None and state is not None else None,
@@ -356,18 +351,15 @@ class Coordinator(PayloadFetch, StateSync):
                 keys.add(key)
         return keys
 
-    def _read_votes(self, q: int, book: RoundBook | None) -> list[Vote]:
-        """Round ``q``'s votes; if a live peer that announced an update this round has no vote yet
-        (a DHT read can miss a record under load), read again for up to 0.1 T."""
-        votes = self._votes(q)
+    def _read_votes(self, q: int, book: RoundBook | None) -> list[tuple[str, VoteBody]]:
+        """Round ``q``'s vote records; if a live peer that announced an update this round has no vote
+        yet (a DHT read can miss a record under load), read again for up to 0.1 T."""
+        bodies = self._vote_bodies(q)
         if book is None:
-            return votes
+            return bodies
         expected = {a.peer for a, _ in book.included()} | {self.ctx.identity.public_key_hex}
         end = self.machine.vote_patience(time.time())
-        while not self._stop.is_set() and time.time() < end and not expected <= {v.voter for v in votes}:
+        while not self._stop.is_set() and time.time() < end and not expected <= {signer for signer, _ in bodies}:
             self._stop.wait(0.1)
-            votes = self._votes(q)
-        return votes
-
-
-
+            bodies = self._vote_bodies(q)
+        return bodies

@@ -25,7 +25,6 @@ def test_built_from_the_manifest_and_the_derived_caps():
     assert (cfg.run_id, cfg.region, cfg.codec, cfg.batch_size, cfg.max_inner_steps) == ("r", "r1", "int8", 32, 100)
     assert (cfg.cross_region_period, cfg.outer_lr, cfg.outer_momentum) == (4, 0.7, 0.9)
     assert (cfg.max_payload_bytes, cfg.max_decoded_bytes, cfg.max_state_bytes) == (5000, 20000, 90000)
-    assert cfg.record_ttl_s == 160.0
     # a lower cap from the operator wins; a higher one cannot widen what the model allows
     assert RunConfig.from_manifest(MANIFEST, "r1", 32, LIMITS, max_payload_bytes=100).max_payload_bytes == 100
     assert RunConfig.from_manifest(MANIFEST, "r1", 32, LIMITS, max_payload_bytes=10**9).max_payload_bytes == 5000
