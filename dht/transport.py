@@ -3,23 +3,60 @@
 :class:`DHTProcess` is hivemind's DHT process with dai_swarm's process rules: its own process
 group (a terminal's Ctrl+C reaches only our main process, which then shuts the DHT down in order),
 default signal dispositions for a forked child, and exit when its parent dies.
+
+hivemind's futures share three process-wide locks (multiprocessing semaphores) with every process
+forked from ours. A DHT process that dies while holding one (terminated or killed at the instant it
+sends a reply) leaves it held for good, and every DHT process forked after that hangs before it
+reports ready: a node "did not start" although nothing is wrong with it. Before each fork
+:func:`heal_future_locks` replaces a lock that nobody released within ``LOCK_PROBE_S``.
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing as mp
 import os
 import signal
 
 import hivemind
+from hivemind.utils.mpfuture import MPFuture, SharedBytes
 
 from . import _proc
 from .pipe import WholeMessages
 
-__all__ = ["DHTProcess"]
+__all__ = ["DHTProcess", "LOCK_PROBE_S", "heal_future_locks"]
+
+logger = logging.getLogger(__name__)
+#: a future lock is held for one pipe write; one held this long belongs to a process that died
+LOCK_PROBE_S = 5.0
+
+
+def heal_future_locks(probe_s: float | None = None) -> list[str]:
+    """Replace each of hivemind's process-wide future locks that stays held ``probe_s`` seconds
+    (default ``LOCK_PROBE_S``).
+
+    Returns the names of the locks replaced (empty when all were free, the usual case, at once).
+    Processes forked earlier keep the old lock; those forked from now on share the new one.
+    """
+    replaced = []
+    for owner, name in ((MPFuture, "_update_lock"), (MPFuture, "_initialization_lock"), (SharedBytes, "_lock")):
+        lock = getattr(owner, name)
+        if lock.acquire(timeout=LOCK_PROBE_S if probe_s is None else probe_s):
+            lock.release()
+            continue
+        setattr(owner, name, mp.Lock())
+        replaced.append(f"{owner.__name__}.{name}")
+    if replaced:
+        logger.warning("replaced hivemind future locks left held by a process that died: %s", ", ".join(replaced))
+    return replaced
 
 
 class DHTProcess(hivemind.DHT):
     """hivemind's DHT process; see the module docstring."""
+
+    def __init__(self, *args, **kwargs):
+        heal_future_locks()  # before this process's futures and fork use them
+        super().__init__(*args, **kwargs)
 
     def run(self) -> None:
         """Detach from the terminal's process group, watch the parent, then serve the DHT."""

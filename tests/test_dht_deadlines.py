@@ -174,6 +174,32 @@ def test_shutdown_of_a_wedged_node_is_bounded_despite_an_inherited_sigterm_handl
     assert LOCAL_TIMEOUT_S > 0
 
 
+def _die_holding_the_update_lock() -> None:
+    from hivemind.utils.mpfuture import MPFuture
+
+    MPFuture._update_lock.acquire()
+    os._exit(0)
+
+
+@pytest.mark.integration
+def test_a_node_starts_after_a_dht_process_died_holding_a_future_lock(monkeypatch, caplog):
+    """A DHT process killed while it sends a reply leaves hivemind's shared future lock held: every
+    DHT process forked after it used to hang before reporting ready ("did not start within 60 s")."""
+    from dai_swarm.dht import transport
+
+    holder = multiprocessing.get_context("fork").Process(target=_die_holding_the_update_lock)
+    holder.start()
+    holder.join(10)
+    assert holder.exitcode == 0
+    monkeypatch.setattr(transport, "LOCK_PROBE_S", 0.5)
+    start = time.monotonic()
+    with caplog.at_level("WARNING"), SwarmDHT(Identity.generate(), start_timeout_s=20) as node:
+        assert node.visible_maddrs and node.routing_table_size() == 0
+    assert time.monotonic() - start < 15
+    assert "MPFuture._update_lock" in caplog.text
+    assert transport.heal_future_locks(0.1) == []  # healed: later nodes start at once
+
+
 @pytest.mark.integration
 def test_requests_over_16_kb_do_not_kill_the_dht_process():
     """A verdict record naming many checked updates is tens of KB. hivemind's pipe writes such a
