@@ -7,7 +7,10 @@ Runs, one after the other on this machine (so they do not share the CPUs):
 2. ``dai_swarm_clean``: the same without churn and without attackers;
 3. ``hivemind``: N ``hivemind.Optimizer`` workers (defaults; see :mod:`benchmarks.hivemind_baseline`)
    under the same churn schedule (its Byzantine slots run honestly: it has no attack hooks);
-4. ``centralized``: :func:`benchmarks.centralized.run_centralized` on the same budget.
+4. ``centralized``: :func:`benchmarks.centralized.run_centralized` on the same budget;
+5. ``sync_dp``: :func:`dai_swarm.reference.run_sync_dp`, N workers with the task's batch each that
+   average their gradients (fp32) before every step: the sample-efficiency limit of N peers, and
+   the reference of P1 (the swarm's loss at equal samples ÷ this; the ratio to centralized beside).
 
 Each swarm run trains for ``ceil(budget / (N x max_inner_steps x batch))`` rounds. Loss curves
 come from slot 0 (never churned, never Byzantine: the observer); bytes are sampled once a second
@@ -271,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     from dai_swarm.tasks import load_task
 
+    from dai_swarm.reference import run_sync_dp
+
     from .centralized import run_centralized
 
     task = load_task(args.task)
@@ -317,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                               label=args.task)
         results["centralized"] = {"label": "centralized", "n_slots": 1, "bytes": [],
                                   "curve": {"samples": cen["samples"], "val_loss": cen["val_loss"], "t": cen["wall_s"]}}
+        log(f"synchronous data-parallel, {args.peers} workers")
+        dp = run_sync_dp(task, args.samples, args.peers, max(task.batch_size, args.samples // 16), threads=1)
+        results["sync_dp"] = {"label": dp["label"], "n_slots": args.peers, "bytes": [], "steps": dp["steps"],
+                              "curve": {"samples": dp["samples"], "val_loss": dp["val_loss"], "t": dp["wall_s"]}}
     finally:
         if net is not None:
             net.down()

@@ -230,18 +230,23 @@ def finish(peers: Sequence[Any], events: list[dict], args: Any, out: str, workdi
         if e["event"] in ("kill", "join"):
             e["samples"] = _samples_at(histories[ref_peer.name], e["round"])
     curves = {f"swarm ({len(peers)} peer processes, seen by {ref_peer.name})": (xs, ys)}
-    reference = None
+    reference = dp = None
     if not args.no_reference and xs:
-        from .reference import run_centralized
+        from .reference import run_centralized, run_sync_dp
 
         budget = min(xs[-1], args.reference_samples)
-        con.print(f"centralized reference: {args.task}, {budget} samples, 1 thread…")
+        con.print(f"references: {args.task}, {budget} samples, 1 thread: centralized, then synchronous "
+                  f"data-parallel with {args.peers} workers…")
         reference = run_centralized(args.task, samples=budget, eval_every=max(1, budget // 20), threads=1)
         curves["centralized (1 process)"] = (reference["samples"], reference["val_loss"])
+        dp = run_sync_dp(args.task, samples=budget, workers=args.peers, eval_every=max(1, budget // 20), threads=1)
+        curves[f"synchronous data-parallel ({args.peers} workers, all-reduce every step)"] = (dp["samples"],
+                                                                                              dp["val_loss"])
     png = os.path.join(out, "loss_vs_samples.png")
     if xs:
-        plot(curves, events, png, f"{args.task}: swarm vs centralized at equal samples")
+        plot(curves, events, png, f"{args.task}: swarm vs references at equal samples")
     at_equal = _interp(reference["samples"], reference["val_loss"], xs[-1]) if reference and xs else None
+    dp_equal = _interp(dp["samples"], dp["val_loss"], xs[-1]) if dp and xs else None
     summary = {
         "ok": agree, "out": out, "task": args.task, "until_round": until_round,
         "peer_processes": rows, "events": events, "final_round": final_round, "final_hashes_agree": agree,
@@ -250,6 +255,9 @@ def finish(peers: Sequence[Any], events: list[dict], args: Any, out: str, workdi
         "centralized": None if reference is None else {
             "samples": reference["samples"][-1], "val_loss": reference["final_val_loss"],
             "val_loss_at_swarm_samples": at_equal, "samples_per_s": reference["samples_per_s"]},
+        "sync_dp": None if dp is None else {
+            "workers": args.peers, "samples": dp["samples"][-1], "val_loss": dp["final_val_loss"],
+            "val_loss_at_swarm_samples": dp_equal},
         "plot": png if xs else None,
         "screenshot": next((e["path"] for e in events if e["event"] == "screenshot"), None),
     }
@@ -263,5 +271,10 @@ def finish(peers: Sequence[Any], events: list[dict], args: Any, out: str, workdi
         eq = num(at_equal)
         con.print(f"centralized: val loss {num(c['val_loss'])} after {c['samples']} samples "
                   f"(at the swarm's {summary['swarm']['samples']} samples: {eq})")
+    if summary["sync_dp"]:
+        d = summary["sync_dp"]
+        con.print(f"synchronous data-parallel, {d['workers']} workers: val loss {num(d['val_loss'])} after "
+                  f"{d['samples']} samples (at the swarm's {summary['swarm']['samples']} samples: "
+                  f"{num(d['val_loss_at_swarm_samples'])})")
     con.print(f"wrote [cyan]{png}[/], summary.json and peer logs under [cyan]{out}[/]")
     return summary

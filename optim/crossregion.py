@@ -21,7 +21,9 @@ majority of its members that published agree on the same (digest, size, samples,
 again until 0.18 T after the tally while live members have not published, so one key cannot
 speak for a region of many that publish; this peer's own region's delta is the one it computed, never
 a record. The weight of a region is its claimed samples bounded by :func:`weight_cap`, what its
-live members could have trained since the anchor: a *plausibility cap*, not verification. With
+*backers* could have trained since the anchor (a plausibility cap, not verification): the signers,
+members of the region, of the very record that counts. Every region counts the same records, while
+views of who is live differ (a dead peer's record lives until its TTL) and so would the weights. With
 no second admitted region there is no merge. Refusals are counted (``xdelta_*`` counters). Why a
 region of fresh keys, whatever it claims, changes nothing, and what a region needs to be counted
 (a member with standing: a founder in each region), is in docs/design.md, "Cross-region trust".
@@ -118,13 +120,15 @@ class Admission:
 
     ``regions``: admitted other regions; ``mates``: libp2p ids of this region's members that
     published (gateway candidates); ``refused``: counts by reason; ``short``: regions whose members
-    published but with no majority yet (worth reading again).
+    published but with no majority yet (worth reading again); ``backers``: per (region, record
+    key), the signers with a live peer record in that region that published it (standing or not).
     """
 
     regions: dict[str, RegionDelta] = field(default_factory=dict)
     mates: list[str] = field(default_factory=list)
     refused: Counter = field(default_factory=Counter)
     short: set[str] = field(default_factory=set)
+    backers: dict[tuple[str, tuple], set[str]] = field(default_factory=dict)
 
 
 def gateway_of(keys: Iterable[str], merge_round: int) -> str:
@@ -162,7 +166,7 @@ def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping
 
     ``records``: ``(signer public key, xdelta body)``; ``members``: public key → (region, libp2p
     id) from the run's live, signed peer records; ``per_member_cap``: :func:`weight_cap` of one
-    member. Refusal reasons: ``xdelta_malformed``, ``xdelta_not_member`` (no live peer record),
+    backer (the cap of a region is its backers times it). Refusal reasons: ``xdelta_malformed``, ``xdelta_not_member`` (no live peer record),
     ``xdelta_wrong_region`` (its peer record names another region), ``xdelta_no_majority`` (per
     region), ``xdelta_capped`` (per region whose claim exceeds its cap), ``xdelta_future_anchor``
     (its anchor claims more merges than ``max_merges``, the merge points so far),
@@ -205,6 +209,7 @@ def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping
         if member_region != region:
             out.refused["xdelta_wrong_region"] += 1
             continue
+        out.backers.setdefault((region, key), set()).add(signer)
         if standing is not None and signer not in standing:
             if region != my_region:  # a mate without standing is no refusal (it is never counted)
                 out.refused["xdelta_no_standing"] += 1
@@ -224,7 +229,7 @@ def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping
             out.refused["xdelta_no_majority"] += 1
             continue
         digest, nbytes, claimed, anchor = key
-        cap = sum(1 for r, _ in members.values() if r == region) * int(per_member_cap)
+        cap = len(out.backers[(region, key)]) * int(per_member_cap)
         if claimed > cap:
             out.refused["xdelta_capped"] += 1
         out.regions[region] = RegionDelta(region, digest, nbytes, claimed, float(min(claimed, cap)), anchor,
@@ -282,10 +287,10 @@ class CrossRegionMerger:
         decoded = self._fetch(r, {g: (d.digest, d.size, d.weight) for g, d in chosen.items()}, providers,
                               gateway, deadline)
         expect = {n: tuple(t.shape) for n, t in state.params.items()}
-        # our own region: the delta we computed, weighted like the other regions weigh it
-        mine = sum(1 for reg, _ in members.values() if reg == cfg.region)
-        own_w = float(min(samples, weight_cap(max(1, mine), cfg.max_inner_steps, cfg.batch_size,
-                                              cfg.cross_region_period)))
+        # our own region: the delta we computed, weighted like the other regions weigh it (its backers)
+        backers = adm.backers.get((cfg.region, (digest, len(blob), samples, anchor)), set())
+        mine = len(backers | {ctx.identity.public_key_hex})
+        own_w = float(min(samples, weight_cap(mine, cfg.max_inner_steps, cfg.batch_size, cfg.cross_region_period)))
         weights: dict[str, list] = {digest: [own_w, codecs.decode(blob, max_bytes=cfg.max_decoded_bytes)]}
         used = 0
         for region, d in sorted(chosen.items()):

@@ -53,8 +53,10 @@ def test_quick_run_produces_complete_report(tmp_path):
     assert report["systems"]["dai_swarm"]["bytes"][-1]["traffic"] > 0
     assert report["departures"] >= 1
     cmp = report["comparison"]
-    assert set(cmp["systems"]) == {"dai_swarm", "centralized"}
-    assert cmp["P1_loss_ratio"] is not None and cmp["P1_loss_ratio"] > 0
+    assert set(cmp["systems"]) == {"dai_swarm", "centralized", "sync_dp"}
+    assert cmp["P1_reference"] == "sync_dp" and cmp["P1_loss_ratio"] is not None and cmp["P1_loss_ratio"] > 0
+    assert cmp["P1_loss_ratio"] == cmp["systems"]["dai_swarm"]["loss_ratio_vs_sync_dp"]
+    assert cmp["P1_loss_ratio_vs_centralized"] == cmp["systems"]["dai_swarm"]["loss_ratio_vs_centralized"]
     for name in ("loss_vs_samples.png", "loss_vs_time.png", "bytes.png", "peers_alive.png"):
         assert (out / name).stat().st_size > 1000
     assert "| dai_swarm |" in (out / "churn.md").read_text()
@@ -72,3 +74,20 @@ def test_compare_at_equal_samples_caps_at_the_centralized_budget():
     # trained past the centralized budget: compared at 200 samples, its loss interpolated there (2.5)
     assert c["compared_at_samples"] == 200 and c["loss_ratio_vs_centralized"] == 2.5 / 1.0
     assert c["reached_target"] and c["samples_to_target"] == 300 and not s["reached_target"]
+
+
+def test_p1_is_measured_against_synchronous_data_parallelism_when_it_ran():
+    from benchmarks.churn_report import compare, markdown
+
+    cen = {"curve": {"samples": [0, 100, 200], "val_loss": [4.0, 2.0, 1.0], "t": [0, 1, 2]}}
+    dp = {"curve": {"samples": [0, 100, 200], "val_loss": [4.0, 3.0, 2.0], "t": [0, 1, 2]}, "n_slots": 2, "bytes": []}
+    swarm = {"curve": {"samples": [0, 200], "val_loss": [4.0, 2.1], "t": [0, 5]}, "n_slots": 2, "bytes": []}
+    out = compare({"centralized": cen, "sync_dp": dp, "dai_swarm": swarm}, target_loss=2.5)
+    assert out["P1_reference"] == "sync_dp" and out["P1_loss_ratio"] == 2.1 / 2.0
+    assert out["P1_loss_ratio_vs_centralized"] == 2.1 / 1.0
+    assert "loss_ratio_vs_sync_dp" not in out["systems"]["sync_dp"]
+    table = markdown({"comparison": out, "systems": {"centralized": cen, "sync_dp": dp, "dai_swarm": swarm}})
+    assert "÷ synchronous DP with the same peers at equal samples (target ≤ 1.02): 1.05; ÷ centralized 2.1" in table
+    # a report of an older run (no sync_dp) keeps its centralized P1
+    old = compare({"centralized": cen, "dai_swarm": swarm}, target_loss=2.5)
+    assert old["P1_reference"] == "centralized" and old["P1_loss_ratio"] == 2.1

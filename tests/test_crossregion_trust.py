@@ -211,3 +211,25 @@ def test_admission_without_standing_is_the_swarm_that_trusts_its_members():
     assert not _admit(records[:1], members, standing={_key("a"), _key("b1")}, final=False).short
     assert standing_keys(HeadCount()) is None
     assert standing_keys(vote_weights(initial_extra(FOUNDERS))) == frozenset(FOUNDERS)
+
+
+def test_a_regions_weight_is_the_same_whoever_reads_it():
+    """The cap counts the record's backers, not the reader's view of who is live: a dead member whose
+    peer record has not expired yet in one reader's view changed that reader's cap, the regions then
+    merged with different weights and their states forked (seen after a SIGKILL, healed a merge later)."""
+    records = [(_key(f"b{i}"), _body("r1", HONEST_R1, 10**6)) for i in (1, 2)]
+    live = {_key(f"b{i}"): ("r1", f"p{i}") for i in (1, 2)}
+    with_dead = {**live, _key("b3"): ("r1", "p3")}  # b3 was SIGKILLed; its record lives until its TTL
+    weights = {_admit(records, view).regions["r1"].weight for view in (live, with_dead)}
+    assert weights == {2.0 * PER_MEMBER}
+    # our own region's delta: weighed by its backers too, so a dead mate in our view changes nothing
+    mine = _state(torch.full((4,), 0.5), samples=10**6)
+    theirs = _state(torch.full((4,), -0.5), samples=480)
+    body, blob = _xdelta(theirs, "r1", 480)
+    mate = (_key("m2"), _xdelta(mine, "r0", 10**6)[0], None)
+    peers = [(_key("me"), "r0", "pme"), (_key("m2"), "r0", "pm2"), (_key("b1"), "r1", "pb1")]
+    outs = [_merge(mine, peers + extra, [(_key("b1"), body, blob), mate])[0].params["w"]
+            for extra in ([], [(_key("m3"), "r0", "pm3")])]
+    own = 2 * PER_MEMBER  # me and m2 published our delta; m3 did not
+    assert torch.equal(outs[0], outs[1])
+    assert torch.allclose(outs[0], torch.full((4,), (own * 0.5 - 480 * 0.5) / (own + 480)))

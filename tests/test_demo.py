@@ -50,6 +50,8 @@ def test_demo_trains_with_churn_and_writes_its_outputs(tmp_path):
     fates = {p["peer"]: p["fate"] for p in summary["peer_processes"]}
     assert fates["peer1"].startswith("SIGKILL") and "peer3" in fates
     assert summary["swarm"]["samples"] > 0 and summary["centralized"]["val_loss"] > 0
+    assert summary["sync_dp"]["workers"] == 3 and summary["sync_dp"]["val_loss"] > 0
+    assert "synchronous data-parallel, 3 workers: val loss" in proc.stderr
     assert (out_dir / "loss_vs_samples.png").read_bytes()[:4] == b"\x89PNG"
     assert (out_dir / "summary.json").exists() and (out_dir / "peers" / "peer0.log").exists()
     assert "all 3 peers visible after" in proc.stderr and "dai-swarm demo: summary" in proc.stderr

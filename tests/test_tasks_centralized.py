@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -50,3 +51,32 @@ def test_script_writes_json_png_and_table(tmp_path, capsys):
     assert (tmp_path / "centralized_tinylm-small.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "| samples | val loss |" in out and "unigram entropy" in out
+
+
+def test_sync_dp_averages_the_workers_gradients_before_each_step():
+    """One step of 2 workers = the mean of their two gradients applied once, to the same model."""
+    from dai_swarm.reference import run_sync_dp
+    from dai_swarm.tasks import load_task
+
+    task = load_task("regression")
+    b = task.batch_size
+    res = run_sync_dp(task, samples=2 * b, workers=2, eval_every=2 * b, threads=1)
+    assert res["steps"] == 1 and res["workers"] == 2 and res["samples"] == [0, 2 * b]
+    assert res["label"] == "sync DP x2"
+    model, gen = task.build_model(0), torch.Generator().manual_seed(0)
+    opt = task.inner_optimizer(model.parameters())
+    grads = []
+    for _ in range(2):
+        idx = torch.randint(len(task.dataset), (b,), generator=gen).tolist()
+        model.zero_grad()
+        task.loss(model, task.get_batch(idx)).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for p, g0, g1 in zip(model.parameters(), *grads):
+        p.grad = (g0 + g1) / 2
+    opt.step()
+    assert abs(res["val_loss"][-1] - float(task.evaluate(model)["loss"])) < 1e-6
+    # a budget that is not a multiple of a step: the last step averages the workers that had data
+    odd = run_sync_dp(task, samples=2 * b + 5, workers=2, eval_every=10 ** 6, threads=1)
+    assert odd["steps"] == 2 and odd["samples"][-1] == 2 * b + 5 and all(map(math.isfinite, odd["val_loss"]))
+    with pytest.raises(ConfigError):
+        run_sync_dp(task, samples=10, workers=0, eval_every=10)

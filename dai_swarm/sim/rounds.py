@@ -321,10 +321,12 @@ class RoundSteps:
                          codecs.decode(blob, max_bytes=self.max_decoded))
         alive_regions = {self.peers[i].proto for i, (h, _, _) in finals.items()
                          if h is not None and self.peers[i].alive(t)}
-        live = Counter(p.proto for p in self.peers if p.alive(t))
+        # backers: the live peers of a region that hold (hence publish the delta of) a state
+        backers = Counter((self.peers[i].proto, h) for i, (h, _, _) in finals.items()
+                          if h is not None and self.peers[i].alive(t))
 
-        def weight(g: str, samples: int) -> float:  # the real merger's plausibility cap (weight_cap)
-            return float(min(samples, weight_cap(max(1, live[g]), self.cfg.max_inner_steps,
+        def weight(g: str, h: str, samples: int) -> float:  # the real merger's plausibility cap (weight_cap)
+            return float(min(samples, weight_cap(max(1, backers[(g, h)]), self.cfg.max_inner_steps,
                                                  int(self.task.batch_size), self.cfg.cross_region_period)))
         out = {}
         for g in sorted(majority):
@@ -354,9 +356,9 @@ class RoundSteps:
             for h in {h for i, (h, _, _) in finals.items() if h is not None and self.peers[i].proto == g}:
                 st = self.states[h]
                 own = codecs.encode(region_delta(st), self.cfg.codec, **self.cfg.codec_params)
-                updates = [(sha256_hex(own), weight(g, int(st.extra.get("epoch_samples", 0))),
+                updates = [(sha256_hex(own), weight(g, h, int(st.extra.get("epoch_samples", 0))),
                             codecs.decode(own, max_bytes=self.max_decoded))]
-                updates += [(deltas[g2][0], weight(g2, deltas[g2][2]), deltas[g2][3]) for g2 in got]
+                updates += [(deltas[g2][0], weight(g2, majority[g2], deltas[g2][2]), deltas[g2][3]) for g2 in got]
                 merged = merge_region_deltas(st.anchor, updates)
                 new = merged_base(st, merged if merged is not None else st.params)
                 self.states.setdefault(new.hash, new)
