@@ -5,8 +5,9 @@ Runs, one after the other on this machine (so they do not share the CPUs):
 1. ``dai_swarm``: N ``dai-swarm peer`` processes under a churn schedule (exponential lifetimes
    with replacement, or ``--schedule FILE``) with a Byzantine fraction running ``--attack KIND``;
 2. ``dai_swarm_clean``: the same without churn and without attackers;
-3. ``hivemind``: N ``hivemind.Optimizer`` workers (defaults; see :mod:`benchmarks.hivemind_baseline`)
-   under the same churn schedule (its Byzantine slots run honestly: it has no attack hooks);
+3. ``hivemind:<preset>``: N ``hivemind.Optimizer`` workers under the same churn schedule, once per
+   ``--hivemind-presets`` setting (:data:`benchmarks.hivemind_baseline.PRESETS`; the best one is
+   P2's and P3's reference); its Byzantine slots scale their gradients the way the attack does;
 4. ``centralized``: :func:`benchmarks.centralized.run_centralized` on the same budget;
 5. ``sync_dp``: :func:`dai_swarm.reference.run_sync_dp`, N workers with the task's batch each that
    average their gradients (fp32) before every step: the sample-efficiency limit of N peers, and
@@ -165,17 +166,18 @@ def _swarm_figures(fleet: Fleet, observer: LifeRecord, args) -> dict[str, Any]:
             "app_traffic_of_clean_exits": app}
 
 
-def run_hivemind(args: argparse.Namespace, schedule, workdir: str, net=None) -> dict[str, Any]:
-    """Run hivemind.Optimizer workers on ``schedule``; Byzantine slots run the gradient form of
+def run_hivemind(args: argparse.Namespace, schedule, workdir: str, net=None, preset: str = "defaults") -> dict[str, Any]:
+    """Run hivemind.Optimizer workers with ``preset`` on ``schedule``; Byzantine slots run the gradient form of
     ``args.attack`` when it has one (:data:`benchmarks.hivemind_baseline.GRADIENT_ATTACKS`), else honestly."""
-    from .hivemind_baseline import GRADIENT_ATTACKS
+    from .hivemind_baseline import GRADIENT_ATTACKS, PRESETS
 
     t0 = math.ceil(time.time() + args.lead_s)
     run_id = f"churn-hm-{int(t0)}"
+    tbs = max(1, round(args.hivemind_target_batch_size * PRESETS[preset]["tbs_factor"]))
 
     def argv(rec: LifeRecord, peers: list[str]) -> list[str]:
         a = ["-m", "benchmarks.hivemind_baseline", "--task", args.task, "--run-id", run_id, "--t0", str(t0),
-             "--target-batch-size", str(args.hivemind_target_batch_size), "--until-samples", str(args.samples),
+             "--target-batch-size", str(tbs), "--preset", preset, "--until-samples", str(args.samples),
              "--data-seed", str(1000 + int(rec.name.split("-")[1])), "--log-file", rec.history_file,
              "--address-file", rec.address_file, "--threads", "1", "--host-maddrs", _host(net, rec.life.slot)]
         if rec.life.slot == 0:
@@ -200,14 +202,16 @@ def run_hivemind(args: argparse.Namespace, schedule, workdir: str, net=None) -> 
         pass
     for row in rows:
         if row.get("event") == "epoch" and row.get("val_loss") is not None and row["epoch"] > 0:
-            curve["samples"].append(row["epoch"] * args.hivemind_target_batch_size)
+            curve["samples"].append(row["epoch"] * tbs)
             curve["val_loss"].append(row["val_loss"])
             curve["t"].append(round(row["t"] - t0, 3))
             curve["epoch"].append(row["epoch"])
-    return {"label": "hivemind", "run_id": run_id, "t0": t0, "finished": done, "time_limit_s": limit,
+    return {"label": f"hivemind:{preset}", "run_id": run_id, "t0": t0, "finished": done, "time_limit_s": limit,
             "n_slots": args.peers, "curve": curve, "bytes": fleet.samples, "lives": fleet.summary(),
-            "settings": {"target_batch_size": args.hivemind_target_batch_size, "batch_size_per_step": "task batch",
-                         "optimizer": "task inner optimizer (AdamW)", "everything else": "hivemind 1.1.12 defaults",
+            "settings": {"preset": preset, "target_batch_size": tbs, "batch_size_per_step": "task batch",
+                         "optimizer": "task inner optimizer (AdamW)",
+                         **{k: v for k, v in PRESETS[preset].items() if k != "tbs_factor"},
+                         "everything else": "hivemind 1.1.12 defaults",
                          "byzantine_slots": (f"gradients x {GRADIENT_ATTACKS[args.attack]} ({args.attack})"
                                              if args.attack in GRADIENT_ATTACKS else "honest (no gradient form)")},
             "observer_log_tail": _tail(observer.log_path)}
@@ -242,7 +246,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lead-s", type=float, default=30.0, help="start-up time before round 0 (default 30)")
     p.add_argument("--hivemind-target-batch-size", type=int, default=None,
                    help="default: samples of one full dai_swarm round (N x steps x batch)")
-    p.add_argument("--hivemind-limit-s", type=float, default=None, help="time limit of the hivemind run")
+    p.add_argument("--hivemind-limit-s", type=float, default=None, help="time limit of each hivemind run")
+    p.add_argument("--hivemind-presets", nargs="+", default=["defaults"], metavar="NAME",
+                   help="hivemind.Optimizer settings to run, the best reported as P2/P3's reference "
+                        "(default: defaults; 'all' for every preset)")
     p.add_argument("--target-loss", type=float, default=None,
                    help="default: 80%% of the centralized run's loss reduction")
     p.add_argument("--skip", nargs="*", default=[], choices=("clean", "hivemind"), help="leave out baselines")
@@ -266,6 +273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.quick:
         _apply_quick(args)
+    from .hivemind_baseline import PRESETS
+
+    unknown = [p for p in args.hivemind_presets if p != "all" and p not in PRESETS]
+    if unknown:
+        print(f"error: unknown --hivemind-presets {unknown}; known: {sorted(PRESETS)} or all", file=sys.stderr)
+        return 2
     if args.byzantine > 0 and args.attack:
         why = _attack_available(args.attack)
         if why:
@@ -315,8 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             log("dai_swarm without churn or attackers")
             results["dai_swarm_clean"] = run_swarm(args, clean, "clean", os.path.join(work, "clean"), net)
         if "hivemind" not in args.skip:
-            log(f"hivemind.Optimizer, target_batch_size {args.hivemind_target_batch_size}")
-            results["hivemind"] = run_hivemind(args, schedule, os.path.join(work, "hivemind"), net)
+            from .hivemind_baseline import PRESETS
+
+            presets = sorted(PRESETS) if "all" in args.hivemind_presets else args.hivemind_presets
+            for preset in presets:
+                log(f"hivemind.Optimizer, preset {preset}: {PRESETS[preset]}")
+                results[f"hivemind:{preset}"] = run_hivemind(args, schedule, os.path.join(work, f"hivemind-{preset}"),
+                                                             net, preset)
         log("centralized")
         cen = run_centralized(task, args.samples, max(task.batch_size, args.samples // 16), threads=1,
                               label=args.task)

@@ -1,10 +1,11 @@
-"""Baseline worker: one peer training a dai_swarm task with ``hivemind.Optimizer``, its defaults.
+"""Baseline worker: one peer training a dai_swarm task with ``hivemind.Optimizer``, one of the
+settings in :data:`PRESETS` (``--preset``; default: hivemind's defaults).
 
 Run by :mod:`benchmarks.churn` as one process per peer (same task, same sample budget, same churn
 schedule as the dai_swarm peers). Settings: ``target_batch_size`` (required by hivemind; the churn
 benchmark passes the number of samples a full dai_swarm swarm trains in one round),
 ``batch_size_per_step`` = the task's batch size, ``optimizer`` = the task's inner optimiser
-(AdamW), everything else left at hivemind's defaults (``use_local_updates=False``: gradients are
+(AdamW); preset ``defaults`` leaves everything else at hivemind's defaults (``use_local_updates=False``: gradients are
 accumulated to ``target_batch_size`` and all-reduced, then one optimiser step per epoch;
 ``grad_compression`` / ``state_averaging_compression`` = ``NoCompression``; ``matchmaking_time``
 15 s; ``average_state_every`` 1). ``bitsandbytes.functional`` is imported first, as SPEC §10
@@ -34,9 +35,36 @@ from typing import Sequence
 
 from dai_swarm.dht.address_file import write_atomic
 
-__all__ = ["GRADIENT_ATTACKS", "main"]
+__all__ = ["GRADIENT_ATTACKS", "PRESETS", "main"]
 
 GRADIENT_ATTACKS = {"sign_flip": -1.0, "scale10": 10.0, "scale1000": 1000.0}  # kind -> gradient factor
+
+#: The settings a hivemind user would try (the churn benchmark sweeps them and reports the best).
+#: ``tbs_factor`` scales the target batch size the benchmark passes (one full dai_swarm round's
+#: samples); the other keys go to ``hivemind.Optimizer`` (``compression``: state and gradient
+#: averaging, ``none`` or ``fp16``).
+PRESETS: dict[str, dict] = {
+    # hivemind's defaults: accumulate to the target batch, all-reduce gradients, one global AdamW step
+    "defaults": {"tbs_factor": 1.0},
+    # 5x more global steps: a smaller target batch, with matchmaking short enough to keep up with it
+    "small-batch": {"tbs_factor": 0.2, "matchmaking_time": 2.0, "averaging_timeout": 10.0},
+    # DiLoCo-like: every worker steps AdamW on each of its batches, parameters averaged each epoch
+    "local-updates": {"tbs_factor": 1.0, "use_local_updates": True, "matchmaking_time": 3.0,
+                      "averaging_timeout": 15.0},
+    # the same with fp16 averaging (half the bytes)
+    "local-updates-fp16": {"tbs_factor": 1.0, "use_local_updates": True, "matchmaking_time": 3.0,
+                           "averaging_timeout": 15.0, "compression": "fp16"},
+}
+
+
+def optimizer_options(preset: str) -> dict:
+    """``hivemind.Optimizer`` keyword arguments of a preset (no ``tbs_factor``); KeyError if unknown."""
+    from hivemind.compression import Float16Compression
+
+    opts = {k: v for k, v in PRESETS[preset].items() if k not in ("tbs_factor", "compression")}
+    if PRESETS[preset].get("compression") == "fp16":
+        opts["grad_compression"] = opts["state_averaging_compression"] = Float16Compression()
+    return opts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-seed", type=int, default=0, help="this worker's batch sampler seed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--evaluate", action="store_true", help="evaluate at each new epoch (the observer)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="defaults",
+                   help="hivemind.Optimizer settings (see PRESETS); --target-batch-size is passed already scaled")
     p.add_argument("--attack", choices=sorted(GRADIENT_ATTACKS), default=None,
                    help="FOR BENCHMARKS ONLY: be a Byzantine worker (scale this worker's gradients)")
     args = p.parse_args(argv)
@@ -84,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hyper = {k: ref.defaults[k] for k in ("lr", "betas", "eps") if k in ref.defaults}
     opt = hivemind.Optimizer(dht=dht, run_id=args.run_id, target_batch_size=args.target_batch_size,
                              batch_size_per_step=task.batch_size, optimizer=lambda gs: type(ref)(gs, **hyper),
-                             params=groups, verbose=False)
+                             params=groups, verbose=False, **optimizer_options(args.preset))
     log = open(args.log_file, "a", buffering=1)
 
     def emit(**row) -> None:

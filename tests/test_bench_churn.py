@@ -91,3 +91,49 @@ def test_p1_is_measured_against_synchronous_data_parallelism_when_it_ran():
     # a report of an older run (no sync_dp) keeps its centralized P1
     old = compare({"centralized": cen, "dai_swarm": swarm}, target_loss=2.5)
     assert old["P1_reference"] == "centralized" and old["P1_loss_ratio"] == 2.1
+
+
+def test_hivemind_presets_are_valid_optimizer_settings():
+    import inspect
+
+    import hivemind
+    from hivemind.compression import Float16Compression
+
+    from benchmarks.hivemind_baseline import PRESETS, optimizer_options
+
+    accepted = set(inspect.signature(hivemind.Optimizer.__init__).parameters)
+    assert {"defaults", "local-updates"} <= set(PRESETS) and len(PRESETS) >= 3
+    for name, preset in PRESETS.items():
+        assert 0 < preset["tbs_factor"] <= 1, name
+        assert set(optimizer_options(name)) <= accepted, name
+    assert optimizer_options("defaults") == {}
+    fp16 = optimizer_options("local-updates-fp16")
+    assert isinstance(fp16["state_averaging_compression"], Float16Compression) and fp16["use_local_updates"]
+
+
+def test_the_best_hivemind_run_is_p2_and_p3s_reference():
+    from benchmarks.churn_report import best_hivemind, compare
+
+    def run(losses, ts):
+        return {"curve": {"samples": [0, 100, 200][:len(losses)], "val_loss": losses, "t": ts}, "n_slots": 2,
+                "bytes": [{"t": 0, "traffic": 0}, {"t": 10, "traffic": 1000}]}
+
+    cen = {"curve": {"samples": [0, 200], "val_loss": [4.0, 1.0], "t": [0, 1]}}
+    results = {"centralized": cen, "dai_swarm": run([4.0, 2.0, 1.5], [0, 2, 4]),
+               "hivemind:defaults": run([4.0, 3.5, 3.0], [0, 5, 10]),
+               "hivemind:local-updates": run([4.0, 2.4, 1.9], [0, 4, 8]),
+               "hivemind:small-batch": run([4.0, 2.2, 2.1], [0, 3, 9])}
+    out = compare(results, target_loss=2.3)
+    # small-batch reaches 2.3 first (3 s); local-updates ends lower but reaches it later (8 s)
+    assert out["hivemind_reference"] == "hivemind:small-batch" == best_hivemind(out["systems"])
+    assert out["P3_time_ratio"] == 2 / 3  # dai_swarm reached it at 2 s
+    out = compare(results, target_loss=1.0)  # nobody reaches it: the lowest final loss
+    assert out["hivemind_reference"] == "hivemind:local-updates" and "note" in out
+    assert best_hivemind({"dai_swarm": out["systems"]["dai_swarm"]}) is None
+
+
+def test_an_unknown_hivemind_preset_is_refused_before_anything_runs(capsys):
+    from benchmarks.churn import main
+
+    assert main(["--hivemind-presets", "fastest", "--out", "/nonexistent/never"]) == 2
+    assert "unknown --hivemind-presets ['fastest']" in capsys.readouterr().err
