@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-__all__ = ["at_samples", "best_hivemind", "compare", "markdown", "plots", "reach", "rebuild", "traffic_at"]
+__all__ = ["at_samples", "best_hivemind", "compare", "markdown", "plots", "reach", "rebuild", "stays_below",
+           "traffic_at"]
 
 
 def at_samples(curve: dict, samples: float) -> float | None:
@@ -31,6 +32,18 @@ def reach(curve: dict, target: float) -> dict | None:
         if v is not None and v <= target:
             return {"t": t, "samples": s, "val_loss": v}
     return None
+
+
+def stays_below(curve: dict, target: float) -> dict | None:
+    """First point of ``curve`` from which every later point is at or below ``target`` (a noisy
+    curve that dips under the target and comes back does not count until it stays), or None."""
+    hit = None
+    for s, v, t in zip(curve["samples"], curve["val_loss"], curve["t"]):
+        if v is None or v > target:
+            hit = None
+        elif hit is None:
+            hit = {"t": t, "samples": s, "val_loss": v}
+    return hit
 
 
 def traffic_at(samples: Sequence[dict], t: float) -> float | None:
@@ -66,10 +79,11 @@ def compare(results: dict[str, dict], target_loss: float) -> dict[str, Any]:
     per: dict[str, dict] = {}
     for name, r in results.items():
         c = r["curve"]
-        hit = reach(c, target_loss)
+        hit, stay = reach(c, target_loss), stays_below(c, target_loss)
         row = {"final_samples": c["samples"][-1], "final_val_loss": c["val_loss"][-1],
                "wall_s": c["t"][-1], "reached_target": hit is not None,
-               "time_to_target_s": hit["t"] if hit else None, "samples_to_target": hit["samples"] if hit else None}
+               "time_to_target_s": hit["t"] if hit else None, "samples_to_target": hit["samples"] if hit else None,
+               "time_to_stay_below_target_s": stay["t"] if stay else None}
         if r.get("bytes"):
             n = r["n_slots"]
             total = r["bytes"][-1]["traffic"]

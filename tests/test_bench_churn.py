@@ -137,3 +137,11 @@ def test_an_unknown_hivemind_preset_is_refused_before_anything_runs(capsys):
 
     assert main(["--hivemind-presets", "fastest", "--out", "/nonexistent/never"]) == 2
     assert "unknown --hivemind-presets ['fastest']" in capsys.readouterr().err
+
+
+def test_a_curve_that_dips_under_the_target_and_comes_back_has_not_stayed_there():
+    from benchmarks.churn_report import reach, stays_below
+
+    curve = {"samples": [0, 1, 2, 3, 4], "val_loss": [5.0, 2.0, 4.0, 2.2, 2.1], "t": [0, 10, 20, 30, 40]}
+    assert reach(curve, 2.5)["t"] == 10 and stays_below(curve, 2.5)["t"] == 30
+    assert stays_below(dict(curve, val_loss=[5.0, 2.0, 2.1, 2.2, 3.0]), 2.5) is None
