@@ -59,6 +59,10 @@ def traffic_at(samples: Sequence[dict], t: float) -> float | None:
     return float(pts[-1][1])
 
 
+#: fractions of the compared budget at which P1's ratio is also reported
+ALONG = (0.25, 0.5, 0.75, 1.0)
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
@@ -100,6 +104,10 @@ def compare(results: dict[str, dict], target_loss: float) -> dict[str, Any]:
             n = min(c["samples"][-1], dp["curve"]["samples"][-1])
             row["sync_dp_loss_at_equal_samples"] = at_samples(dp["curve"], n)
             row["loss_ratio_vs_sync_dp"] = _ratio(at_samples(c, n), row["sync_dp_loss_at_equal_samples"])
+            # along the budget, not only at its end (early in training the large-batch floor dominates)
+            row["loss_ratio_vs_sync_dp_along"] = [
+                {"samples": round(n * f), "ratio": _ratio(at_samples(c, n * f), at_samples(dp["curve"], n * f))}
+                for f in ALONG]
         per[name] = row
     hm_name = best_hivemind(per)
     dai, hm = per.get("dai_swarm"), per.get(hm_name) if hm_name else None
@@ -165,6 +173,10 @@ def markdown(report: dict) -> str:
               f"(target ≤ 0.01): {_fmt(cmp.get('P2_bytes_ratio'))}",
               f"- P3 wall-clock to target, dai_swarm ÷ {cmp.get('hivemind_reference') or 'hivemind'} "
               f"(target ≤ 0.8): {_fmt(cmp.get('P3_time_ratio'))}"]
+    along = (cmp["systems"].get("dai_swarm") or {}).get("loss_ratio_vs_sync_dp_along")
+    if along:
+        lines.append("- P1 along the budget (dai_swarm ÷ sync DP): " + ", ".join(
+            f"{p['samples']} samples {_fmt(p['ratio'])}" for p in along))
     ct = cmp.get("common_target")
     if ct:
         lines.append(f"- at the loss both swarms reached ({ct['loss']:.4f}): bytes/peer dai_swarm ÷ hivemind "

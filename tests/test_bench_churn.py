@@ -88,6 +88,10 @@ def test_p1_is_measured_against_synchronous_data_parallelism_when_it_ran():
     assert "loss_ratio_vs_sync_dp" not in out["systems"]["sync_dp"]
     table = markdown({"comparison": out, "systems": {"centralized": cen, "sync_dp": dp, "dai_swarm": swarm}})
     assert "÷ synchronous DP with the same peers at equal samples (target ≤ 1.02): 1.05; ÷ centralized 2.1" in table
+    along = out["systems"]["dai_swarm"]["loss_ratio_vs_sync_dp_along"]
+    assert [p["samples"] for p in along] == [50, 100, 150, 200]
+    assert along[1]["ratio"] == (4.0 + 2.1) / 2 / 3.0 and along[-1]["ratio"] == 2.1 / 2.0
+    assert "P1 along the budget (dai_swarm ÷ sync DP): 50 samples" in table
     # a report of an older run (no sync_dp) keeps its centralized P1
     old = compare({"centralized": cen, "dai_swarm": swarm}, target_loss=2.5)
     assert old["P1_reference"] == "centralized" and old["P1_loss_ratio"] == 2.1
