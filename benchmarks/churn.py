@@ -206,6 +206,8 @@ def run_hivemind(args: argparse.Namespace, schedule, workdir: str, net=None, pre
             curve["val_loss"].append(row["val_loss"])
             curve["t"].append(round(row["t"] - t0, 3))
             curve["epoch"].append(row["epoch"])
+    curve["samples_trained"] = churn_report.trained_samples([r.history_file for r in fleet.records],
+                                                            [t0 + t for t in curve["t"]])
     return {"label": f"hivemind:{preset}", "run_id": run_id, "t0": t0, "finished": done, "time_limit_s": limit,
             "n_slots": args.peers, "curve": curve, "bytes": fleet.samples, "lives": fleet.summary(),
             "settings": {"preset": preset, "target_batch_size": tbs, "batch_size_per_step": "task batch",

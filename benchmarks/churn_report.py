@@ -11,7 +11,7 @@ import math
 from typing import Any, Sequence
 
 __all__ = ["at_samples", "best_hivemind", "compare", "markdown", "plots", "reach", "rebuild", "stays_below",
-           "traffic_at"]
+           "traffic_at", "trained_samples"]
 
 
 def at_samples(curve: dict, samples: float) -> float | None:
@@ -44,6 +44,26 @@ def stays_below(curve: dict, target: float) -> dict | None:
         elif hit is None:
             hit = {"t": t, "samples": s, "val_loss": v}
     return hit
+
+
+def trained_samples(logs: Sequence[str], times: Sequence[float]) -> list[int]:
+    """Samples the hivemind workers trained by each of ``times`` (Unix), from their own counters.
+
+    hivemind counts epoch x target batch size, which under churn is not what was trained (a worker
+    that loads the collaboration's state jumps epochs; a killed worker's progress record counts until
+    it expires). Each worker logs its own count at each epoch change and at its end, so this is a
+    lower bound that lags by at most one epoch per worker. Unreadable logs count 0."""
+    import json
+
+    workers = []
+    for path in logs:
+        try:
+            with open(path) as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+        except (OSError, ValueError):
+            continue
+        workers.append([(float(r["t"]), int(r["samples_local"])) for r in rows if "samples_local" in r])
+    return [sum(max((n for t, n in w if t <= when), default=0) for w in workers) for when in times]
 
 
 def traffic_at(samples: Sequence[dict], t: float) -> float | None:
@@ -88,6 +108,8 @@ def compare(results: dict[str, dict], target_loss: float) -> dict[str, Any]:
                "wall_s": c["t"][-1], "reached_target": hit is not None,
                "time_to_target_s": hit["t"] if hit else None, "samples_to_target": hit["samples"] if hit else None,
                "time_to_stay_below_target_s": stay["t"] if stay else None}
+        if c.get("samples_trained"):  # hivemind: what its workers' own counters say they trained
+            row["final_samples_trained"] = c["samples_trained"][-1]
         if r.get("bytes"):
             n = r["n_slots"]
             total = r["bytes"][-1]["traffic"]
@@ -159,7 +181,8 @@ def markdown(report: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for name, row in cmp["systems"].items():
         extra = report["systems"][name]
-        lines.append(f"| {name} | {row['final_samples']} | {_fmt(row['final_val_loss'])} | "
+        trained = f" ({row['final_samples_trained']} trained)" if "final_samples_trained" in row else ""
+        lines.append(f"| {name} | {row['final_samples']}{trained} | {_fmt(row['final_val_loss'])} | "
                      f"{_fmt(row.get('loss_ratio_vs_sync_dp'))} | "
                      f"{_fmt(row.get('loss_ratio_vs_centralized'))} | {_fmt(row['wall_s'], 3)} | "
                      f"{_fmt(row['reached_target'])} | {_fmt(row['time_to_target_s'], 3)} | "

@@ -149,3 +149,20 @@ def test_a_curve_that_dips_under_the_target_and_comes_back_has_not_stayed_there(
     curve = {"samples": [0, 1, 2, 3, 4], "val_loss": [5.0, 2.0, 4.0, 2.2, 2.1], "t": [0, 10, 20, 30, 40]}
     assert reach(curve, 2.5)["t"] == 10 and stays_below(curve, 2.5)["t"] == 30
     assert stays_below(dict(curve, val_loss=[5.0, 2.0, 2.1, 2.2, 3.0]), 2.5) is None
+
+
+def test_hivemind_samples_trained_come_from_the_workers_own_counters(tmp_path):
+    from benchmarks.churn_report import compare, markdown, trained_samples
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text('{"t": 10, "event": "start", "epoch": 0}\n{"t": 11, "event": "epoch", "samples_local": 16}\n'
+                 '{"t": 20, "event": "epoch", "samples_local": 320}\n')
+    b.write_text('{"t": 15, "event": "epoch", "samples_local": 64}\n{"t": 30, "event": "end", "samples_local": 96}\n')
+    assert trained_samples([str(a), str(b), str(tmp_path / "gone.json")], [10, 16, 25, 40]) == [0, 80, 384, 416]
+    cen = {"curve": {"samples": [0, 500], "val_loss": [4.0, 1.0], "t": [0, 1]}}
+    hm = {"curve": {"samples": [0, 500], "val_loss": [4.0, 3.0], "t": [0, 5], "samples_trained": [0, 416]},
+          "n_slots": 2, "bytes": []}
+    out = compare({"centralized": cen, "hivemind:defaults": hm}, target_loss=2.0)
+    assert out["systems"]["hivemind:defaults"]["final_samples_trained"] == 416
+    table = markdown({"comparison": out, "systems": {"centralized": cen, "hivemind:defaults": hm}})
+    assert "| hivemind:defaults | 500 (416 trained) |" in table
