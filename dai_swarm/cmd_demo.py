@@ -210,7 +210,10 @@ def run(args: argparse.Namespace) -> int:
                     all_seen_s = round(time.monotonic() - started, 1)
                     con.print(f"all {args.peers} peers visible after {all_seen_s:.1f} s")
                 current = max((p.status.get("round") or 0 for p in peers if p.fate == "running" and p.status), default=0)
-                if kill_round is not None and current >= kill_round:
+                # the churn kill waits until every peer has been seen (up to 2 rounds): a peer killed before
+                # the others listed it shows nothing of a swarm losing a member
+                if kill_round is not None and current >= kill_round and (all_seen_s is not None
+                                                                         or current >= kill_round + 2):
                     kill_round = None
                     victim = peers[1]
                     victim.proc.kill()

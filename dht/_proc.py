@@ -17,6 +17,7 @@ import time
 
 __all__ = [
     "PING_PROTOCOL",
+    "abort_process",
     "child_pids",
     "daemon_sockets",
     "descendants",
@@ -175,6 +176,25 @@ def terminate_pids(pids, grace_s: float = 3.0) -> None:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def abort_process(proc, grace_s: tuple[float, float] = (2.0, 2.0)) -> None:
+    """Stop a DHT process whose start failed or was interrupted, and its p2pd. It is frozen first
+    (SIGSTOP), so that it cannot start a p2pd after its children are listed (a p2pd started in that
+    window outlived it, orphaned, and kept its socket file), then killed; its children get SIGTERM."""
+    if proc.pid is None:  # never started
+        return
+    try:
+        os.kill(proc.pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        pass
+    children = child_pids(proc.pid)
+    if proc.is_alive():
+        proc.kill()  # SIGKILL ends a stopped process; a failed start has nothing to flush
+        proc.join(grace_s[0])
+    if not proc.is_alive():
+        proc.join(0)  # reap it and drop it from multiprocessing's children
+    terminate_pids(children)
 
 
 def stop_process(proc, grace_s: tuple[float, float] = (2.0, 2.0)) -> bool:

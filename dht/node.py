@@ -122,6 +122,8 @@ class SwarmDHT:
             except BaseException as e:
                 self._abort_start()
                 _proc.remove_stale_sockets(_proc.hivemind_sockets() - before)
+                if isinstance(e, KeyboardInterrupt):
+                    raise  # Ctrl+C (or a stop signal) during start-up: not a bootstrap failure
                 error = self._start_error(e, start_timeout_s)
                 # a busy initial peer may miss the 3 s bootstrap ping: try again while time remains
                 if not (self.initial_peers and any(m in str(e) for m in BUSY_PEER_ERRORS)
@@ -138,16 +140,14 @@ class SwarmDHT:
             self._sockets = self._call(_proc.socket_paths, timeout_s=LOCAL_TIMEOUT_S)
             if not client_mode:
                 self._call(_proc.register_ping, timeout_s=LOCAL_TIMEOUT_S)
-        except BaseException:
+        except BaseException:  # (a Ctrl+C here, before _sockets is known: remove the new stale ones too)
             self.shutdown()
+            _proc.remove_stale_sockets(_proc.hivemind_sockets() - before)
             raise
         logger.debug("DHT node %s up at %s", self.peer_id, ", ".join(self.visible_maddrs))
 
     def _abort_start(self) -> None:
-        children = _proc.child_pids(self._dht.pid) if self._dht.pid else []
-        if self._dht.pid is not None:
-            _proc.stop_process(self._dht, SHUTDOWN_GRACE_S[1:])
-        _proc.terminate_pids(children)
+        _proc.abort_process(self._dht, SHUTDOWN_GRACE_S[1:])
 
     def _start_error(self, e: BaseException, timeout_s: float) -> Exception:
         text = f"{type(e).__name__}: {e}"

@@ -145,6 +145,11 @@ def test_expired_peer_disappears(swarm):
 
 def test_region_auto(swarm):
     a, b, c, _ = swarm
+    # its own regions (the tests of this module may run on different workers, in any order)
+    for node, region in ((a, "eu"), (b, "eu"), (c, "us")):
+        node.publish_peer(_peer(node, region), ttl_s=30)
+        node.publish_region(RUN, region, ttl_s=30)
+    testing.wait_until(lambda: sum(map(len, a.regions(RUN).values())) >= 3, 15, what="regions")
     assert choose_region(a, RUN, "eu").region == "eu"
     with pytest.raises(ConfigError):
         choose_region(a, RUN, "bad name!")
