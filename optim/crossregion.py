@@ -166,8 +166,8 @@ def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping
 
     ``records``: ``(signer public key, xdelta body)``; ``members``: public key → (region, libp2p
     id) from the run's live, signed peer records; ``per_member_cap``: :func:`weight_cap` of one
-    backer (the cap of a region is its backers times it). Refusal reasons: ``xdelta_malformed``, ``xdelta_not_member`` (no live peer record),
-    ``xdelta_wrong_region`` (its peer record names another region), ``xdelta_no_majority`` (per
+    backer (the cap of a region is its backers times it). Refusal reasons: ``xdelta_malformed``,
+    ``xdelta_not_member`` (no live peer record), ``xdelta_wrong_region`` (its peer record names another region), ``xdelta_no_majority`` (per
     region), ``xdelta_capped`` (per region whose claim exceeds its cap), ``xdelta_future_anchor``
     (its anchor claims more merges than ``max_merges``, the merge points so far),
     ``xdelta_no_standing`` (its signer holds no standing).
