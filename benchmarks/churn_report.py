@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-__all__ = ["at_samples", "best_hivemind", "compare", "markdown", "plots", "reach", "rebuild", "stays_below",
-           "traffic_at", "trained_samples"]
+__all__ = ["at_samples", "best_hivemind", "compare", "markdown", "plots", "reach", "rebuild", "ratios_along",
+           "stays_below", "traffic_at", "trained_samples"]
 
 
 def at_samples(curve: dict, samples: float) -> float | None:
@@ -87,6 +87,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+def ratios_along(curve: dict, ref: dict, n: float) -> list[dict]:
+    """``curve``'s loss ÷ ``ref``'s at each :data:`ALONG` fraction of ``n`` samples (both curves are
+    dicts with aligned ``samples`` and ``val_loss``)."""
+    return [{"samples": round(n * f), "ratio": _ratio(at_samples(curve, n * f), at_samples(ref, n * f))}
+            for f in ALONG]
+
+
 def best_hivemind(per: dict[str, dict]) -> str | None:
     """The best hivemind run among ``per``'s rows (``hivemind`` or ``hivemind:<preset>``): the one
     that reached the target soonest, else the lowest final loss; None if there is none."""
@@ -127,9 +134,7 @@ def compare(results: dict[str, dict], target_loss: float) -> dict[str, Any]:
             row["sync_dp_loss_at_equal_samples"] = at_samples(dp["curve"], n)
             row["loss_ratio_vs_sync_dp"] = _ratio(at_samples(c, n), row["sync_dp_loss_at_equal_samples"])
             # along the budget, not only at its end (early in training the large-batch floor dominates)
-            row["loss_ratio_vs_sync_dp_along"] = [
-                {"samples": round(n * f), "ratio": _ratio(at_samples(c, n * f), at_samples(dp["curve"], n * f))}
-                for f in ALONG]
+            row["loss_ratio_vs_sync_dp_along"] = ratios_along(c, dp["curve"], n)
         per[name] = row
     hm_name = best_hivemind(per)
     dai, hm = per.get("dai_swarm"), per.get(hm_name) if hm_name else None

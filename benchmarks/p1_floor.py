@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from dai_swarm.reference import run_sync_dp
 from dai_swarm.tasks import load_task
 
-from .churn_report import at_samples
+from .churn_report import ALONG, ratios_along
 from .sparse import simulate
 
 __all__ = ["SETTINGS", "main", "markdown"]
@@ -42,7 +42,6 @@ SETTINGS = [
     ("int8, H=10, Nesterov 0.6/0.9", "int8", 10, 0.6, 0.9),
     ("int8, H=5, Nesterov 0.6/0.9", "int8", 5, 0.6, 0.9),
 ]
-ALONG = (0.25, 0.5, 0.75, 1.0)
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -108,9 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{time.time() - started:5.0f} s] {label}: {rounds} rounds", flush=True)
         run = simulate(task, (label, codec, {}, None, lr, mu, False), workers=args.workers, rounds=rounds, steps=steps)
         end = run["samples"][-1]
-        along = [{"samples": round(end * f),
-                  "ratio": at_samples({"samples": run["samples"], "val_loss": run["val_loss"]}, end * f)
-                  / at_samples({"samples": dp["samples"], "val_loss": dp["val_loss"]}, end * f)} for f in ALONG]
+        along = ratios_along(run, dp, end)
         res["settings"].append({"label": label, "codec": codec, "steps": steps, "outer_lr": lr, "outer_momentum": mu,
                                 "rounds": rounds, "samples": run["samples"], "val_loss": run["val_loss"],
                                 "final_val_loss": run["final_val_loss"], "along": along, "wall_s": run["wall_s"],
