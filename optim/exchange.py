@@ -204,10 +204,22 @@ async def fetch_payload(p2p: P2P, peer_id: PeerID, run_id: str, digest: str, *, 
         finally:
             writer.close()
 
+    async def _once_more_if_reset() -> bytes:
+        # a stream that breaks with nothing of the awaited answer read (e.g. a burst overflowing the
+        # daemon-to-handler socket backlog of hivemind's P2P) is asked once more: a GET is idempotent
+        # and the deadline is shared
+        try:
+            return await _go()
+        except (ConnectionError, asyncio.IncompleteReadError) as e:
+            if isinstance(e, asyncio.IncompleteReadError) and e.partial:
+                raise
+            logger.debug("stream to %s reset before answering %s; asking once more", peer_id, digest[:12])
+            return await _go()
+
     if len(digest) != 64:
         raise ProtocolError(f"malformed digest {digest!r}")
     try:
-        data = await asyncio.wait_for(_go(), timeout=timeout_s)
+        data = await asyncio.wait_for(_once_more_if_reset(), timeout=timeout_s)
     except asyncio.TimeoutError as e:
         raise PeerUnreachable(f"peer {peer_id} did not deliver {digest[:12]} within {timeout_s:.1f}s") from e
     except (ConnectionError, asyncio.IncompleteReadError) as e:

@@ -258,6 +258,35 @@ def test_the_asker_polls_a_gateway_that_is_still_fetching(monkeypatch):
     assert asyncio.run(go()) == blob and len(net.requests) >= 3
 
 
+class _ResettingP2P:
+    """A P2P whose first ``resets`` streams end before any answer byte; later ones serve ``blob``."""
+
+    def __init__(self, blob: bytes, resets: int):
+        self.blob, self.resets, self.calls = blob, resets, 0
+
+    async def call_binary_stream_handler(self, peer_id, name):
+        self.calls += 1
+        reader = asyncio.StreamReader()
+        if self.calls > self.resets:
+            reader.feed_data(bytes([0]) + len(self.blob).to_bytes(8, "big") * 2 + self.blob)
+        reader.feed_eof()
+        return None, reader, _Writer()
+
+
+def test_a_stream_reset_before_the_answer_is_asked_once_more():
+    from dai_swarm.optim.exchange import fetch_payload
+
+    blob = b"update bytes"
+    digest = hashlib.sha256(blob).hexdigest()
+    once = _ResettingP2P(blob, resets=1)
+    got = asyncio.run(fetch_payload(once, "p", "run", digest, max_bytes=MIB, timeout_s=1.0))
+    assert got == blob and once.calls == 2
+    twice = _ResettingP2P(blob, resets=2)  # a peer that keeps resetting is unreachable, asked twice only
+    with pytest.raises(PeerUnreachable, match="broke"):
+        asyncio.run(fetch_payload(twice, "p", "run", digest, max_bytes=MIB, timeout_s=1.0))
+    assert twice.calls == 2
+
+
 @pytest.mark.integration
 def test_real_p2p_liar_among_donors_and_300_unknown_digest_requests():
     """Four real P2P daemons: three honest donors and one that serves a corrupted range."""
@@ -327,6 +356,7 @@ def test_real_p2p_liar_among_donors_and_300_unknown_digest_requests():
         results, answered, took, not_found, liar = asyncio.run(go())
     for ok, liars, wasted, seconds, served in results:  # each download: the liar costs one range
         assert ok and liars == [liar] and wasted == 1 and liar not in served and len(served) == 3, results
-    assert answered == ["not found"] * 300 and not_found == 300, collections.Counter(answered)
+    # (a stream reset under load is asked once more by the client: the server may count one request twice)
+    assert answered == ["not found"] * 300 and not_found >= 300, (collections.Counter(answered), not_found)
     print(f"REPORT downloads_s={[round(r[3], 2) for r in results]} unknown_300_s={took:.2f}")
     assert took < 15.0  # measured ~1-2 s; with a held executor thread per request it took 38 s
