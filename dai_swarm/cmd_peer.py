@@ -84,7 +84,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--round-s-max", type=float, default=None, metavar="S",
                    help="let rounds adapt to what the swarm's machines need, up to S seconds (new single-region "
                         "runs only; default: fixed rounds)")
-    p.add_argument("--codec", default="int8", help="update codec: none, fp16, int8, topk (new runs only)")
+    p.add_argument("--codec", default="int8",
+                   help="update codec: none, fp16, int8, topk, or sparse (chunked top-k with error feedback, "
+                        "checked on sampled buffer chunks; outer SGD lr 1.0, no momentum) (new runs only)")
     p.add_argument("--cross-region-period", type=int, default=5,
                    help="rounds between cross-region merges (new runs only)")
     when = p.add_mutually_exclusive_group()

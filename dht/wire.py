@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from ..errors import MalformedRecord
 
-__all__ = ["Hex64", "LogHeadBody", "MAX_INCLUSION", "MAX_NEED_S", "StateBody", "UpdateBody", "VerdictsBody",
+__all__ = ["FeedbackCommitBody", "Hex64", "LogHeadBody", "MAX_INCLUSION", "MAX_NEED_S", "StateBody", "UpdateBody", "VerdictsBody",
            "VoteBody", "WIRE_KINDS", "XDeltaBody", "parse_wire", "typed", "wire_kind"]
 
 #: a lowercase hex SHA-256 digest or state hash
@@ -58,8 +58,19 @@ class _Wire(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+class FeedbackCommitBody(_Wire):
+    """A ``sparse`` update's commitment to the author's error-feedback buffer
+    (:class:`~dai_swarm.optim.feedback_chain.FeedbackCommit`): Merkle roots before and after the
+    round and the digests of the stored buffer blobs (``pre_blob`` empty for the zero buffer)."""
+
+    pre: Hex64
+    post: Hex64
+    pre_blob: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{64})?$")]
+    post_blob: Hex64
+
+
 class UpdateBody(_Wire):
-    """An update announcement (I3)."""
+    """An update announcement (I3); ``ef`` only in ``sparse`` runs."""
 
     run_id: Name
     round: Count
@@ -73,6 +84,7 @@ class UpdateBody(_Wire):
     region: Short = ""
     p2p_id: Short = ""
     need_s: Annotated[float, Field(ge=0.0, le=MAX_NEED_S)] | None = None
+    ef: FeedbackCommitBody | None = None
 
 
 class VoteBody(_Wire):

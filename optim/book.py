@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from dai_swarm.dht.wire import MAX_NEED_S
 from dai_swarm.errors import (
@@ -73,6 +73,7 @@ class UpdateAnnouncement:
     size_bytes: int
     region: str = ""
     need_s: float | None = None  # the round length the author measured it needs (optim/schedule.py)
+    ef: Any = None  # sparse runs: the FeedbackCommit (optim/feedback_chain.py) the update carries
 
     def __post_init__(self) -> None:
         for name in ("run_id", "codec", "region"):
@@ -207,6 +208,8 @@ class RoundBook:
             return self._reject("implausible_steps", ProtocolError, str(a.steps))
         if a.samples != a.steps * lim.batch_size:
             return self._reject("implausible_samples", ProtocolError, f"{a.samples} != {a.steps}*{lim.batch_size}")
+        if a.codec == "sparse" and a.ef is None:  # error feedback a verifier cannot check
+            return self._reject("no_feedback_commit", ProtocolError, "sparse update without ef")
         return discount
 
     def offer(self, a: UpdateAnnouncement) -> Accepted | Rejected:

@@ -36,6 +36,7 @@ from . import codecs
 from .book import MAX_NEED_S, BookLimits, RoundBook
 from .config import RoundContext, RunConfig
 from .crossregion import CrossRegionMerger
+from .feedback_chain import FeedbackAuthor
 from .fetching import PayloadFetch
 from .machine import AdoptInclusion, CloseRound, KeepState, NoState, RoundMachine, TallyCommand
 from .states import BaseState, BaseStore
@@ -84,6 +85,7 @@ class Coordinator(PayloadFetch, StateSync):
         self._prefetch_at = float("-inf")  # when _prefetch_next last tried (throttle)
         self.my_votes: dict[int, Vote] = {}
         self._candidates: dict[int, BaseState] = {}
+        self._feedback: FeedbackAuthor | None = None  # sparse runs: this peer's error-feedback buffer
         self.merger = CrossRegionMerger(self)
         self.foreign_source: dict[int, str] = {}  # base round -> region whose state this region adopts
         self.first_round = 0
@@ -176,7 +178,16 @@ class Coordinator(PayloadFetch, StateSync):
         ctx = self.ctx
         strategy = ctx.strategy  # honest unless a test or benchmark built this peer (optim/strategy.py)
         tensors = strategy.tamper(dict(delta), round)
-        blob = strategy.tamper_blob(codecs.encode(tensors, self.cfg.codec, **self.cfg.codec_params), round)
+        ef = None
+        if self.cfg.codec == "sparse":  # error feedback, committed and stored for verifiers (optim/feedback_chain.py)
+            if self._feedback is None:
+                self._feedback = FeedbackAuthor(ctx.like.params, self.cfg.codec_params)
+            encoded, ef, buffers = self._feedback.step(round, tensors, strategy.tamper_feedback)
+            for buffer_digest, buffer in buffers:
+                ctx.store.put(buffer, round, buffer_digest)
+        else:
+            encoded = codecs.encode(tensors, self.cfg.codec, **self.cfg.codec_params)
+        blob = strategy.tamper_blob(encoded, round)
         digest = ctx.store.put(blob, round)
         claimed_steps = strategy.claimed_steps(steps)
         body = {"run_id": self.cfg.run_id, "round": round, "base_hash": base_hash, "peer": ctx.identity.public_key_hex,
@@ -186,6 +197,8 @@ class Coordinator(PayloadFetch, StateSync):
         need = ctx.lateness.need_s() if getattr(ctx, "schedule_rule", None) is not None else None
         if need is not None:  # (optim/schedule.py)
             body["need_s"] = min(float(need), MAX_NEED_S)
+        if ef is not None:
+            body["ef"] = ef.body()
         self._publish("update", round, body)
         events.info("announced round %d update %s (%d steps, %d bytes)", round, digest[:12], steps, len(blob),
                     extra={"event": "announce", "round": round, "digest": digest, "bytes": len(blob)})

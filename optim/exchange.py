@@ -80,6 +80,8 @@ class PayloadStore:
                 self._items[actual] = (round, bytes(data))
                 self._bytes += len(data)
                 self._evict()
+            elif round > self._items[actual][0]:  # stored again for a later round: kept as long as it
+                self._items[actual] = (round, self._items[actual][1])
         return actual
 
     def _evict(self) -> None:

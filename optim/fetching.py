@@ -22,6 +22,7 @@ from dai_swarm.logging import get_logger
 from . import codecs
 from .book import RoundBook, UpdateAnnouncement
 from .exchange import fetch_from_any
+from .feedback_chain import FeedbackCommit
 
 __all__ = ["PayloadFetch"]
 
@@ -125,6 +126,8 @@ class PayloadFetch:
                 body.pop("p2p_id", None)
                 if body.get("peer") != rec.signer:
                     raise MalformedRecord("announcement names another peer than its signer")
+                if "ef" in body:
+                    body["ef"] = FeedbackCommit(**body["ef"])
                 ann = UpdateAnnouncement(**body)
             except MalformedRecord as e:
                 self.ctx.count("malformed_announcement")

@@ -31,6 +31,10 @@ class UpdateStrategy:
         """The encoded payload to store and announce."""
         return blob
 
+    def tamper_feedback(self, post: dict, round: int) -> dict:
+        """The error-feedback buffer to commit to and carry after ``round`` (``sparse`` runs)."""
+        return post
+
     def claimed_steps(self, steps: int) -> int:
         """The inner-step count to announce."""
         return steps

@@ -48,13 +48,14 @@ START_IN_S = 60.0
 
 def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id: str, max_steps: int = 15,
               round_s: float = ROUND_S, start_in_s: float = START_IN_S, late: dict[int, float] | None = None,
-              keys_dir: str | None = None) -> list[dict]:
+              keys_dir: str | None = None, extra_args: tuple[str, ...] = ()) -> list[dict]:
     """Run one swarm of ``dai-swarm peer`` processes (None = honest) until ``until_round``.
 
     p0 (honest) starts first and creates the run (it is the run's founder) with round 0 starting
     ``start_in_s`` after that; the others then start together and must be up by round 0, except
     the peers in ``late`` (index -> round), which start at that round (joiners). ``keys_dir``: peer
-    i uses the identity ``keys_dir/p{i}.key`` (the same keys, hence the same data, across runs).
+    i uses the identity ``keys_dir/p{i}.key`` (the same keys, hence the same data, across runs);
+    ``extra_args`` go to every peer (e.g. ``("--codec", "sparse")``).
 
     Returns, per peer: attack, history, status, log text and the slashes its log reports.
     """
@@ -77,6 +78,7 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
                         "--checks-per-update", str(CHECKS_PER_UPDATE), "--address-file", os.path.join(workdir, f"p{i}.addr"),
                         "--history-file", os.path.join(workdir, f"p{i}.json"),
                         "--ledger", os.path.join(workdir, f"p{i}.ledger")]
+                argv += list(extra_args)
                 if kind:
                     argv += ["--attack", kind]
                 if keys_dir:

@@ -366,14 +366,17 @@ _FACTORIES = {
     "oversized": _Oversized,
     "forged_verdict": _ForgedVerdict,
     "replayed_verdict": _ReplayedVerdict,
-    "sybil": lambda: _sybil_flood(),
+    "sybil": lambda: _own_module("sybil"),
+    "forged_feedback": lambda: _own_module("forged_feedback"),  # sparse runs only
+    "shifted_feedback": lambda: _own_module("shifted_feedback"),
 }
 
 
-def _sybil_flood() -> Attack:
-    from .sybil import SybilFlood  # its own module (one attacker speaking for many fresh keys)
+def _own_module(kind: str) -> Attack:
+    from .feedback_attacks import ForgedFeedback  # error feedback (sparse runs)
+    from .sybil import SybilFlood  # one attacker speaking for many fresh keys
 
-    return SybilFlood()
+    return SybilFlood() if kind == "sybil" else ForgedFeedback(kind)
 
 #: every attack kind ``make_attack`` knows, in catalogue order
 ATTACK_KINDS = tuple(_FACTORIES)

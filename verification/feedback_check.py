@@ -42,7 +42,7 @@ import torch
 from dai_swarm.optim.codecs.codec_sparse import ChunkRef, dequantize, quantize, select_topk
 from dai_swarm.optim.feedback import ChunkProof, accumulate, verify_chunk_proof
 
-from .spotcheck import DEFAULT_TAU
+from .recompute import DEFAULT_TAU
 
 __all__ = ["DEFAULT_TAU", "DEFAULT_ULPS", "ChunkCheck", "SparseCheck", "check_chunks", "detection_probability",
            "sample_chunks"]

@@ -24,7 +24,11 @@ from dai_swarm.optim import codecs
 
 from .assignment import samples_for
 
-__all__ = ["apply_base", "inner_train", "recompute_update", "relative_distance"]
+__all__ = ["DEFAULT_TAU", "apply_base", "inner_train", "recompute_update", "relative_distance"]
+
+#: relative-L2 tolerance of a check: >= 10x the worst honest distance in
+#: benchmarks/results/tau_calibration.json (4.1e-4); re-exported by :mod:`.spotcheck`
+DEFAULT_TAU = 1e-2
 
 #: norms below this are treated as zero (an all-zero update compared with another all-zero one)
 _TINY = 1e-30

@@ -24,14 +24,15 @@ import time
 import queue
 from typing import Any, Mapping
 
-from dai_swarm.canonical import sha256_hex
+from dai_swarm.canonical import sha256_hex, state_hash
 from dai_swarm.errors import SwarmError
 from dai_swarm.logging import get_logger
 from dai_swarm.optim import codecs
 
-from .recompute import recompute_update, relative_distance
+from .recompute import DEFAULT_TAU, recompute_update, relative_distance
 from .reputation import ReputationPolicy, initial_extra, is_slashed, reputation_of, update_reputation, vote_weights
 from .robust import CenteredClip
+from .sparse_verify import Unprovable, check_sparse_update
 from .verdicts import Verdict, record_body, verdicts_from_record
 
 __all__ = ["DEFAULT_CHECKS_PER_UPDATE", "DEFAULT_TAU", "SpotChecker", "check_probability", "detection_per_round"]
@@ -39,8 +40,6 @@ __all__ = ["DEFAULT_CHECKS_PER_UPDATE", "DEFAULT_TAU", "SpotChecker", "check_pro
 logger = get_logger(__name__)
 events = get_logger("dai_swarm.events")
 
-#: relative-L2 tolerance: >= 10x the worst honest distance in benchmarks/results/tau_calibration.json (4.1e-4)
-DEFAULT_TAU = 1e-2
 #: at most this many own checks and this many re-checks of others' fails per round and peer: a
 #: flood of announced updates (fresh keys) cannot make a verifier spend its round recomputing
 MAX_CHECKS_PER_ROUND = MAX_RECHECKS_PER_ROUND = 8
@@ -233,6 +232,33 @@ class SpotChecker:
                         t, len(ids) - len(found))
         return [v for v in found if v.round == t]
 
+    # --- sparse updates (error feedback) -------------------------------------------------------
+    def _previous_post(self, t: int, peer: str) -> str | None:
+        """The post-round buffer root of ``peer``'s update included in round ``t - 1``, if held here."""
+        with self._lock:
+            held = self._held.get(t - 1)
+            anns = list(held["anns"].values()) if held else []
+        return next((a.ef.post for a in anns if a.peer == peer and a.ef is not None), None)
+
+    def _range_fetch(self, ann: Any):
+        """fetch(digest, offset, length) of a buffer blob from ``ann``'s author over the payload protocol."""
+        from hivemind.p2p import PeerID
+
+        from dai_swarm.optim.exchange import fetch_payload
+
+        rt = self.rt
+        pid = rt.announcer(ann.peer) or next(iter(rt.coordinator.providers.get(ann.digest, [])), None)
+        if pid is None:
+            raise Unprovable(f"no live peer record of {ann.peer[:12]}")
+        peer = PeerID.from_base58(pid)
+        cap = sum(32 + 4 * 4096 + 4 * t.numel() for t in rt.like.params.values())  # >= any buffer blob of this model
+
+        def fetch(digest: str, offset: int, length: int) -> bytes:
+            return rt.netloop.run(fetch_payload(rt.p2p, peer, rt.run_id, digest, max_bytes=cap, timeout_s=5.0,
+                                                offset=offset, length=length, traffic=rt.traffic, verify=False),
+                                  timeout_s=10.0)
+        return fetch
+
     # --- the worker ---------------------------------------------------------------------------
     def _work(self) -> None:
         while not self._closed.is_set():
@@ -286,14 +312,28 @@ class SpotChecker:
             self._model = self.task.build_model(rt.manifest.seed)
         delta = recompute_update(self.task, base, rt.run_id, rt.manifest.seed, ann.peer, t, ann.steps,
                                  model=self._model, raw=True)
-        blob = codecs.encode(delta, rt.codec, **rt.codec_params)
-        mine = codecs.decode(blob, max_bytes=codecs.decode_cap_for(delta, rt.codec, **rt.codec_params))
-        distance = relative_distance(payload, mine)
-        passed = distance <= self.tau
+        if rt.codec == "sparse":  # error feedback: checked on sampled buffer chunks (.sparse_verify)
+            try:
+                distance, reason = check_sparse_update(delta, payload, ann.ef, self._range_fetch(ann), rt.codec_params,
+                                                       previous_post=self._previous_post(t, ann.peer),
+                                                       rng=self._rng, tau=self.tau)
+            except Unprovable as e:
+                with self._lock:
+                    self.stats["unprovable"] = self.stats.get("unprovable", 0) + 1
+                logger.info("round %d: no verdict on %s: its author is unreachable (%s)", t, ann.peer[:12], e)
+                return None
+            passed, recomputed = not reason, state_hash(delta)
+            if reason:
+                logger.info("round %d: sparse check of %s failed: %s", t, ann.peer[:12], reason)
+        else:
+            blob = codecs.encode(delta, rt.codec, **rt.codec_params)
+            mine = codecs.decode(blob, max_bytes=codecs.decode_cap_for(delta, rt.codec, **rt.codec_params))
+            distance, recomputed = relative_distance(payload, mine), sha256_hex(blob)
+            passed = distance <= self.tau
         cpu = time.thread_time() - cpu0
         latency = time.time() - queued_at
         v = Verdict(round=t, verifier=rt.identity.public_key_hex, target=ann.peer, digest=ann.digest, passed=passed,
-                    distance=distance if distance != float("inf") else -1.0, recomputed=sha256_hex(blob),
+                    distance=distance if distance != float("inf") else -1.0, recomputed=recomputed,
                     steps=ann.steps, latency_s=latency, recheck=recheck)
         if self._closed.is_set():  # shutting down: the DHT may be gone already
             return None
