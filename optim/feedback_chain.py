@@ -36,8 +36,8 @@ from dai_swarm.merkle import inclusion_proof, merkle_root
 from .codecs.codec_sparse import ChunkRef
 from .feedback import ChunkProof, buffer_refs, chunk_leaf, feedback_step, zero_buffer
 
-__all__ = ["FEEDBACK_DECAY", "FeedbackAuthor", "FeedbackCommit", "buffer_blob", "chunk_range", "proofs_from_blob",
-           "table_len", "zero_root"]
+__all__ = ["FEEDBACK_DECAY", "FeedbackAuthor", "FeedbackCommit", "buffer_blob", "chunk_range", "proof_from_range", "proof_of",
+           "proofs_from_blob", "table_len", "verified_leaves", "zero_root"]
 
 #: SparseLoCo's leaky accumulator, measured in docs/design.md ("Outer step"): with it the buffer
 #: stands in for outer momentum (a ``sparse`` run's outer step is plain SGD at lr 1.0, momentum 0)
@@ -89,27 +89,44 @@ def zero_root(like: Mapping[str, torch.Tensor], **params: Any) -> str:
     return buffer_blob(zero_buffer(like), **params)[0]
 
 
-def proofs_from_blob(table: bytes, root_hex: str, refs: list[ChunkRef],
-                     values: Mapping[int, bytes]) -> list[ChunkProof]:
-    """Proofs of the chunks in ``values`` (chunk id -> its float32 bytes, fetched by range) from a
-    fetched leaf ``table``: :class:`~dai_swarm.errors.DigestMismatch` if the table does not hash to
-    ``root_hex`` or a chunk does not match its leaf, :class:`~dai_swarm.errors.ProtocolError` for
-    a table or range of the wrong length."""
+def verified_leaves(table: bytes, root_hex: str, refs: list[ChunkRef]) -> list[bytes]:
+    """The leaves of a fetched leaf ``table`` once it hashes to ``root_hex``:
+    :class:`~dai_swarm.errors.ProtocolError` for a wrong length, :class:`~dai_swarm.errors.DigestMismatch`
+    for another root."""
     if len(table) != table_len(refs):
         raise ProtocolError(f"leaf table of {len(table)} bytes, expected {table_len(refs)}")
     leaves = [table[i:i + 32] for i in range(0, len(table), 32)]
     if merkle_root(leaves).hex() != root_hex:
         raise DigestMismatch(f"leaf table does not hash to the committed root {root_hex[:12]}")
-    out = []
-    for cid, raw in sorted(values.items()):
-        ref = refs[cid]
-        if len(raw) != 4 * ref.length:
-            raise ProtocolError(f"chunk {cid}: {len(raw)} bytes, expected {4 * ref.length}")
-        v = torch.frombuffer(bytearray(raw), dtype=torch.float32)
-        if chunk_leaf(ref, v) != leaves[cid]:
-            raise DigestMismatch(f"chunk {cid} does not match its committed leaf")
-        out.append(ChunkProof(cid, len(refs), v, tuple(inclusion_proof(leaves, cid))))
-    return out
+    return leaves
+
+
+def proof_of(leaves: list[bytes], refs: list[ChunkRef], chunk_id: int, values: torch.Tensor) -> ChunkProof | None:
+    """The proof of chunk ``chunk_id`` holding ``values`` under verified ``leaves``, or None if the
+    values are not that chunk's (a verifier's own candidate that differs, a lying range)."""
+    ref = refs[chunk_id]
+    if values.dtype != torch.float32 or values.numel() != ref.length or chunk_leaf(ref, values) != leaves[chunk_id]:
+        return None
+    return ChunkProof(chunk_id, len(refs), values, tuple(inclusion_proof(leaves, chunk_id)))
+
+
+def proof_from_range(leaves: list[bytes], refs: list[ChunkRef], chunk_id: int, raw: bytes) -> ChunkProof:
+    """The proof of chunk ``chunk_id`` from its fetched float32 bytes: :class:`~dai_swarm.errors.ProtocolError`
+    for a range of the wrong length, :class:`~dai_swarm.errors.DigestMismatch` if it is not the committed chunk."""
+    if len(raw) != 4 * refs[chunk_id].length:
+        raise ProtocolError(f"chunk {chunk_id}: {len(raw)} bytes, expected {4 * refs[chunk_id].length}")
+    proof = proof_of(leaves, refs, chunk_id, torch.frombuffer(bytearray(raw), dtype=torch.float32))
+    if proof is None:
+        raise DigestMismatch(f"chunk {chunk_id} does not match its committed leaf")
+    return proof
+
+
+def proofs_from_blob(table: bytes, root_hex: str, refs: list[ChunkRef],
+                     values: Mapping[int, bytes]) -> list[ChunkProof]:
+    """Proofs of the chunks in ``values`` (chunk id -> its float32 bytes, fetched by range) from a
+    fetched leaf ``table`` (:func:`verified_leaves`, :func:`proof_from_range`)."""
+    leaves = verified_leaves(table, root_hex, refs)
+    return [proof_from_range(leaves, refs, cid, raw) for cid, raw in sorted(values.items())]
 
 
 class FeedbackAuthor:

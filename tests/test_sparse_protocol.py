@@ -140,3 +140,23 @@ def test_the_commitment_on_the_wire_and_in_the_book():
     assert type(taken).__name__ == "Accepted"
     with pytest.raises(MalformedRecord):
         UpdateAnnouncement(**_ann(steps=-1))
+
+
+def test_an_exact_recomputation_proves_the_post_buffer_from_its_leaf_table_alone():
+    store, author, deltas = PayloadStore(), FeedbackAuthor(_like(), PARAMS), _deltas(2)
+    steps = _run(author, store, deltas)
+    fetched = []
+
+    def counting(digest, offset, length):
+        fetched.append((digest, offset, length))
+        return _fetch(store)(digest, offset, length)
+
+    blob, ef = steps[1]
+    _, reason = check_sparse_update(deltas[1], _sent(blob), ef, counting, PARAMS, rng=random.Random(0), count=3)
+    post_ranges = [f for f in fetched if f[0] == ef.post_blob]
+    assert reason == "" and len(post_ranges) == 1 and post_ranges[0][1] == 0  # the table only
+    assert len([f for f in fetched if f[0] == ef.pre_blob]) == 1 + 3  # table + the 3 sampled chunks
+    fetched.clear()  # a recomputation that differs (another thread count, here a nudge) fetches the chunks
+    nudged = {n: t + 1e-7 for n, t in deltas[1].items()}
+    _, reason = check_sparse_update(nudged, _sent(blob), ef, counting, PARAMS, rng=random.Random(0), count=3)
+    assert reason == "" and len([f for f in fetched if f[0] == ef.post_blob]) == 1 + 3

@@ -25,19 +25,23 @@ from typing import Callable, Mapping
 import torch
 
 from dai_swarm.errors import DigestMismatch, PayloadNotFound, PeerUnreachable, ProtocolError, SwarmError
-from dai_swarm.optim.feedback import buffer_refs, prove_chunks, zero_buffer
 from dai_swarm.optim import codecs
-from dai_swarm.optim.feedback_chain import (FEEDBACK_DECAY, FeedbackCommit, buffer_blob, chunk_range, proofs_from_blob,
-                                            table_len)
+from dai_swarm.optim.feedback import accumulate, buffer_refs, prove_chunks, zero_buffer
+from dai_swarm.optim.feedback_chain import (FEEDBACK_DECAY, FeedbackCommit, buffer_blob, chunk_range, proof_from_range,
+                                            proof_of, table_len, verified_leaves)
 
 from .feedback_check import check_chunks, sample_chunks
 from .recompute import DEFAULT_TAU
 
 __all__ = ["CHECK_CHUNKS", "Unprovable", "check_sparse_update"]
 
-#: chunks sampled per check: a one-chunk forgery of tinylm-small's 51 is caught with 15.7% per
-#: check, five chunks with 60%, a payload-level cheat (every chunk) always (docs/design.md)
-CHECK_CHUNKS = 8
+#: chunks sampled per check. A check fetches two leaf tables and these chunks of the pre-round
+#: buffer (16 KB each at chunk 4,096), and the post-round chunks only when the verifier's own
+#: residual differs from the committed one (another thread count): about 69 KB per check at 4.
+#: A payload-level cheat touches every chunk and fails any check; a forgery of f of tinylm-small's
+#: 51 buffer chunks is caught per check with 1 - C(51-f, 4)/C(51, 4): 7.8% for one chunk, 35%
+#: for five (docs/design.md: what a forged chunk can gain is bounded by the aggregation's clip)
+CHECK_CHUNKS = 4
 
 #: fetch(digest, offset, length) -> bytes: a range of a payload the author stores
 RangeFetch = Callable[[str, int, int], bytes]
@@ -47,13 +51,33 @@ class Unprovable(SwarmError):
     """The author could not be reached for its buffer chunks: no verdict either way."""
 
 
-def _chunks(fetch: RangeFetch, digest: str, root: str, refs: list, ids: list[int]) -> list:
-    table = fetch(digest, 0, table_len(refs))
-    values = {}
+def _chunks(fetch: RangeFetch, digest: str, root: str, refs: list, ids: list[int],
+            own: Mapping[int, torch.Tensor] | None = None) -> list:
+    """Proofs of chunks ``ids`` of a committed buffer blob: the leaf table is fetched; a chunk whose
+    value this verifier computed itself (``own``: the exact case) is proven by its leaf alone, the
+    others are fetched by range."""
+    leaves = verified_leaves(fetch(digest, 0, table_len(refs)), root, refs)
+    out = []
     for cid in ids:
-        offset, length = chunk_range(refs, cid)
-        values[cid] = fetch(digest, offset, length)
-    return proofs_from_blob(table, root, refs, values)
+        proof = proof_of(leaves, refs, cid, own[cid]) if own and cid in own else None
+        if proof is None:
+            offset, length = chunk_range(refs, cid)
+            out.append(proof_from_range(leaves, refs, cid, fetch(digest, offset, length)))
+        else:
+            out.append(proof)
+    return out
+
+
+def _own_post(delta: Mapping, sent: Mapping, pre: list, refs: list, decay: float) -> dict[int, torch.Tensor]:
+    """The post-round chunk this verifier expects, ``Δ' + decay·e_pre − sent``: equal to the author's bit
+    for bit when both ran the same thread count, so its leaf proves it without fetching it."""
+    out = {}
+    for p in pre:
+        ref = refs[p.chunk_id]
+        d = delta[ref.name].detach().reshape(-1)[ref.start:ref.start + ref.length].to("cpu", torch.float32)
+        s = sent[ref.name].detach().reshape(-1)[ref.start:ref.start + ref.length].to("cpu", torch.float32)
+        out[p.chunk_id] = torch.sub(accumulate(d, p.values, decay), s)
+    return out
 
 
 def check_sparse_update(delta: Mapping[str, torch.Tensor], sent: Mapping[str, torch.Tensor], ef: FeedbackCommit | None,
@@ -75,7 +99,7 @@ def check_sparse_update(delta: Mapping[str, torch.Tensor], sent: Mapping[str, to
     ids = sample_chunks(rng or random.SystemRandom(), len(refs), count)
     try:
         pre = prove_chunks(zero, ids, **params) if ef.pre == zero_root else _chunks(fetch, ef.pre_blob, ef.pre, refs, ids)
-        post = _chunks(fetch, ef.post_blob, ef.post, refs, ids)
+        post = _chunks(fetch, ef.post_blob, ef.post, refs, ids, own=_own_post(delta, sent, pre, refs, decay))
     except PayloadNotFound:
         return float("inf"), "committed buffer withheld"
     except (DigestMismatch, ProtocolError) as e:
