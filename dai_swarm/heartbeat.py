@@ -17,6 +17,13 @@ __all__ = ["heartbeat_loop", "refresh_peers"]
 logger = get_logger("dai_swarm.runtime")
 
 
+#: what a peer record carries of the peer's live figures: what joiners (the round schedule) and
+#: ``dai-swarm status`` read. Every peer reads every record each heartbeat from several DHT nodes,
+#: so its size is paid about n² times per period; the full figures stay on the peer's own status
+#: endpoint (--metrics-port). Measured (benchmarks/bytes.py): the full metrics made 1.2 KB records.
+RECORD_METRICS = ("round", "round_closed", "samples", "val_loss", "state_hash", "schedule", "round_s", "resyncs")
+
+
 def refresh_peers(rt: Any) -> None:
     """Re-read the run's verified peer records into ``rt.region_of`` and ``rt.peer_keys`` (a key
     stays known for two rounds after its record was last seen)."""
@@ -43,7 +50,7 @@ def heartbeat_loop(rt: Any) -> None:
             record = PeerRecord(run_id=rt.run_id, peer_id=rt.p2p_id, maddrs=tuple(rt.dht.visible_maddrs),
                                 region=rt.region, version=__version__, role="trainer",
                                 public_key=rt.identity.public_key_hex,
-                                metrics={k: v for k, v in m.items() if v is not None})
+                                metrics={k: m[k] for k in RECORD_METRICS if m.get(k) is not None})
             rt.dht.publish_peer(record, ttl_s=3 * period)
         except Exception as e:
             logger.debug("heartbeat failed: %s", e)

@@ -99,6 +99,7 @@ class SwarmDHT:
         announce = [validate_maddr(m) for m in announce_maddrs] if announce_maddrs else None
         check_p2p_identity(identity.p2p_identity_path)
         self._read_drops: collections.Counter = collections.Counter()
+        self.read_bytes: collections.Counter = collections.Counter()  # record bytes read, per kind (control)
         self._envelopes = EnvelopeCache()  # records verified once, not on every read
         self._pipe = DHTPipe(alive=lambda: getattr(self, "_dht", None) is None or self._dht.is_alive())
         self.request_timeout_s = float(request_timeout_s or RPC_TIMEOUTS_PER_REQUEST * dht_kwargs.get("wait_timeout", 3.0))
@@ -232,7 +233,7 @@ class SwarmDHT:
         """Store arbitrary bytes under ``key``/``subkey`` (tests and attack simulations only)."""
         return bool(self._store(key, value, expiration_time=expiration, subkey=subkey))
 
-    def _read(self, key: str, expected_type: str, run_id: str) -> list[SignedRecord]:
+    def _read(self, key: str, expected_type: str, run_id: str, label: str = "") -> list[SignedRecord]:
         found = self._send(lambda: self._dht.get(key, latest=True, return_future=True), self.request_timeout_s,
                            f"DHT get of {key}")
         if found is None:
@@ -240,6 +241,7 @@ class SwarmDHT:
         if not isinstance(found.value, dict):
             self._read_drops["malformed"] += 1
             return []
+        self.read_bytes[label or expected_type] += sum(len(i.value) for i in found.value.values() if isinstance(i.value, bytes))
         now = time.time()
         out = []
         for subkey, item in found.value.items():
@@ -329,7 +331,7 @@ class SwarmDHT:
         """Verified ``kind`` records of ``round``: one per signer, each with ``.signer``, ``.body``, ``.issued_at``."""
         validate_name(kind, "record kind")
         key = round_key(validate_name(run_id, "run id"), kind, round)
-        return [s for s in self._read(key, "round", run_id) if s.kind == kind and s.round == round]
+        return [s for s in self._read(key, "round", run_id, kind.split(".")[0]) if s.kind == kind and s.round == round]
 
     # -- life cycle ----------------------------------------------------------------------------
     def close_requests(self, why: str = "the peer is shutting down") -> None:

@@ -1,4 +1,4 @@
-"""Checking a sparse update with error feedback on a sample of chunks (pure; not wired yet).
+"""Checking a sparse update with error feedback on a sample of chunks (pure; peers run it through :mod:`.sparse_verify`).
 
 The author of a ``sparse`` update commits to its feedback buffer before (``pre_root``) and after
 (``post_root``) the round (:mod:`dai_swarm.optim.feedback`). A verifier that recomputed the
