@@ -131,13 +131,16 @@ def _report(doc: dict) -> str:
     for codec, u in doc["update"].items():
         lines.append(f"| {codec} | {u['bytes']:,} | {100 * u['fraction_of_dense']:.2f}% |")
     lines += ["", "| codec | peers | total / peer / round | payload | control | control ÷ payload | total ÷ dense fp32 "
-              "| final val loss | samples |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| final val loss | samples | empty / disagreed rounds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     dense = next(iter(doc["update"].values()))["dense_fp32_bytes"]
     for r in doc["runs"]:
         ratio = "-" if r["control_over_payload"] is None else f"{r['control_over_payload']:.2f}"
         lines.append(f"| {r['codec']} | {r['peers']} | {r['total_per_round']:,} | {r['payload_per_round']:,} | "
                      f"{r['control_per_round']:,} | {ratio} | {r['total_per_round'] / dense:.2f} | "
-                     f"{r['final_val_loss']:.4f} | {r['final_samples']:,} |")
+                     f"{r['final_val_loss']:.4f} | {r['final_samples']:,} | {r['stalls']['empty_rounds']} / "
+                     f"{r['stalls']['disagreed_rounds']} of {r['stalls']['rounds']} |")
+    lines += ["", "A run with empty or disagreed rounds was overloaded (its peers missed rounds and re-synced whole "
+              "states): its figures are not a steady state."]
     return "\n".join(lines) + "\n"
 
 
@@ -163,6 +166,16 @@ def _plot(doc: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def render(path: str) -> None:
+    """Re-write ``bytes.md`` and ``bytes.png`` next to an existing ``bytes.json``."""
+    with open(path) as f:
+        doc = json.load(f)
+    out = os.path.dirname(path)
+    with open(os.path.join(out, "bytes.md"), "w") as f:
+        f.write(_report(doc))
+    _plot(doc, os.path.join(out, "bytes.png"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

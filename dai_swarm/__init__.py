@@ -52,6 +52,7 @@ from .errors import (
     SwarmError,
     TaskError,
     UnknownCodec,
+    Unprovable,
     VerificationFailed,
     WrongBase,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "Task",
     "TaskError",
     "UnknownCodec",
+    "Unprovable",
     "VerificationFailed",
     "WrongBase",
     "__version__",

@@ -16,6 +16,7 @@ Tree::
     │   ├── DHTClosed               the DHT node is shutting down: its requests fail at once
     │   ├── DHTTimeout              a DHT request got no answer within its deadline
     │   └── PeerUnreachable         one peer did not answer in time
+    │       └── Unprovable          a sparse update's author, for its buffer proofs: no verdict
     ├── ProtocolError               a peer sent something that breaks the protocol
     │   ├── RecordRejected          a DHT record failed validation
     │   │   ├── ForgedRecord        bad or missing signature, wrong key
@@ -73,6 +74,7 @@ __all__ = [
     "SwarmError",
     "TaskError",
     "UnknownCodec",
+    "Unprovable",
     "VerificationFailed",
     "WrongBase",
 ]
@@ -125,6 +127,10 @@ class DHTTimeout(NetworkError, TimeoutError):
 
 class PeerUnreachable(NetworkError):
     """A specific peer did not answer within its deadline."""
+
+
+class Unprovable(PeerUnreachable):
+    """A sparse update's author could not be reached for its buffer chunks: no verdict either way."""
 
 
 class ProtocolError(SwarmError):

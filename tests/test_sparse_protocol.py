@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from dai_swarm.dht.wire import UpdateBody
-from dai_swarm.errors import MalformedRecord, PayloadNotFound, PeerUnreachable
+from dai_swarm.errors import MalformedRecord, PayloadNotFound, PeerUnreachable, Unprovable
 from dai_swarm.optim.book import BookLimits, RoundBook, UpdateAnnouncement
 from dai_swarm.optim.exchange import PayloadStore
 from dai_swarm.optim.feedback_chain import FeedbackAuthor, buffer_blob, zero_root
 from dai_swarm.verification.attacks import make_attack
-from dai_swarm.verification.sparse_verify import Unprovable, check_sparse_update
+from dai_swarm.verification.sparse_verify import check_sparse_update
 
 PARAMS = {"chunk": 1024, "k": 16}  # 9 chunks: every sample of 8 is most of the buffer
 

@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from dai_swarm.errors import DigestMismatch, PayloadNotFound, PeerUnreachable, ProtocolError, SwarmError
+from dai_swarm.errors import DigestMismatch, PayloadNotFound, PeerUnreachable, ProtocolError, Unprovable
 from dai_swarm.optim import codecs
 from dai_swarm.optim.feedback import accumulate, buffer_refs, prove_chunks, zero_buffer
 from dai_swarm.optim.feedback_chain import (FEEDBACK_DECAY, FeedbackCommit, buffer_blob, chunk_range, proof_from_range,
@@ -45,10 +45,6 @@ CHECK_CHUNKS = 4
 
 #: fetch(digest, offset, length) -> bytes: a range of a payload the author stores
 RangeFetch = Callable[[str, int, int], bytes]
-
-
-class Unprovable(SwarmError):
-    """The author could not be reached for its buffer chunks: no verdict either way."""
 
 
 def _chunks(fetch: RangeFetch, digest: str, root: str, refs: list, ids: list[int],

@@ -24,15 +24,18 @@ import time
 import queue
 from typing import Any, Mapping
 
+from hivemind.p2p import PeerID
+
 from dai_swarm.canonical import sha256_hex, state_hash
-from dai_swarm.errors import SwarmError
+from dai_swarm.errors import SwarmError, Unprovable
+from dai_swarm.optim.exchange import fetch_payload
 from dai_swarm.logging import get_logger
 from dai_swarm.optim import codecs
 
 from .recompute import DEFAULT_TAU, recompute_update, relative_distance
 from .reputation import ReputationPolicy, initial_extra, is_slashed, reputation_of, update_reputation, vote_weights
 from .robust import CenteredClip
-from .sparse_verify import Unprovable, check_sparse_update
+from .sparse_verify import check_sparse_update
 from .verdicts import Verdict, record_body, verdicts_from_record
 
 __all__ = ["DEFAULT_CHECKS_PER_UPDATE", "DEFAULT_TAU", "SpotChecker", "check_probability", "detection_per_round"]
@@ -242,10 +245,6 @@ class SpotChecker:
 
     def _range_fetch(self, ann: Any):
         """fetch(digest, offset, length) of a buffer blob from ``ann``'s author over the payload protocol."""
-        from hivemind.p2p import PeerID
-
-        from dai_swarm.optim.exchange import fetch_payload
-
         rt = self.rt
         pid = rt.announcer(ann.peer) or next(iter(rt.coordinator.providers.get(ann.digest, [])), None)
         if pid is None:
