@@ -82,6 +82,11 @@ def _payload(traffic: dict) -> int:
     return sum(traffic.get("sent", {}).values()) + sum(traffic.get("received", {}).values())
 
 
+def _along(values: list[float], fraction: float) -> float:
+    """The evaluation at ``fraction`` of the run (index 0 is the initial model)."""
+    return values[min(len(values) - 1, max(1, round(fraction * (len(values) - 1))))]
+
+
 def measure(res: dict, workdir: str, args: argparse.Namespace, n: int) -> dict:
     """Per-peer bytes per round (total, payload, control) over the steady rounds of one run."""
     t0, round_s = res["t0"], args.round_s
@@ -103,9 +108,11 @@ def measure(res: dict, workdir: str, args: argparse.Namespace, n: int) -> dict:
             payloads.append((_at(points, tb) - _at(points, ta)) / rounds)
     payload = sum(payloads) / len(payloads) if payloads else float("nan")
     curve = res["curve"]
-    return {"peers": n, "rounds_measured": rounds, "total_per_round": round(total), "payload_per_round": round(payload),
+    return {"peers": n, "rounds": args.rounds, "round_s": round_s, "max_inner_steps": args.max_inner_steps,
+            "rounds_measured": rounds, "total_per_round": round(total), "payload_per_round": round(payload),
             "control_per_round": round(total - payload), "control_over_payload": (total - payload) / payload
             if payload else None, "final_val_loss": curve["val_loss"][-1], "final_samples": curve["samples"][-1],
+            "val_loss_along": [_along(curve["val_loss"], f) for f in (0.25, 0.5, 0.75, 1.0)],
             "stalls": res["stalls"], "false_slashes": res["false_slashes"], "finished": res["finished"]}
 
 
@@ -130,12 +137,15 @@ def _report(doc: dict) -> str:
              "| codec | one update (bytes) | ÷ dense fp32 |", "|---|---:|---:|"]
     for codec, u in doc["update"].items():
         lines.append(f"| {codec} | {u['bytes']:,} | {100 * u['fraction_of_dense']:.2f}% |")
-    lines += ["", "| codec | peers | total / peer / round | payload | control | control ÷ payload | total ÷ dense fp32 "
-              "| final val loss | samples | empty / disagreed rounds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| codec | peers | rounds × s, steps | total / peer / round | payload | control | control ÷ payload "
+              "| total ÷ dense fp32 | final val loss | samples | empty / disagreed rounds |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     dense = next(iter(doc["update"].values()))["dense_fp32_bytes"]
     for r in doc["runs"]:
         ratio = "-" if r["control_over_payload"] is None else f"{r['control_over_payload']:.2f}"
-        lines.append(f"| {r['codec']} | {r['peers']} | {r['total_per_round']:,} | {r['payload_per_round']:,} | "
+        how = (f"{r.get('rounds', doc['rounds'])} × {r.get('round_s', doc['round_s'])}, "
+               f"{r.get('max_inner_steps', doc['max_inner_steps'])}")
+        lines.append(f"| {r['codec']} | {r['peers']} | {how} | {r['total_per_round']:,} | {r['payload_per_round']:,} | "
                      f"{r['control_per_round']:,} | {ratio} | {r['total_per_round'] / dense:.2f} | "
                      f"{r['final_val_loss']:.4f} | {r['final_samples']:,} | {r['stalls']['empty_rounds']} / "
                      f"{r['stalls']['disagreed_rounds']} of {r['stalls']['rounds']} |")
