@@ -39,6 +39,7 @@ __all__ = [
     "ChunkProof",
     "FeedbackStep",
     "accumulate",
+    "buffer_leaves",
     "buffer_refs",
     "chunk_leaf",
     "commit_buffer",
@@ -115,13 +116,14 @@ def chunk_leaf(ref: ChunkRef, values: torch.Tensor) -> bytes:
     return hashlib.sha256(b"\x00" + len(head).to_bytes(4, "little") + head + tensor_bytes(values)).digest()
 
 
-def _leaves(buffer: Mapping[str, torch.Tensor], refs: list[ChunkRef]) -> list[bytes]:
+def buffer_leaves(buffer: Mapping[str, torch.Tensor], refs: list[ChunkRef]) -> list[bytes]:
+    """The Merkle leaves of ``buffer``'s chunks laid out as ``refs`` (:func:`chunk_leaf`)."""
     return [chunk_leaf(r, _chunk_values(buffer, r)) for r in refs]
 
 
 def commit_buffer(buffer: Mapping[str, torch.Tensor], **params: Any) -> str:
     """Hex Merkle root over the chunks of ``buffer`` (what an announcement would carry)."""
-    return merkle_root(_leaves(buffer, buffer_refs(buffer, **params))).hex()
+    return merkle_root(buffer_leaves(buffer, buffer_refs(buffer, **params))).hex()
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,7 +140,7 @@ class ChunkProof:
 def prove_chunks(buffer: Mapping[str, torch.Tensor], chunk_ids: Iterable[int], **params: Any) -> list[ChunkProof]:
     """Proofs for the chunks ``chunk_ids`` of ``buffer`` (what the author serves to a verifier)."""
     refs = buffer_refs(buffer, **params)
-    leaves = _leaves(buffer, refs)
+    leaves = buffer_leaves(buffer, refs)
     out = []
     for cid in chunk_ids:
         if not 0 <= cid < len(refs):

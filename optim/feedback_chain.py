@@ -34,7 +34,7 @@ from dai_swarm.errors import DigestMismatch, ProtocolError
 from dai_swarm.merkle import inclusion_proof, merkle_root
 
 from .codecs.codec_sparse import ChunkRef
-from .feedback import ChunkProof, buffer_refs, chunk_leaf, feedback_step, zero_buffer
+from .feedback import ChunkProof, buffer_leaves, buffer_refs, chunk_leaf, feedback_step, zero_buffer
 
 __all__ = ["FEEDBACK_DECAY", "FeedbackAuthor", "FeedbackCommit", "buffer_blob", "chunk_range", "proof_from_range", "proof_of",
            "proofs_from_blob", "table_len", "verified_leaves", "zero_root"]
@@ -60,11 +60,6 @@ class FeedbackCommit:
         return {"pre": self.pre, "post": self.post, "pre_blob": self.pre_blob, "post_blob": self.post_blob}
 
 
-def _leaves(buffer: Mapping[str, torch.Tensor], refs: list[ChunkRef]) -> list[bytes]:
-    return [chunk_leaf(r, buffer[r.name].detach().reshape(-1)[r.start:r.start + r.length].to("cpu", torch.float32))
-            for r in refs]
-
-
 def table_len(refs: list[ChunkRef]) -> int:
     """Bytes of a buffer blob's leaf table."""
     return 32 * len(refs)
@@ -79,7 +74,7 @@ def chunk_range(refs: list[ChunkRef], chunk_id: int) -> tuple[int, int]:
 def buffer_blob(buffer: Mapping[str, torch.Tensor], **params: Any) -> tuple[str, bytes]:
     """(Merkle root hex, blob) of ``buffer`` under the sparse codec ``params`` (module docstring)."""
     refs = buffer_refs(buffer, **params)
-    leaves = _leaves(buffer, refs)
+    leaves = buffer_leaves(buffer, refs)
     values = b"".join(tensor_bytes(buffer[n].detach().to("cpu", torch.float32).reshape(-1)) for n in sorted(buffer))
     return merkle_root(leaves).hex(), b"".join(leaves) + values
 
