@@ -198,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .churn import run_swarm
 
     task = load_task("tinylm-small")
+    initial_loss = float(task.evaluate(task.build_model(0))["loss"])
     os.makedirs(args.out, exist_ok=True)
     doc: dict[str, Any] = {"task": "tinylm-small", "rounds": args.rounds, "round_s": args.round_s,
                            "max_inner_steps": args.max_inner_steps, "codecs": args.codecs, "host": platform.node(),
@@ -207,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ns = argparse.Namespace(task="tinylm-small", round_s=args.round_s, rounds=args.rounds,
                                     max_inner_steps=args.max_inner_steps, codec=codec, regions=1,
                                     cross_region_period=5, attack=None, peers=n, lead_s=20.0 + 2.0 * n,
-                                    initial_loss=float(task.evaluate(task.build_model(0))["loss"]))
+                                    initial_loss=initial_loss)
             workdir = os.path.join(args.out, f"{codec}-{n}")
             os.makedirs(workdir, exist_ok=True)
             t = time.time()
@@ -219,9 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             doc["runs"].append(row)
     with open(os.path.join(args.out, "bytes.json"), "w") as f:
         json.dump(doc, f, indent=1)
-    with open(os.path.join(args.out, "bytes.md"), "w") as f:
-        f.write(_report(doc))
-    _plot(doc, os.path.join(args.out, "bytes.png"))
+    render(os.path.join(args.out, "bytes.json"))
     print(_report(doc))
     if args.quick:
         ok = all(r["finished"] and math.isfinite(r["final_val_loss"]) and r["payload_per_round"] > 0

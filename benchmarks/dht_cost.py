@@ -50,34 +50,29 @@ def measure(n_nodes: int, counts: Sequence[int]) -> list[dict]:
     try:
         time.sleep(2.0)
         for i, k in enumerate(counts):
-            round = 10 + i
+            r = 10 + i  # one round key per count
             for node in nodes[:k]:
-                node.publish_round_record("cost", "update.r0", round, _announcement(node, round), ttl_s=120)
+                node.publish_round_record("cost", "update.r0", r, _announcement(node, r), ttl_s=120)
             time.sleep(0.5)
             before = _io(nodes)
-            got = [len(node.get_round_records("cost", "update.r0", round)) for node in nodes]
+            got = [len(node.get_round_records("cost", "update.r0", r)) for node in nodes]
             read = (_io(nodes) - before) / len(nodes)
             writer = nodes[k % len(nodes)]
             before = _io(nodes)
-            writer.publish_round_record("cost", "update.r0", round + 100, _announcement(writer, round + 100), ttl_s=120)
+            writer.publish_round_record("cost", "update.r0", r + 100, _announcement(writer, r + 100), ttl_s=120)
             write_fresh = _io(nodes) - before
             write_full = None
             if k < len(nodes):  # one more signer joins the key that holds k records (the protocol's case)
                 before = _io(nodes)
-                writer.publish_round_record("cost", "update.r0", round, _announcement(writer, round), ttl_s=120)
+                writer.publish_round_record("cost", "update.r0", r, _announcement(writer, r), ttl_s=120)
                 write_full = _io(nodes) - before
-            out.append({"records": k, "nodes": n_nodes, "bytes_per_read": round_(read), "records_seen_min": min(got),
+            out.append({"records": k, "nodes": n_nodes, "bytes_per_read": round(read), "records_seen_min": min(got),
                         "bytes_per_write_to_fresh_key": write_fresh, "bytes_per_write_to_this_key": write_full})
             print(f"k = {k}: {out[-1]['bytes_per_read']:,} B per read (all {k} seen by {min(got) == k}), "
                   f"{write_fresh:,} B per write to a fresh key, {write_full} to this one", flush=True)
     finally:
         shutdown_all(nodes)
     return out
-
-
-def round_(x: float) -> int:
-    """``x`` rounded to an int."""
-    return int(round(x))
 
 
 def _report(doc: dict) -> str:

@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from ..errors import MalformedRecord
 
-__all__ = ["FeedbackCommitBody", "Hex64", "LogHeadBody", "MAX_INCLUSION", "MAX_NEED_S", "StateBody", "UpdateBody", "VerdictsBody",
+__all__ = ["FeedbackCommitBody", "Hex64", "LogHeadBody", "MAX_INCLUSION", "MAX_NEED_S", "StateBody", "UpdateBody",
+           "VerdictsBody",
            "VoteBody", "WIRE_KINDS", "XDeltaBody", "parse_wire", "typed", "wire_kind"]
 
 #: a lowercase hex SHA-256 digest or state hash

@@ -80,7 +80,7 @@ class PayloadStore:
                 self._items[actual] = (round, bytes(data))
                 self._bytes += len(data)
                 self._evict()
-            elif round > self._items[actual][0]:  # stored again for a later round: kept as long as it
+            elif round > self._items[actual][0]:  # stored again for a later round: kept as long as that round
                 self._items[actual] = (round, self._items[actual][1])
         return actual
 

@@ -135,7 +135,7 @@ class FeedbackAuthor:
     def __init__(self, like: Mapping[str, torch.Tensor], params: Mapping[str, Any], decay: float = FEEDBACK_DECAY):
         self.params, self.decay = dict(params), float(decay)
         self._zero = zero_buffer(like)
-        self.zero_root = buffer_blob(self._zero, **self.params)[0]
+        self.zero_root = zero_root(like, **self.params)
         self.buffer = self._zero
         self.last_round: int | None = None
         self._last: tuple[str, bytes] | None = None  # (root, blob) of the buffer as committed last round

@@ -27,8 +27,8 @@ import torch
 from dai_swarm.errors import DigestMismatch, PayloadNotFound, PeerUnreachable, ProtocolError, Unprovable
 from dai_swarm.optim import codecs
 from dai_swarm.optim.feedback import accumulate, buffer_refs, prove_chunks, zero_buffer
-from dai_swarm.optim.feedback_chain import (FEEDBACK_DECAY, FeedbackCommit, buffer_blob, chunk_range, proof_from_range,
-                                            proof_of, table_len, verified_leaves)
+from dai_swarm.optim.feedback_chain import (FEEDBACK_DECAY, FeedbackCommit, chunk_range, proof_from_range, proof_of,
+                                            table_len, verified_leaves, zero_root)
 
 from .feedback_check import check_chunks, sample_chunks
 from .recompute import DEFAULT_TAU
@@ -85,16 +85,16 @@ def check_sparse_update(delta: Mapping[str, torch.Tensor], sent: Mapping[str, to
     saw it. Raises :class:`Unprovable` if the author cannot be reached."""
     if ef is None:
         return float("inf"), "no feedback commitment"
-    zero = zero_buffer(delta)
-    refs = buffer_refs(zero, **params)
-    zero_root = buffer_blob(zero, **params)[0]
-    if ef.pre != zero_root and previous_post is not None and ef.pre != previous_post:
+    refs = buffer_refs(delta, **params)
+    zero = zero_root(delta, **params)
+    if ef.pre != zero and previous_post is not None and ef.pre != previous_post:
         return float("inf"), "pre-round buffer is not the previous round's post-round buffer"
-    if ef.pre != zero_root and not ef.pre_blob:
+    if ef.pre != zero and not ef.pre_blob:
         return float("inf"), "non-zero pre-round buffer without a blob"
     ids = sample_chunks(rng or random.SystemRandom(), len(refs), count)
     try:
-        pre = prove_chunks(zero, ids, **params) if ef.pre == zero_root else _chunks(fetch, ef.pre_blob, ef.pre, refs, ids)
+        pre = prove_chunks(zero_buffer(delta), ids, **params) if ef.pre == zero else \
+            _chunks(fetch, ef.pre_blob, ef.pre, refs, ids)
         post = _chunks(fetch, ef.post_blob, ef.post, refs, ids, own=_own_post(delta, sent, pre, refs, decay))
     except PayloadNotFound:
         return float("inf"), "committed buffer withheld"
