@@ -20,15 +20,23 @@ ATTACKS_HELP = ("FOR TESTS AND BENCHMARKS ONLY: behave as a Byzantine peer of th
                 "dai_swarm.verification.attacks), or diverge@R: perturb this peer's state once at round R")
 
 
-def _checks(text: str) -> float:
-    """argparse type: expected checks per update, a float in [0, 1024]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1024.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1024, got {value}")
-    return value
+def _number_in(lo: float, hi: float, unit: str = ""):
+    """argparse type: a float in [lo, hi] (``unit`` names it in the error)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not lo <= value <= hi:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be between {lo:g} and {hi:g}{unit}, got {value}")
+        return value
+
+    return parse
+
+
+_seconds = _number_in(0.0, 86400.0, " seconds")  # --wait-for-run
+_checks = _number_in(0.0, 1024.0)  # --checks-per-update: expected checks per update
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -55,6 +63,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="the run's manifest hash, as in the join line its peers print (--run-id R --manifest HASH "
                         "--initial-peers ...): refuse any other manifest. Without it, take the earliest issued "
                         "valid one and log its hash")
+    p.add_argument("--wait-for-run", type=_seconds, default=None, metavar="S",
+                   help="how long to look for the run through the initial peers: without --task the peer waits "
+                        "this long (at least 10 s) for the run to appear, then gives up; with --task it creates "
+                        "the run if none appeared (default 3). A volunteer's service may start before the run")
     p.add_argument("--task", default=None,
                    help="built-in task name or module:attr (default: the run's task when joining, tinylm when "
                         "starting a new run)")
@@ -135,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
                           manifest_hash=args.manifest, trust=args.trust, founders=args.founder,
                           resume=args.resume, checkpoint_dir=args.checkpoint_dir,
                           checkpoint_every=args.checkpoint_every, checkpoint_keep=args.checkpoint_keep,
-                          reachability=args.reachability)
+                          reachability=args.reachability,
+                          manifest_wait_s=3.0 if args.wait_for_run is None else args.wait_for_run)
     except KeyboardInterrupt:
         if swarm is not None:  # the signal came just after the start-up
             swarm.shutdown()

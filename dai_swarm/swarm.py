@@ -110,6 +110,8 @@ class Swarm:
     agreed state there every ``checkpoint_every`` rounds, keeping the newest ``checkpoint_keep``.
     ``reachability``: ``"auto"``, ``"public"`` or ``"private"`` (behind NAT: reachable through a
     relay), see :mod:`dai_swarm.dht.reach`; :meth:`status` says what others can use.
+    ``manifest_wait_s``: how long to look for the run's manifest through ``initial_peers`` before
+    creating the run (with a task) or giving up (``task=None``: at least 10 s).
     """
 
     def __init__(self, task: Task | str | None, run_id: str, initial_peers: Sequence[str] = (), region: str = "auto", *,
@@ -153,6 +155,7 @@ class Swarm:
             self.reach.start()
             if self.task is None:  # a volunteer who did not name the task: take the run's
                 self.task, task_spec = self._task_from_manifest(run_id, max(manifest_wait_s, 10.0))
+                manifest_wait_s = max(manifest_wait_s, 10.0)  # the run exists: it is read again below
             sparse = codec == "sparse"  # error feedback stands in for outer momentum (docs/design.md)
             outer_lr = (1.0 if sparse else 0.6) if outer_lr is None else outer_lr
             outer_momentum = (0.0 if sparse else 0.9) if outer_momentum is None else outer_momentum

@@ -41,9 +41,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]
 ROUND_S = 6.0
 CHECKS_PER_UPDATE = 8.0  # deterministic detection: see the module docstring
 SLASH_BOUND = 12  # base round by which every detectable attacker is slashed (module docstring)
-# Seven peers starting at once take up to 33 s to read the manifest on a 2-core machine whose other
-# core runs another test (measured; about 10 s when quiet): 60 s is 1.8x that.
-START_IN_S = 60.0
+# Every peer starts at once (the joiners wait for p0's run with --wait-for-run), so they are importing
+# and starting their DHTs while p0 creates the run; round 0 starts this long after that. Seven peers
+# started after the run existed took up to 33 s to read the manifest on a 2-core machine whose other
+# core ran another test (about 19 s when quiet); started beside p0, they had done most of that by then.
+START_IN_S = 25.0
+#: how long a joiner looks for p0's run before giving up (p0 alone was up in 8 s when quiet)
+WAIT_FOR_RUN_S = 150.0
 
 
 def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id: str, max_steps: int = 15,
@@ -52,8 +56,9 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
     """Run one swarm of ``dai-swarm peer`` processes (None = honest) until ``until_round``.
 
     p0 (honest) starts first and creates the run (it is the run's founder) with round 0 starting
-    ``start_in_s`` after that; the others then start together and must be up by round 0, except
-    the peers in ``late`` (index -> round), which start at that round (joiners). ``keys_dir``: peer
+    ``start_in_s`` after that; the others start at the same time without a task (they wait for
+    p0's run, ``--wait-for-run``) and must be up by round 0, except the peers in ``late`` (index ->
+    round), which start at that round (joiners). ``keys_dir``: peer
     i uses the identity ``keys_dir/p{i}.key`` (the same keys, hence the same data, across runs);
     ``extra_args`` go to every peer (e.g. ``("--codec", "sparse")``).
 
@@ -71,7 +76,7 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
                 # p0 (honest) first: it creates the run and is its founder; joiners at their round
                 while i in late and time.time() < t0 + late[i] * round_s:
                     time.sleep(0.1)
-                argv = [sys.executable, "-m", "dai_swarm", "peer", "--run-id", run_id, "--task", "regression",
+                argv = [sys.executable, "-m", "dai_swarm", "peer", "--run-id", run_id,
                         "--round-s", str(round_s), "--until-round", str(until_round),
                         "--initial-peers", *initial, "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--region", "a",
                         "--threads", "1", "--quiet", "--max-inner-steps", str(max_steps),
@@ -83,13 +88,17 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
                     argv += ["--attack", kind]
                 if keys_dir:
                     argv += ["--identity", os.path.join(keys_dir, f"p{i}.key")]
-                if i == 0:
-                    argv += ["--start-in", str(start_in_s)]
+                if i == 0:  # the founder creates the run; everyone else only joins it
+                    argv += ["--task", "regression", "--start-in", str(start_in_s)]
+                else:
+                    argv += ["--wait-for-run", str(WAIT_FOR_RUN_S)]
                 log = open(os.path.join(workdir, f"p{i}.log"), "wb")
                 procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                               start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1")))
-                if i == 0:
-                    _wait_for_file(os.path.join(workdir, "p0.addr"), procs[0], timeout_s=60.0)
+                if i not in late and any(j not in late for j in range(i + 1, len(attacks))):
+                    continue  # the founders' round-0 crowd starts together
+                if not os.path.exists(os.path.join(workdir, "p0.addr")):
+                    _wait_for_file(os.path.join(workdir, "p0.addr"), procs[0], timeout_s=WAIT_FOR_RUN_S)
                     t0 = time.time() + start_in_s  # p0 set t0 = (creation time) + start_in_s, before this
             deadline = t0 + (until_round + 4) * round_s + 60
             for p in procs:

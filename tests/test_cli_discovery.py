@@ -78,31 +78,3 @@ def test_bootstrap_unreadable_identity(tmp_path):
     os.chmod(key, 0o600)
     out = subprocess.run([*PY, "bootstrap", "--identity", str(key)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "not a valid PEM private key" in out.stderr
-
-
-@pytest.mark.integration
-def test_demo_runs_and_stops_cleanly_on_ctrl_c():
-    with testing.SocketGuard():
-        # --no-churn: this test is about Ctrl+C; with churn the demo SIGKILLs a peer at round 2 by
-        # design, which on a loaded machine can come before all 4 peers are visible (seen: exit -9).
-        proc = subprocess.Popen([*PY, "demo", "--peers", "4", "--minutes", "2", "--json", "--no-churn"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        try:
-            # visibility takes 15-25 s on a quiet 2-core machine and up to ~70 s beside another
-            # 8-peer swarm (peer start is CPU-bound: importing torch); 180 s is 2.5x the loaded figure
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                line = proc.stderr.readline()
-                if not line or "peers visible after" in line:
-                    break
-            assert "all 4 peers visible after" in line
-            os.killpg(proc.pid, signal.SIGINT)
-            out, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, err[-2000:]
-    summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["interrupted"] is True
-    assert summary["exit_codes"] == [0] * 5
-    assert summary["visible_at_end"] == 4 and summary["regions"] == {"eu": 2, "us": 2}

@@ -51,3 +51,21 @@ def test_start_time_options():
             _start_time(*bad)
     out = _run("--run-id", "x", "--t0", "5", "--start-in", "5")
     assert out.returncode == 2 and "not allowed with argument" in out.stderr
+
+
+def test_wait_for_run_takes_seconds_and_refuses_nonsense(capsys):
+    import argparse
+
+    import pytest
+
+    from dai_swarm.cmd_peer import add_parser
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    parser = add_parser(sub)
+    assert parser.parse_args(["--run-id", "x", "--wait-for-run", "150"]).wait_for_run == 150.0
+    assert parser.parse_args(["--run-id", "x"]).wait_for_run is None  # the library's default (3 s, 10 s without a task)
+    for bad in ("-1", "abc", "1e9"):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(["--run-id", "x", "--wait-for-run", bad])
+        assert e.value.code == 2
+    assert "--wait-for-run" in capsys.readouterr().err

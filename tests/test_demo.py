@@ -79,5 +79,7 @@ def test_ctrl_c_stops_every_process(tmp_path):
     summary = json.loads(out.strip().splitlines()[-1])
     assert proc.returncode == 0 and summary["interrupted"] is True
     assert summary["exit_codes"] == [0, 0, 0], err[-3000:]  # bootstrap and both peers exit cleanly
+    # each peer saw the other, and the two peers are in the demo's two regions (round-robin)
+    assert summary["visible_at_end"] == 2 and summary["regions"] == {"eu": 1, "us": 1}, summary
     assert not _ours(str(tmp_path / "demo"))
     assert guard.removed == [], "the demo removed its own sockets"

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]
 
 def test_sparse_run_trains_verifies_and_slashes_a_forged_feedback_buffer(tmp_path):
     peers = run_swarm(str(tmp_path), [None, None, None, "forged_feedback"], until_round=10, run_id="sparse-ef",
-                      start_in_s=30.0, extra_args=("--codec", "sparse"))
+                      extra_args=("--codec", "sparse"))
     check_honest(peers)
     res = report(peers, "sparse")
     assert res["forged_feedback"]["slashed_in_base"] is not None, [p["log"][-3000:] for p in peers[:1]]

@@ -36,7 +36,7 @@ POISONED_RE = re.compile(r"poisoned state ([0-9a-f]{64})")
 @pytest.fixture(scope="module")
 def attacked(tmp_path_factory):
     return run_swarm(str(tmp_path_factory.mktemp("attacked")), [None, None, None, "sign_flip", "sybil", None],
-                     until_round=UNTIL, run_id="sybil-attacked", late={JOINER: JOIN_ROUND}, start_in_s=45.0)
+                     until_round=UNTIL, run_id="sybil-attacked", late={JOINER: JOIN_ROUND})
 
 
 def _poisoned(attacked) -> set[str]:

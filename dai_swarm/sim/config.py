@@ -57,6 +57,12 @@ spot checker's pass threshold ``tau`` on the relative L2 distance.
     the same keys and ``run_id`` give the same batches, hence bitwise the same updates); other peers get
     seed-derived keys. ``codec_params`` are the run's codec parameters (a new run's default).
     ``region_links`` overrides ``(intra, cross)`` link specs per region name.
+
+    Host CPU time (:mod:`dai_swarm.sim.host`, which measures it): a peer spends ``encode_s`` after
+    the train deadline before its announcement is published, ``compute_s_per_update`` per included
+    update before it votes, and ``apply_s`` after its tally before the new base is installed and
+    evaluated. With ``host_cores`` > 0 every live peer shares that many cores: inner steps and all
+    of these durations stretch by ``max(1, live peers / host_cores)`` (0: a machine per peer).
     """
 
     peers: int = 8
@@ -89,6 +95,9 @@ spot checker's pass threshold ``tau`` on the relative L2 distance.
     tally_frac: float = TALLY_FRAC
     margin_s: float | None = None
     compute_s_per_update: float = 0.0
+    encode_s: float = 0.0
+    apply_s: float = 0.0
+    host_cores: float = 0.0
     evaluate: bool = True
     run_id: str = "sim"
     seed: int = 0
@@ -112,6 +121,10 @@ spot checker's pass threshold ``tau`` on the relative L2 distance.
             raise ConfigError("byzantine must be < 0.5 (honest majority)")
         if not self.round_s > 0 or not self.speed_median > 0 or self.speed_sigma < 0:
             raise ConfigError("round_s and speed_median must be > 0, speed_sigma >= 0")
+        for name in ("compute_s_per_update", "encode_s", "apply_s", "host_cores"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
 
     @property
     def margin(self) -> float:

@@ -33,6 +33,7 @@ from dai_swarm.rewards.rules import Contributor, compute_round_record
 from dai_swarm.tasks import load_task
 
 from .config import SimConfig
+from .host import contention
 from .network import ByteLedger, NetModel
 from .population import SimPeer, draw_peer
 from .rounds import RoundSteps
@@ -170,6 +171,12 @@ class Simulator(RoundSteps):
                 self._row(a.round - 2, modes_before)
         self.wall_s = time.perf_counter() - t_wall
         return self.rows
+
+    def load(self, t: float) -> float:
+        """How much slower host CPU work runs at ``t`` (:func:`~dai_swarm.sim.host.contention`)."""
+        if not self.cfg.host_cores:
+            return 1.0
+        return contention(sum(p.alive(t) for p in self.peers), self.cfg.host_cores)
 
     # --- metrics ---------------------------------------------------------------------------------
     def _val_loss(self, h: str) -> float:

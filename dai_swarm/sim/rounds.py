@@ -47,11 +47,12 @@ class RoundSteps:
         cfg, clock = self.cfg, self.clock
         dl = clock.train_deadline(q)
         bs = int(self.task.batch_size)
+        load = self.load(dl)
         for p in self.peers:
             if not p.alive(dl) or q not in p.bases:
                 continue
             t_start = max(clock.start(q), p.ready.get(q, -math.inf))
-            steps = min(cfg.max_inner_steps, int(math.floor(p.speed * max(0.0, dl - t_start))))
+            steps = min(cfg.max_inner_steps, int(math.floor(p.speed / load * max(0.0, dl - t_start))))
             if steps < 1:
                 continue
             base = self.states[p.bases[q]]
@@ -77,7 +78,7 @@ class RoundSteps:
             except CodecError:
                 self.decoded[digest] = None
             self.sizes[digest] = len(blob)
-            self.anns[(p.proto, q)].append((ann, dl + self.net.dht_s(p.lat), p.idx))
+            self.anns[(p.proto, q)].append((ann, dl + cfg.encode_s * load + self.net.dht_s(p.lat), p.idx))
             self.trained[q] += 1
 
     # --- close (close_time(q)) -------------------------------------------------------------------
@@ -125,6 +126,7 @@ class RoundSteps:
         """Every live peer holding base q reads the announcements, fetches, computes and votes."""
         clock = self.clock
         c = clock.close_time(q)
+        load = self.load(c)
         groups: dict[tuple, str] = {}
         for p in self.peers:
             if not p.alive(c) or q not in p.bases:
@@ -148,7 +150,7 @@ class RoundSteps:
             inclusion, h = groups[key]
             vote = Vote(self.cfg.run_id, q, p.key, inclusion, h)
             carried = () if p.attack is not None else self.pending_verdicts.get((g, q), ())
-            t_vote = done + self.cfg.compute_s_per_update * len(inclusion) + self.net.dht_s(p.lat)
+            t_vote = done + self.cfg.compute_s_per_update * load * len(inclusion) + self.net.dht_s(p.lat)
             self.votes[(g, q)][p.idx] = SimpleNamespace(vote=vote, time=t_vote, seen=seen, ok=ok, key=key,
                                                         verdicts=tuple(carried), voted=p.machine.may_vote(q))
         self.books_run[q] = len(groups)
@@ -159,6 +161,7 @@ class RoundSteps:
         machine decides (keep, adopt, re-sync); checks are scheduled."""
         clock, cfg = self.clock, self.cfg
         t = clock.tally_time(q)
+        apply_s = cfg.apply_s * self.load(t)  # install and evaluate the new base (host CPU)
         self.finals[q] = {}
         cache: dict[tuple, Any] = {}
         adopt_cache: dict[tuple, str | None] = {}
@@ -195,13 +198,14 @@ class RoundSteps:
                     h = self._adopt(p, g, q, rec, cmd, look, adopt_cache)
                     cmd, mode = m.adopted(q, res, candidate=h, winners=won, now=look), "adopted"
                 if isinstance(cmd, KeepState):
-                    self.finals[q][i] = (cmd.state_hash, t, mode if cmd.agreed else "undecided")
+                    self.finals[q][i] = (cmd.state_hash, t + apply_s, mode if cmd.agreed else "undecided")
                     seen = {closers[j].vote.voter: closers[j].vote.state_hash for _, j in by_time[:k]}
                     if m.must_confirm(q, cmd, electorate, seen, p.key):
                         confirm.append(i)
                 elif isinstance(cmd, ResyncState) and cmd.target in self.states:
                     # on a sync round the winners' merged state is what apply() maps this hash to
-                    self.finals[q][i] = (cmd.target, self._download_state(p, cmd.target, look, q), "resynced")
+                    self.finals[q][i] = (cmd.target, self._download_state(p, cmd.target, look, q) + apply_s,
+                                         "resynced")
                 else:
                     self.finals[q][i] = (None, t, "no_state")
             self._confirm(g, q, confirm, electorate)
@@ -297,7 +301,9 @@ class RoundSteps:
                 h = majority.get(p.proto)
                 if h is None:
                     continue
-                t_ready = self._download_state(p, merged_of.get((p.proto, h), h), self.clock.tally_time(q) + 0.25, q)
+                t_catch = self.clock.tally_time(q) + 0.25
+                t_ready = (self._download_state(p, merged_of.get((p.proto, h), h), t_catch, q)
+                           + self.cfg.apply_s * self.load(t_catch))
             if (p.proto, h) in merged_of:
                 h, t_ready = merged_of[(p.proto, h)], max(t_ready, self.merge_done.get(p.proto, t_ready))
             p.bases[r], p.ready[r] = h, t_ready
