@@ -141,9 +141,17 @@ def _measure(peer: dict, mode: str, limit_s: float) -> dict:
     sample()
     t0 = time.monotonic()
     threading.Thread(target=_send, args=(peer, mode), daemon=True).start()
+    dumped = False
     while proc.poll() is None and time.monotonic() - t0 < 60:
         sample()
         time.sleep(0.1)
+        if not dumped and time.monotonic() - t0 > 30:  # hung: every process writes its stacks to the log
+            dumped = True
+            for p in list(pids):
+                try:
+                    os.kill(p, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
     exit_s = time.monotonic() - t0
     if proc.poll() is None:
         proc.kill()
@@ -175,7 +183,10 @@ def _measure(peer: dict, mode: str, limit_s: float) -> dict:
     return {"peer": peer["name"], "mode": mode, "phase": phase, "after_start_s": round(t0 - peer["started"], 2),
             "exit_s": round(exit_s, 3), "tree_gone_s": round(tree_gone_s, 3), "exit_code": proc.returncode,
             "in_time": exit_s <= limit_s,
-            "processes_seen": len(pids), "leftover_processes": len(left_pids), "leftover_sockets": len(left_sockets),
+            "processes_seen": len(pids), "processes": sorted(os.path.basename(ident[1].split(" ")[0])
+                                                             for ident in pids.values()),
+            "stacks_dumped": dumped,  # SIGUSR1: faulthandler's stacks are in the peer's log
+            "leftover_processes": len(left_pids), "leftover_sockets": len(left_sockets),
             "leftovers": [pids[p][1] for p in left_pids] + left_sockets,
             "ledger_verified": verify}
 

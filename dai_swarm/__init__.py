@@ -19,6 +19,11 @@ if _launched_as_cli():
     # the code it lands in, so until the CLI is up SIGINT ends the process at once, like SIGTERM
     # (nothing has been started or written yet); cli.main restores Python's handler
     _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+    # `kill -USR1 PID` writes every thread's Python stack to stderr (a hung peer says where it is);
+    # it runs in C, so it answers even when the main thread never returns to the interpreter
+    import faulthandler as _faulthandler
+
+    _faulthandler.register(_signal.SIGUSR1, all_threads=True)
 
 from ._version import __version__  # noqa: E402
 from .errors import (

@@ -61,8 +61,11 @@ spot checker's pass threshold ``tau`` on the relative L2 distance.
     Host CPU time (:mod:`dai_swarm.sim.host`, which measures it): a peer spends ``encode_s`` after
     the train deadline before its announcement is published, ``compute_s_per_update`` per included
     update before it votes, and ``apply_s`` after its tally before the new base is installed and
-    evaluated. With ``host_cores`` > 0 every live peer shares that many cores: inner steps and all
-    of these durations stretch by ``max(1, live peers / host_cores)`` (0: a machine per peer).
+    evaluated. ``protocol_cpu_s`` is the rest of a peer's CPU per round (its DHT process and p2p
+    daemon, record signing, streams): it is taken from the round's training time, and half of it
+    delays the vote, half the new base. With ``host_cores`` > 0 every live peer shares that many
+    cores: inner steps and all of these durations stretch by ``max(1, live peers / host_cores)``
+    (0: a machine per peer).
     """
 
     peers: int = 8
@@ -97,6 +100,7 @@ spot checker's pass threshold ``tau`` on the relative L2 distance.
     compute_s_per_update: float = 0.0
     encode_s: float = 0.0
     apply_s: float = 0.0
+    protocol_cpu_s: float = 0.0
     host_cores: float = 0.0
     evaluate: bool = True
     run_id: str = "sim"
@@ -121,7 +125,7 @@ spot checker's pass threshold ``tau`` on the relative L2 distance.
             raise ConfigError("byzantine must be < 0.5 (honest majority)")
         if not self.round_s > 0 or not self.speed_median > 0 or self.speed_sigma < 0:
             raise ConfigError("round_s and speed_median must be > 0, speed_sigma >= 0")
-        for name in ("compute_s_per_update", "encode_s", "apply_s", "host_cores"):
+        for name in ("compute_s_per_update", "encode_s", "apply_s", "protocol_cpu_s", "host_cores"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")

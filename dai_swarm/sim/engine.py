@@ -198,11 +198,13 @@ class Simulator(RoundSteps):
                 held[p.proto].add(p.bases[r])
                 completion.append(p.ready[r] - c.end(q))
                 late += p.ready[r] > c.start(r)
-        included, slashed_now = 0, set()
+        included, samples, slashed_now = 0, 0, set()
         for g in self.protos:
             votes = [rec.vote for rec in self.votes[(g, q)].values() if rec.voted]
             res = tally(votes, HeadCount(), run_id=self.cfg.run_id, round=q)
             included += len(res.inclusion)
+            claimed = {ann.digest: ann.samples for ann, _, _ in self.anns[(g, q)]}
+            samples += sum(claimed.get(d, 0) for d in res.inclusion)
             h = self.region_base.get((g, r))
             if h is None:
                 continue
@@ -217,7 +219,7 @@ class Simulator(RoundSteps):
         byz_keys = {p.key for p in self.peers if p.attack is not None}
         row = {
             "round": q, "time_s": round(t, 6), "alive": sum(p.alive(t) for p in self.peers),
-            "trained": self.trained[q], "included": included, "voters": len(finals),
+            "trained": self.trained[q], "included": included, "samples": samples, "voters": len(finals),
             "agreed": modes.get("agreed", 0), "adopted": modes.get("adopted", 0),
             "resynced": modes.get("resynced", 0), "no_state": modes.get("no_state", 0),
             "undecided": modes.get("undecided", 0), "books": self.books_run.get(q, 0),

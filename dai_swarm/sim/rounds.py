@@ -52,7 +52,8 @@ class RoundSteps:
             if not p.alive(dl) or q not in p.bases:
                 continue
             t_start = max(clock.start(q), p.ready.get(q, -math.inf))
-            steps = min(cfg.max_inner_steps, int(math.floor(p.speed / load * max(0.0, dl - t_start))))
+            busy = cfg.protocol_cpu_s * load  # the round's protocol work shares the peer's CPU with training
+            steps = min(cfg.max_inner_steps, int(math.floor(p.speed / load * max(0.0, dl - t_start - busy))))
             if steps < 1:
                 continue
             base = self.states[p.bases[q]]
@@ -150,7 +151,8 @@ class RoundSteps:
             inclusion, h = groups[key]
             vote = Vote(self.cfg.run_id, q, p.key, inclusion, h)
             carried = () if p.attack is not None else self.pending_verdicts.get((g, q), ())
-            t_vote = done + self.cfg.compute_s_per_update * load * len(inclusion) + self.net.dht_s(p.lat)
+            t_vote = (done + (self.cfg.compute_s_per_update * len(inclusion) + 0.5 * self.cfg.protocol_cpu_s) * load
+                      + self.net.dht_s(p.lat))
             self.votes[(g, q)][p.idx] = SimpleNamespace(vote=vote, time=t_vote, seen=seen, ok=ok, key=key,
                                                         verdicts=tuple(carried), voted=p.machine.may_vote(q))
         self.books_run[q] = len(groups)
@@ -161,7 +163,7 @@ class RoundSteps:
         machine decides (keep, adopt, re-sync); checks are scheduled."""
         clock, cfg = self.clock, self.cfg
         t = clock.tally_time(q)
-        apply_s = cfg.apply_s * self.load(t)  # install and evaluate the new base (host CPU)
+        apply_s = (cfg.apply_s + 0.5 * cfg.protocol_cpu_s) * self.load(t)  # install and evaluate the new base
         self.finals[q] = {}
         cache: dict[tuple, Any] = {}
         adopt_cache: dict[tuple, str | None] = {}
