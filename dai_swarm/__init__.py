@@ -66,6 +66,29 @@ from .optim.optimizer import SwarmOptimizer
 from .swarm import Swarm
 from .tasks import Task, load_task
 
+#: sub-commands that start a hivemind DHT (and with it torch's shared-memory manager)
+_DHT_COMMANDS = ("peer", "bootstrap", "export", "status", "demo")
+
+
+def _start_shared_memory_manager() -> None:
+    """Start torch's shared-memory manager now, while a signal still ends the process at once.
+
+    hivemind shares each DHT request future's status through torch shared memory (the
+    ``file_system`` strategy it sets on import); the process's first share starts
+    ``torch_shm_manager`` and waits for its handshake in C code that retries on EINTR and never
+    returns to Python. A SIGINT or SIGTERM landing there (to the process group during start-up,
+    the manager included) was never handled: the peer hung until SIGKILLed (``benchmarks.signals``:
+    4 of 202 signals, every stack in ``SwarmDHT`` start -> ``MPFuture`` -> ``share_memory_``).
+    Here, under the default handlers, such a signal ends the process at once."""
+    import torch
+
+    torch.empty(1, dtype=torch.uint8).share_memory_()
+
+
+if _launched_as_cli() and _sys.argv[1:2] and _sys.argv[1] in _DHT_COMMANDS and not (
+        {"-h", "--help"} & set(_sys.argv[2:])):
+    _start_shared_memory_manager()
+
 __all__ = [
     "BootstrapError",
     "CodecError",

@@ -189,12 +189,18 @@ def abort_process(proc, grace_s: tuple[float, float] = (2.0, 2.0)) -> None:
     except ProcessLookupError:
         pass
     children = child_pids(proc.pid)
+    sockets = [path for pid in children for path in daemon_sockets(pid)]  # its p2pd's, if it started one
     if proc.is_alive():
         proc.kill()  # SIGKILL ends a stopped process; a failed start has nothing to flush
         proc.join(grace_s[0])
     if not proc.is_alive():
         proc.join(0)  # reap it and drop it from multiprocessing's children
     terminate_pids(children)
+    # a p2pd that had to be SIGKILLed keeps its socket file, and may still listen for a moment
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and any(os.path.exists(p) and _listening(p) for p in sockets):
+        time.sleep(0.05)
+    remove_stale_sockets(sockets)
 
 
 def stop_process(proc, grace_s: tuple[float, float] = (2.0, 2.0)) -> bool:

@@ -69,3 +69,32 @@ def test_wait_for_run_takes_seconds_and_refuses_nonsense(capsys):
             parser.parse_args(["--run-id", "x", "--wait-for-run", bad])
         assert e.value.code == 2
     assert "--wait-for-run" in capsys.readouterr().err
+
+
+def test_shared_memory_manager_starts_while_a_signal_still_ends_the_process():
+    """hivemind's first shared-memory future starts torch_shm_manager and waits for it in C code
+    that never runs Python's signal handlers (a peer signalled there hung until SIGKILLed). A CLI
+    peer starts the manager while importing, when SIGINT and SIGTERM still end the process at
+    once: even a command line that argparse refuses (exit 2, before anything runs) starts it."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "dai_swarm", "peer", "--run-id", "x", "--t0", "5", "--start-in", "5"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen = set()
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                children = f.read().split()
+        except OSError:
+            break
+        for child in children:
+            try:
+                with open(f"/proc/{child}/comm") as f:
+                    seen.add(f.read().strip())
+            except OSError:
+                pass
+        time.sleep(0.005)
+    proc.wait(30)
+    assert proc.returncode == 2
+    assert any(name.startswith("torch_shm") for name in seen), seen
