@@ -74,7 +74,6 @@ def measure_protocol_cpu(task: str, peers: int, round_s: float, rounds: int, max
     """Real ``dai-swarm peer`` processes (one region, ``benchmarks.churn``'s launcher): CPU seconds
     of every process of theirs (peer, DHT process, p2p daemon) over the steady rounds, minus the
     inner steps their included samples took at ``steps_per_s``, per peer and round."""
-    import argparse as _argparse
     import threading
 
     from dai_swarm.tasks import load_task
@@ -82,7 +81,7 @@ def measure_protocol_cpu(task: str, peers: int, round_s: float, rounds: int, max
     from .churn import run_swarm
     from .churn_fleet import PeerLife
 
-    ns = _argparse.Namespace(task=task, round_s=round_s, rounds=rounds, max_inner_steps=max_inner_steps, codec="int8",
+    ns = argparse.Namespace(task=task, round_s=round_s, rounds=rounds, max_inner_steps=max_inner_steps, codec="int8",
                              regions=1, cross_region_period=5, attack=None, peers=peers, lead_s=20.0 + 2.0 * peers,
                              initial_loss=None)
     label, samples, stop = f"simhost-{os.getpid()}", [], threading.Event()
