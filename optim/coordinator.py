@@ -342,7 +342,7 @@ class Coordinator(PayloadFetch, StateSync):
                 self.bases.put(state)
                 return state, cmd
             cmd = self.machine.merge_failed(q, time.time())  # off the global chain: adopt another
-            state = self.resync(q + 2)  # region's merged state
+            state = self._retry_resync(q, cmd.give_up, lambda: self.resync(q + 2))  # region's merged state
         elif isinstance(cmd, NoState):
             outcome.agreed = False
             return None, cmd

@@ -15,18 +15,16 @@ outer momentum. A peer that misses a delta computes another state, which the nex
 exposes, and re-syncs (I1).
 
 Which region deltas count (:func:`admit_region_deltas`, pure): a record counts only if its signer
-has a live, signed peer record in the region the record names and holds standing in this
-region's replicated state (a founder, or a key with verified work; SPEC I7); a region counts only if a strict
-majority of its members that published agree on the same (digest, size, samples, anchor), read
-again until 0.18 T after the tally while live members have not published, so one key cannot
-speak for a region of many that publish; this peer's own region's delta is the one it computed, never
-a record. The weight of a region is its claimed samples bounded by :func:`weight_cap`, what its
-*backers* could have trained since the anchor (a plausibility cap, not verification): the signers,
-members of the region, of the very record that counts. Every region counts the same records, while
-views of who is live differ (a dead peer's record lives until its TTL) and so would the weights. With
-no second admitted region there is no merge. Refusals are counted (``xdelta_*`` counters). Why a
-region of fresh keys, whatever it claims, changes nothing, and what a region needs to be counted
-(a member with standing: a founder in each region), is in docs/design.md, "Cross-region trust".
+has a live, signed peer record in the region the record names and holds standing in this region's
+replicated state (a founder, or a key with verified work; SPEC I7); a region counts only if a
+strict majority of its members that published agree on the same (digest, size, samples, anchor),
+read again until 0.18 T after the tally while live members have not published (so one key cannot
+speak for a region of many); this peer's own region's delta is the one it computed, never a
+record. A region's weight is its claimed samples bounded by :func:`weight_cap`, what its *backers*
+(the signers of the record that counts) could have trained since the anchor: a plausibility cap,
+not verification. Views of who is live differ (a dead peer's record lives until its TTL), and so
+would the weights. No second admitted region: no merge (logged). Refusals are counted (``xdelta_*``
+counters). Why a region of fresh keys changes nothing: docs/design.md, "Cross-region trust".
 """
 
 from __future__ import annotations
@@ -180,10 +178,10 @@ def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping
     members of a real region.
 
     A region counts when a strict majority of *its members that published* this merge agree. With
-    ``final=False`` a region some of whose live members have not published yet is withheld (listed
-    in ``short``) so the caller reads again; the final read decides with whoever published. (A
-    strict majority of all live members refused an honest region whenever a member had just died:
-    a SIGKILLed peer's record stays live until its TTL, 30 s, and it never publishes again.)
+    ``final=False`` a region some (or all) of whose live members have not published yet is withheld
+    (listed in ``short``) so the caller reads again; the final read decides with whoever published.
+    (A strict majority of all live members refused an honest region whenever a member had just died:
+    its peer record stays live until its TTL, 30 s, and it never publishes again.)
     """
     out = Admission()
     size = Counter(region for key, (region, _) in members.items() if standing is None or key in standing)
@@ -219,6 +217,8 @@ def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping
             continue
         votes.setdefault(region, Counter())[key] += 1
         publishers.setdefault((region, key), []).append(p2p_id)
+    if not final:  # no member of a region published yet (a late tally under load): read again too
+        out.short.update(g for g in size if g != my_region and g not in votes)
     for region, counter in sorted(votes.items()):
         key, n = max(counter.items(), key=lambda kv: (kv[1], [-ord(ch) for ch in kv[0][0]]))
         published = sum(counter.values())
@@ -277,7 +277,11 @@ class CrossRegionMerger:
             return None
         chosen = {g: d for g, d in adm.regions.items() if d.anchor == anchor}
         if not chosen:
-            return self._finish(state, state.params)  # no second admitted region: no merge
+            silent = sorted({g for g, _ in members.values() if g != cfg.region})
+            if silent:
+                logger.warning("merge %d: no delta admitted from region(s) %s: this region goes on alone", r,
+                               ", ".join(silent))
+            return merged_base(state, state.params)  # no second admitted region: no merge
         deadline = ctx.clock.tally_time(q) + MERGE_END * ctx.clock.round_s
         providers = {d.digest: [(pid, g) for pid in d.providers] for g, d in chosen.items()}
         published = set(adm.mates)
@@ -303,14 +307,11 @@ class CrossRegionMerger:
         updates = [(d, w, t) for d, (w, t) in weights.items()]
         merged = merge_region_deltas(state.anchor, updates) if used else None  # (c) a second region or no merge
         if merged is None:
-            return self._finish(state, state.params)
+            return merged_base(state, state.params)
         self.merges += 1
         events.info("cross-region merge at round %d: %d regions", r, used + 1,
                     extra={"event": "merge", "round": r, "regions": used + 1})
-        return self._finish(state, merged)
-
-    def _finish(self, state: BaseState, params: dict) -> BaseState:
-        return merged_base(state, params)
+        return merged_base(state, merged)
 
     @staticmethod
     def _majority_anchor(anchors: dict, mine: str) -> str:

@@ -360,8 +360,9 @@ class RoundMachine:
 
     def merge_failed(self, q: int, now: float) -> ResyncState:
         """The merge of base ``q + 2`` was refused (the region is off the global chain): adopt the
-        state other regions' merges produced, one try (any target the weighted majority offers)."""
-        return ResyncState(q, "", False, frozenset(), now)
+        state other regions' merges produced (any target the weighted majority offers), tried until
+        the re-sync deadline: their merged states appear only once their merges finish."""
+        return ResyncState(q, "", False, frozenset(), self.resync_give_up(q, now))
 
     def must_confirm(self, q: int, command: TallyCommand, electorate: Iterable[str],
                      votes: Mapping[str, str], me: str) -> bool:

@@ -233,3 +233,18 @@ def test_a_regions_weight_is_the_same_whoever_reads_it():
     own = 2 * PER_MEMBER  # me and m2 published our delta; m3 did not
     assert torch.equal(outs[0], outs[1])
     assert torch.allclose(outs[0], torch.full((4,), (own * 0.5 - 480 * 0.5) / (own + 480)))
+
+
+def test_a_region_none_of_whose_members_published_yet_is_read_again_until_the_final_read():
+    """A late region (its tally ran late under load) is withheld and read again instead of being
+    left out of the merge at the first read; the final read merges without it. Fresh keys that
+    never earned standing do not make a region worth waiting for."""
+    members = {_key("a"): ("r0", "pa"), _key("b1"): ("r1", "pb1"), _key("b2"): ("r1", "pb2"),
+               _key("f"): ("zz", "pf")}
+    mine = [(_key("a"), _body("r0", _key("mine"), 100))]
+    standing = {_key("a"), _key("b1"), _key("b2")}
+    early = _admit(mine, members, final=False, standing=standing)
+    assert early.short == {"r1"} and early.regions == {}
+    assert _admit(mine, members, final=True, standing=standing).short == set()
+    late = [*mine, (_key("b1"), _body("r1", HONEST_R1, 640)), (_key("b2"), _body("r1", HONEST_R1, 640))]
+    assert _admit(late, members, final=False, standing=standing).regions["r1"].digest == HONEST_R1

@@ -122,8 +122,9 @@ def test_merge_round_minority_follows_the_winning_voters_merged_state():
     keep = m.decide(8, res, candidate=A, inclusion=(D1,), winners={P1, P2}, now=95.5)
     assert keep == KeepState(8, A, True, True)
     assert m.must_confirm(8, keep, {P1, P2}, {P1: A, P2: A}, P1)  # post-merge confirmation: always
-    refused = m.merge_failed(8, 96.0)  # region off the global chain: one try at any majority state
+    refused = m.merge_failed(8, 96.0)  # region off the global chain: any majority state, until the deadline
     assert isinstance(refused, ResyncState) and refused.target == "" and not m.must_confirm(8, refused, {P1}, {}, P1)
+    assert refused.give_up == m.resync_give_up(8, 96.0) > 96.0
     assert not m.is_sync_round(0) and not m.is_sync_round(7) and m.is_sync_round(10)
 
 
