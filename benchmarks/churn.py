@@ -1,4 +1,4 @@
-"""Convergence under churn: N real dai_swarm peer processes vs three baselines, one sample budget.
+"""Convergence under churn: N real dai_swarm peer processes vs four baselines, one sample budget.
 
 Runs, one after the other on this machine (so they do not share the CPUs):
 
@@ -8,8 +8,10 @@ Runs, one after the other on this machine (so they do not share the CPUs):
 3. ``hivemind:<preset>``: N ``hivemind.Optimizer`` workers under the same churn schedule, once per
    ``--hivemind-presets`` setting (:data:`benchmarks.hivemind_baseline.PRESETS`; the best one is
    P2's and P3's reference); its Byzantine slots scale their gradients the way the attack does;
-4. ``centralized``: :func:`benchmarks.centralized.run_centralized` on the same budget;
-5. ``sync_dp``: :func:`dai_swarm.reference.run_sync_dp`, N workers with the task's batch each that
+4. ``diloco-hivemind``: DiLoCo on hivemind as OpenDiLoCo does it (:mod:`benchmarks.churn_diloco`), the
+   same inner steps and outer Nesterov step, no verification; the second P2 reference;
+5. ``centralized``: :func:`benchmarks.centralized.run_centralized` on the same budget;
+6. ``sync_dp``: :func:`dai_swarm.reference.run_sync_dp`, N workers with the task's batch each that
    average their gradients (fp32) before every step: the sample-efficiency limit of N peers, and
    the reference of P1 (the swarm's loss at equal samples ÷ this; the ratio to centralized beside).
 
@@ -39,7 +41,8 @@ from dai_swarm.errors import ConfigError
 from dai_swarm.testing import alive_count, exponential_churn_schedule, founding_peers, scripted_churn_schedule
 
 from . import churn_report
-from .churn_fleet import Fleet, LifeRecord
+from .churn_diloco import add_arguments as add_diloco_arguments
+from .churn_fleet import Fleet, LifeRecord, baseline_argv, host_maddr, log_tail, read_jsonl, run_fleet
 
 KEY_RE = re.compile(r"public key ([0-9a-f]{64})")  # a peer's start-up line
 SLASH_RE = re.compile(r"base (\d+): slashed \[(.*?)\]")  # the swarm's slash event, in every peer's log
@@ -60,10 +63,6 @@ def _attack_available(kind: str) -> str | None:
     return None
 
 
-def _host(net, slot: int) -> str:
-    return f"/ip4/{net.ip(slot)}/tcp/0" if net is not None else "/ip4/127.0.0.1/tcp/0"
-
-
 def run_swarm(args: argparse.Namespace, schedule, label: str, workdir: str, net=None) -> dict[str, Any]:
     """Run dai_swarm peers on ``schedule``; returns curve, bytes samples, stalls, lives."""
     t0 = math.ceil(time.time() + args.lead_s)
@@ -79,20 +78,14 @@ def run_swarm(args: argparse.Namespace, schedule, label: str, workdir: str, net=
              "--max-inner-steps", str(args.max_inner_steps), "--codec", args.codec,
              "--region", f"r{rec.life.slot % args.regions}", "--cross-region-period", str(args.cross_region_period),
              "--history-file", rec.history_file, "--address-file", rec.address_file,
-             "--host-maddrs", _host(net, rec.life.slot)]
+             "--host-maddrs", host_maddr(net, rec.life.slot)]
         if rec.life.byzantine and args.attack:
             a += ["--attack", args.attack]
         if rec.life in founders:  # a founder relaunched after a failed start keeps its key
             a += founding[f"slot{rec.life.slot}"]
         return a + (["--initial-peers", *peers] if peers else [])
 
-    fleet = Fleet(workdir, schedule, t0, argv, python=sys.executable, wrap=net.wrap if net else None,
-                  counters=net.counters if net else None)
-    fleet.launch_initial()
-    observer = next(r for r in fleet.records if r.life.slot == 0)
-    done = fleet.run(lambda: observer.proc is not None and not observer.proc.alive(),
-                     deadline_s=(args.rounds + 4) * args.round_s + 60)
-    fleet.stop_all()
+    fleet, observer, done = run_fleet(workdir, schedule, t0, argv, (args.rounds + 4) * args.round_s + 60, net)
     return {"label": label, "run_id": run_id, "t0": t0, "finished": done, "n_slots": args.peers,
             **_swarm_figures(fleet, observer, args), "bytes": fleet.samples, "lives": fleet.summary()}
 
@@ -176,31 +169,13 @@ def run_hivemind(args: argparse.Namespace, schedule, workdir: str, net=None, pre
     tbs = max(1, round(args.hivemind_target_batch_size * PRESETS[preset]["tbs_factor"]))
 
     def argv(rec: LifeRecord, peers: list[str]) -> list[str]:
-        a = ["-m", "benchmarks.hivemind_baseline", "--task", args.task, "--run-id", run_id, "--t0", str(t0),
-             "--target-batch-size", str(tbs), "--preset", preset, "--until-samples", str(args.samples),
-             "--data-seed", str(1000 + int(rec.name.split("-")[1])), "--log-file", rec.history_file,
-             "--address-file", rec.address_file, "--threads", "1", "--host-maddrs", _host(net, rec.life.slot)]
-        if rec.life.slot == 0:
-            a.append("--evaluate")
-        if rec.life.byzantine and args.attack in GRADIENT_ATTACKS:
-            a += ["--attack", args.attack]
-        return a + (["--initial-peers", *peers] if peers else [])
+        return baseline_argv("benchmarks.hivemind_baseline", args, run_id, t0, rec, peers, net,
+                             ["--target-batch-size", str(tbs), "--preset", preset], GRADIENT_ATTACKS)
 
-    fleet = Fleet(workdir, schedule, t0, argv, python=sys.executable, wrap=net.wrap if net else None,
-                  counters=net.counters if net else None)
-    fleet.launch_initial()
-    observer = next(r for r in fleet.records if r.life.slot == 0)
     limit = args.hivemind_limit_s or max(120.0, 2.0 * args.rounds * args.round_s)
-    done = fleet.run(lambda: observer.proc is not None and not observer.proc.alive(), deadline_s=limit)
-    fleet.stop_all()
+    fleet, observer, done = run_fleet(workdir, schedule, t0, argv, limit, net)
     curve = {"samples": [0], "val_loss": [args.initial_loss], "t": [0.0], "epoch": [0]}
-    rows = []
-    try:
-        with open(observer.history_file) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError):
-        pass
-    for row in rows:
+    for row in read_jsonl(observer.history_file):
         if row.get("event") == "epoch" and row.get("val_loss") is not None and row["epoch"] > 0:
             curve["samples"].append(row["epoch"] * tbs)
             curve["val_loss"].append(row["val_loss"])
@@ -216,15 +191,7 @@ def run_hivemind(args: argparse.Namespace, schedule, workdir: str, net=None, pre
                          "everything else": "hivemind 1.1.12 defaults",
                          "byzantine_slots": (f"gradients x {GRADIENT_ATTACKS[args.attack]} ({args.attack})"
                                              if args.attack in GRADIENT_ATTACKS else "honest (no gradient form)")},
-            "observer_log_tail": _tail(observer.log_path)}
-
-
-def _tail(path: str, n: int = 1500) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()[-n:]
-    except OSError:
-        return ""
+            "observer_log_tail": log_tail(observer.log_path)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -248,13 +215,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lead-s", type=float, default=30.0, help="start-up time before round 0 (default 30)")
     p.add_argument("--hivemind-target-batch-size", type=int, default=None,
                    help="default: samples of one full dai_swarm round (N x steps x batch)")
-    p.add_argument("--hivemind-limit-s", type=float, default=None, help="time limit of each hivemind run")
+    p.add_argument("--hivemind-limit-s", type=float, default=None,
+                   help="time limit of each hivemind.Optimizer and DiLoCo run (default max(120, 2 x run length))")
     p.add_argument("--hivemind-presets", nargs="+", default=["defaults"], metavar="NAME",
                    help="hivemind.Optimizer settings to run, the best reported as P2/P3's reference "
                         "(default: defaults; 'all' for every preset)")
     p.add_argument("--target-loss", type=float, default=None,
                    help="default: 80%% of the centralized run's loss reduction")
-    p.add_argument("--skip", nargs="*", default=[], choices=("clean", "hivemind"), help="leave out baselines")
+    add_diloco_arguments(p)
+    p.add_argument("--skip", nargs="*", default=[], choices=("clean", "hivemind", "diloco"), help="leave out baselines")
     p.add_argument("--wan", action="store_true", help="network namespaces + tbf caps (root; benchmarks.wan)")
     p.add_argument("--intra-mbit", type=float, default=100.0, help="WAN: per-peer cap inside a region")
     p.add_argument("--cross-mbit", type=float, default=10.0, help="WAN: per-peer cap across regions")
@@ -267,7 +236,7 @@ def _apply_quick(args: argparse.Namespace) -> None:
     args.task, args.peers, args.round_s, args.max_inner_steps, args.lead_s = "tinylm-small", 3, 4.0, 8, 20.0
     args.samples = args.samples or 3 * 8 * 16 * 6
     args.churn, args.join_delay_s = 0.5, 1.0
-    args.skip = sorted(set(args.skip) | {"clean", "hivemind"})
+    args.skip = sorted(set(args.skip) | {"clean", "hivemind", "diloco"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -337,6 +306,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"hivemind.Optimizer, preset {preset}: {PRESETS[preset]}")
                 results[f"hivemind:{preset}"] = run_hivemind(args, schedule, os.path.join(work, f"hivemind-{preset}"),
                                                              net, preset)
+        if "diloco" not in args.skip:
+            from .churn_diloco import LABEL, run_diloco
+
+            log(f"DiLoCo on hivemind: H = {args.max_inner_steps}, all-reduce {args.diloco_compression}")
+            results[LABEL] = run_diloco(args, schedule, os.path.join(work, "diloco"), net)
         log("centralized")
         cen = run_centralized(task, args.samples, max(task.batch_size, args.samples // 16), threads=1,
                               label=args.task)

@@ -15,17 +15,19 @@ peers and hivemind.Optimizer workers), so their bytes are counted the same way:
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from dai_swarm.dht import _proc
 from dai_swarm.dht.address_file import read_address_file
 from dai_swarm.testing import PeerLife, PeerProcess
 
-__all__ = ["Fleet", "LifeRecord", "p2pd_io_bytes"]
+__all__ = ["Fleet", "LifeRecord", "host_maddr", "log_tail", "p2pd_io_bytes", "read_jsonl", "run_fleet"]
 
 
 def p2pd_io_bytes(pid: int) -> int | None:
@@ -223,3 +225,64 @@ class Fleet:
                  "exit_code": None if r.proc is None else r.proc.proc.returncode, "io_bytes": r.io_bytes,
                  "retries": r.retries}
                 for r in self.records]
+
+
+def host_maddr(net, slot: int) -> str:
+    """``--host-maddrs`` of a slot: its namespace address in WAN mode (``net``), else loopback."""
+    return f"/ip4/{net.ip(slot)}/tcp/0" if net is not None else "/ip4/127.0.0.1/tcp/0"
+
+
+def log_tail(path: str, n: int = 1500) -> str:
+    """The last ``n`` characters of a log file ('' if unreadable)."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-n:]
+    except OSError:
+        return ""
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The JSON objects of a worker's log, one a line ([] if unreadable; a torn last line is skipped)."""
+    rows = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+    except OSError:
+        pass
+    return rows
+
+
+def run_fleet(workdir: str, schedule: Sequence[PeerLife], t0: float,
+              build_argv: Callable[[LifeRecord, list[str]], list[str]], deadline_s: float,
+              net=None) -> tuple[Fleet, LifeRecord, bool]:
+    """Run ``schedule`` until the observer (slot 0) exits or ``deadline_s`` after ``t0``, then stop
+    every process; returns the fleet, the observer's record and whether the observer finished."""
+    fleet = Fleet(workdir, schedule, t0, build_argv, python=sys.executable, wrap=net.wrap if net else None,
+                  counters=net.counters if net else None)
+    fleet.launch_initial()
+    observer = next(r for r in fleet.records if r.life.slot == 0)
+    done = fleet.run(lambda: observer.proc is not None and not observer.proc.alive(), deadline_s=deadline_s)
+    fleet.stop_all()
+    return fleet, observer, done
+
+
+def baseline_argv(module: str, args, run_id: str, t0: float, rec: LifeRecord, peers: list[str], net,
+                  options: Sequence[str], attacks: Mapping[str, float]) -> list[str]:
+    """Command line of one baseline worker (``module``: :mod:`benchmarks.hivemind_baseline` or
+    :mod:`benchmarks.diloco_baseline`) for the life ``rec``: the shared worker flags, its own
+    ``options``; slot 0 evaluates (the observer); a Byzantine slot runs ``args.attack`` when
+    ``attacks`` has a gradient form of it."""
+    a = ["-m", module, "--task", args.task, "--run-id", run_id, "--t0", str(t0), "--until-samples", str(args.samples),
+         *options, "--data-seed", str(1000 + int(rec.name.split("-")[1])), "--log-file", rec.history_file,
+         "--address-file", rec.address_file, "--threads", "1", "--host-maddrs", host_maddr(net, rec.life.slot)]
+    if rec.life.slot == 0:
+        a.append("--evaluate")
+    if rec.life.byzantine and args.attack in attacks:
+        a += ["--attack", args.attack]
+    return a + (["--initial-peers", *peers] if peers else [])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-__all__ = ["at_samples", "best_hivemind", "compare", "markdown", "plots", "reach", "rebuild", "ratios_along",
+__all__ = ["DILOCO", "at_samples", "best_hivemind", "compare", "markdown", "plots", "reach", "rebuild", "ratios_along",
            "stays_below", "traffic_at", "trained_samples"]
 
 
@@ -78,6 +78,9 @@ def traffic_at(samples: Sequence[dict], t: float) -> float | None:
             return b0 + (b1 - b0) * ((t - t0) / (t1 - t0) if t1 > t0 else 1.0)
     return float(pts[-1][1])
 
+
+#: the DiLoCo-on-hivemind reference's row (:mod:`benchmarks.churn_diloco`), P2's second reference
+DILOCO = "diloco-hivemind"
 
 #: fractions of the compared budget at which P1's ratio is also reported
 ALONG = (0.25, 0.5, 0.75, 1.0)
@@ -160,6 +163,22 @@ def compare(results: dict[str, dict], target_loss: float) -> dict[str, Any]:
             out["note"] = (f"hivemind.Optimizer ({hm_name}, the best of its runs) did not reach the target loss "
                            f"within its run; P2/P3 ratios are undefined. Its figures over the whole run: see "
                            f"systems[{hm_name!r}]")
+    dl = per.get(DILOCO)
+    if dai and dl:
+        out["P2_bytes_ratio_vs_diloco"] = _ratio(dai.get("bytes_per_peer_to_target"),
+                                                 dl.get("bytes_per_peer_to_target"))
+        out["P3_time_ratio_vs_diloco"] = _ratio(dai["time_to_target_s"], dl["time_to_target_s"])
+        common = max(dai["final_val_loss"], dl["final_val_loss"])
+        at = {}
+        for name in ("dai_swarm", DILOCO):
+            r, hit = results[name], reach(results[name]["curve"], common)
+            total = traffic_at(r.get("bytes") or [], hit["t"]) if hit else None
+            at[name] = {"t": hit and hit["t"], "bytes_per_peer": None if total is None else total / r["n_slots"]}
+        out["common_target_diloco"] = {"loss": common, **at, "P2_bytes_ratio": _ratio(
+            at["dai_swarm"]["bytes_per_peer"], at[DILOCO]["bytes_per_peer"])}
+        if not dl["reached_target"]:
+            out["note_diloco"] = (f"{DILOCO} did not reach the target loss within its run; P2 against it is "
+                                  f"undefined. Its figures over the whole run: see systems[{DILOCO!r}]")
     return out
 
 
@@ -201,6 +220,10 @@ def markdown(report: dict) -> str:
               f"(target ≤ 0.01): {_fmt(cmp.get('P2_bytes_ratio'))}",
               f"- P3 wall-clock to target, dai_swarm ÷ {cmp.get('hivemind_reference') or 'hivemind'} "
               f"(target ≤ 0.8): {_fmt(cmp.get('P3_time_ratio'))}"]
+    if DILOCO in cmp["systems"]:
+        lines.append(f"- P2 bytes/peer to target, dai_swarm ÷ {DILOCO} (target ≤ 0.1): "
+                     f"{_fmt(cmp.get('P2_bytes_ratio_vs_diloco'))}; wall-clock to target ÷ {DILOCO}: "
+                     f"{_fmt(cmp.get('P3_time_ratio_vs_diloco'))}")
     along = (cmp["systems"].get("dai_swarm") or {}).get("loss_ratio_vs_sync_dp_along")
     if along:
         lines.append("- P1 along the budget (dai_swarm ÷ sync DP): " + ", ".join(
@@ -210,8 +233,14 @@ def markdown(report: dict) -> str:
         lines.append(f"- at the loss both swarms reached ({ct['loss']:.4f}): bytes/peer dai_swarm ÷ hivemind "
                      f"{_fmt(ct['P2_bytes_ratio'])}, wall-clock dai_swarm ÷ hivemind {_fmt(ct['P3_time_ratio'])} "
                      f"({_fmt(ct['dai_swarm']['t'], 3)} s vs {_fmt(ct['hivemind']['t'], 3)} s)")
-    if cmp.get("note"):
-        lines.append(f"- {cmp['note']}")
+    ct = cmp.get("common_target_diloco")
+    if ct:
+        lines.append(f"- at the loss dai_swarm and {DILOCO} both reached ({ct['loss']:.4f}): bytes/peer dai_swarm ÷ "
+                     f"{DILOCO} {_fmt(ct['P2_bytes_ratio'])} ({_fmt(ct['dai_swarm']['t'], 3)} s vs "
+                     f"{_fmt(ct[DILOCO]['t'], 3)} s)")
+    for key in ("note", "note_diloco"):
+        if cmp.get(key):
+            lines.append(f"- {cmp[key]}")
     return "\n".join(lines)
 
 

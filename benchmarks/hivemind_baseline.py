@@ -35,7 +35,7 @@ from typing import Sequence
 
 from dai_swarm.dht.address_file import write_atomic
 
-__all__ = ["GRADIENT_ATTACKS", "PRESETS", "main"]
+__all__ = ["GRADIENT_ATTACKS", "PRESETS", "add_worker_arguments", "main"]
 
 GRADIENT_ATTACKS = {"sign_flip": -1.0, "scale10": 10.0, "scale1000": 1000.0}  # kind -> gradient factor
 
@@ -57,6 +57,23 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def add_worker_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags every baseline worker of the churn benchmark takes (this one and
+    :mod:`benchmarks.diloco_baseline`): task, run, addresses, log, start time, budget, seeds, threads."""
+    p.add_argument("--task", default="tinylm-small")
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--initial-peers", nargs="*", default=[])
+    p.add_argument("--host-maddrs", nargs="*", default=["/ip4/127.0.0.1/tcp/0"])
+    p.add_argument("--address-file", default=None)
+    p.add_argument("--log-file", required=True)
+    p.add_argument("--t0", type=float, default=None, help="start training at this Unix time")
+    p.add_argument("--until-samples", type=int, required=True, help="stop once the swarm's samples reach this")
+    p.add_argument("--seed", type=int, default=0, help="model seed (same for every worker)")
+    p.add_argument("--data-seed", type=int, default=0, help="this worker's batch sampler seed")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--evaluate", action="store_true", help="evaluate at each new epoch (the observer)")
+
+
 def optimizer_options(preset: str) -> dict:
     """``hivemind.Optimizer`` keyword arguments of a preset (no ``tbs_factor``); KeyError if unknown."""
     from hivemind.compression import Float16Compression
@@ -73,19 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="example:\n  python -m benchmarks.hivemind_baseline --task tinylm-small --run-id hm "
                                        "--target-batch-size 512 --until-samples 20000 --log-file w0.jsonl")
-    p.add_argument("--task", default="tinylm-small")
-    p.add_argument("--run-id", required=True)
-    p.add_argument("--initial-peers", nargs="*", default=[])
-    p.add_argument("--host-maddrs", nargs="*", default=["/ip4/127.0.0.1/tcp/0"])
-    p.add_argument("--address-file", default=None)
-    p.add_argument("--log-file", required=True)
-    p.add_argument("--t0", type=float, default=None, help="start training at this Unix time")
+    add_worker_arguments(p)
     p.add_argument("--target-batch-size", type=int, required=True)
-    p.add_argument("--until-samples", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0, help="model seed (same for every worker)")
-    p.add_argument("--data-seed", type=int, default=0, help="this worker's batch sampler seed")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--evaluate", action="store_true", help="evaluate at each new epoch (the observer)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="defaults",
                    help="hivemind.Optimizer settings (see PRESETS); --target-batch-size is passed already scaled")
     p.add_argument("--attack", choices=sorted(GRADIENT_ATTACKS), default=None,
