@@ -338,6 +338,14 @@ class RoundBook:
             out.append((self._anns[(peer, d)], self._discount[d]))
         return tuple(out)
 
+    def announced(self) -> tuple[UpdateAnnouncement, ...] | None:
+        """The announcement behind each digest of :meth:`inclusion` (fetched or not), sorted by
+        digest; None while one of them was never announced to this book. A peer that downloaded
+        the agreed state credits the round's contributors from these (its payloads may be missing)."""
+        if any(d not in self._peers_of for d in self.inclusion()):
+            return None
+        return tuple(self._anns[(min(self._peers_of[d]), d)] for d in self.inclusion())
+
     def digests(self) -> frozenset[str]:
         """Every digest announced to this book, accepted or later disqualified (for pruning)."""
         return frozenset(self._peers_of)

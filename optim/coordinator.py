@@ -302,12 +302,8 @@ class Coordinator(PayloadFetch, StateSync):
                 if confirmed is not state:
                     state, outcome.resynced = confirmed, True
                     outcome.state_hash = state.hash
-            if book is not None and book.ready:
-                outcome.inclusion = book.inclusion()
-                outcome.contributors = {a.peer: a.samples for a, _ in book.included()}
-                outcome.regions = {a.peer: a.region for a, _ in book.included()}
-            elif book is not None:
-                outcome.contributors, outcome.regions = {}, {}
+            if book is not None:
+                self._credit(q, book, outcome, result.inclusion if result.decided and outcome.resynced else None)
         for d in list(self.payloads):
             if book is not None and d in book.digests():
                 self.payloads.pop(d, None)
@@ -318,6 +314,19 @@ class Coordinator(PayloadFetch, StateSync):
                     extra={"event": "round_closed", "round": q, "state_hash": outcome.state_hash})
         for cb in self.on_round_tallied:
             cb(outcome)
+
+    def _credit(self, q: int, book: RoundBook, outcome: RoundOutcome, agreed: tuple | None) -> None:
+        """The round's inclusion and contributors (samples, regions) for its reward record: the book's
+        inclusion, or after a download re-sync the ``agreed`` (winning) one, whose announcements are
+        read again if the book never saw some; every peer of the state then writes the same record."""
+        if agreed is not None and book.inclusion() != tuple(sorted(agreed)):
+            missing = book.adopt(agreed)
+            if missing:
+                book.offer_many([a for a in self._announcements(q) if a.digest in missing])
+        anns = book.announced() if agreed is not None or book.ready else None
+        outcome.inclusion = book.inclusion() if anns is not None else outcome.inclusion
+        outcome.contributors = {a.peer: a.samples for a in anns or ()}
+        outcome.regions = {a.peer: a.region for a in anns or ()}
 
     def _adopt(self, q: int, book: RoundBook, cmd: AdoptInclusion) -> BaseState | None:
         """A minority peer recomputes on the majority's inclusion (None: a payload is still missing)."""

@@ -154,3 +154,42 @@ def test_two_coordinators_that_missed_each_others_vote_converge_in_the_same_roun
     assert coords[P5].outcomes[q].resynced is True and coords[P3].outcomes[q].resynced is False
     assert coords[P5].outcomes[q].state_hash == cand[P3].hash
 
+
+
+def test_a_peer_that_downloaded_the_agreed_state_credits_the_agreed_contributors():
+    """A minority peer whose book missed one update's payload (and another's announcement) and
+    that downloaded the majority's state must write the round record its mates write: the
+    contributors of the *agreed* inclusion, not its own (partial) one, nor none."""
+    from dai_swarm.optim.book import BookLimits, RoundBook, UpdateAnnouncement
+    from dai_swarm.optim.coordinator import RoundOutcome
+
+    LIMITS = BookLimits(max_inner_steps=100, batch_size=8, max_payload_bytes=1 << 20, codecs=frozenset({"int8"}))
+
+    now = time.time()
+    clock = RoundClock(now - 9.6 * 4.0, 4.0, close_frac=0.3, tally_frac=0.55)
+    peers = {P3: ("p2p-0303", "r1", now), P5: ("p2p-0505", "r1", now)}
+    c = _coordinator(P5, MemoryDHT(), clock, {}, peers)
+
+    def ann(peer: str, digest: str, steps: int) -> UpdateAnnouncement:
+        return UpdateAnnouncement(run_id="run", round=9, base_hash=A, peer=peer, steps=steps, samples=8 * steps,
+                                  codec="int8", digest=digest, size_bytes=100, region="r1")
+
+    d3, d5, d6 = ("3" * 64, "5" * 64, "6" * 64)
+    book = RoundBook("run", 9, A, limits=LIMITS)
+    book.offer_many([ann(P3, d3, 10), ann(P5, d5, 5)])  # P6's announcement never reached this peer
+    book.close()
+    book.mark_fetched(d5, True)  # its own payload; P3's never arrived
+    assert book.inclusion() == (d5,)
+    c._announcements = lambda q: [ann(P6, d6, 3)]  # read again from the DHT when crediting
+    outcome = RoundOutcome(9, resynced=True)
+    c._credit(9, book, outcome, (d3, d5, d6))
+    assert outcome.contributors == {P3: 80, P5: 40, P6: 24} and outcome.inclusion == (d3, d5, d6)
+    assert outcome.regions == {P3: "r1", P5: "r1", P6: "r1"}
+    # without a re-sync, a ready book credits its own inclusion, as before
+    own = RoundBook("run", 9, A, limits=LIMITS)
+    own.offer_many([ann(P5, d5, 5)])
+    own.close()
+    own.mark_fetched(d5, True)
+    kept = RoundOutcome(9)
+    c._credit(9, own, kept, None)
+    assert kept.contributors == {P5: 40} and kept.inclusion == (d5,)
