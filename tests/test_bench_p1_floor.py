@@ -17,6 +17,7 @@ def test_quick_run_writes_results(tmp_path):
         assert [p["samples"] for p in s["along"]][-1] == s["samples"][-1]
         assert all(math.isfinite(p["ratio"]) and p["ratio"] > 0 for p in s["along"])
     assert res["sync_dp"]["steps"] >= 1
-    assert "| swarm default: int8" in (tmp_path / "p1_floor.md").read_text()
+    md = (tmp_path / "p1_floor.md").read_text()
+    assert "| swarm default: int8" in md and "inner AdamW kept across rounds" in md
     assert (tmp_path / "p1_floor.png").read_bytes()[:4] == b"\x89PNG"
     assert SETTINGS[0][1:] == ("int8", 20, 0.6, 0.9)  # the swarm's defaults (Swarm: outer 0.6/0.9)
