@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-__all__ = ["DILOCO", "at_samples", "best_hivemind", "compare", "markdown", "plots", "reach", "rebuild", "ratios_along",
+__all__ = ["DILOCO", "at_samples", "best_hivemind", "common_target", "compare", "markdown", "plots", "reach", "rebuild", "ratios_along",
            "stays_below", "traffic_at", "trained_samples"]
 
 
@@ -150,15 +150,7 @@ def compare(results: dict[str, dict], target_loss: float) -> dict[str, Any]:
     if dai and hm:
         out["P2_bytes_ratio"] = _ratio(dai.get("bytes_per_peer_to_target"), hm.get("bytes_per_peer_to_target"))
         out["P3_time_ratio"] = _ratio(dai["time_to_target_s"], hm["time_to_target_s"])
-        # the loss both swarms reached: the worse of their final losses
-        common = max(dai["final_val_loss"], hm["final_val_loss"])
-        at = {}
-        for name, key in (("dai_swarm", "dai_swarm"), ("hivemind", hm_name)):
-            r, hit = results[key], reach(results[key]["curve"], common)
-            at[name] = {"t": hit and hit["t"], "bytes_per_peer": hit and traffic_at(r["bytes"], hit["t"]) / r["n_slots"]}
-        out["common_target"] = {"loss": common, **at,
-                                "P2_bytes_ratio": _ratio(at["dai_swarm"]["bytes_per_peer"], at["hivemind"]["bytes_per_peer"]),
-                                "P3_time_ratio": _ratio(at["dai_swarm"]["t"], at["hivemind"]["t"])}
+        out["common_target"] = common_target(results, {"dai_swarm": "dai_swarm", "hivemind": hm_name})
         if not hm["reached_target"]:
             out["note"] = (f"hivemind.Optimizer ({hm_name}, the best of its runs) did not reach the target loss "
                            f"within its run; P2/P3 ratios are undefined. Its figures over the whole run: see "
@@ -168,18 +160,31 @@ def compare(results: dict[str, dict], target_loss: float) -> dict[str, Any]:
         out["P2_bytes_ratio_vs_diloco"] = _ratio(dai.get("bytes_per_peer_to_target"),
                                                  dl.get("bytes_per_peer_to_target"))
         out["P3_time_ratio_vs_diloco"] = _ratio(dai["time_to_target_s"], dl["time_to_target_s"])
-        common = max(dai["final_val_loss"], dl["final_val_loss"])
-        at = {}
-        for name in ("dai_swarm", DILOCO):
-            r, hit = results[name], reach(results[name]["curve"], common)
-            total = traffic_at(r.get("bytes") or [], hit["t"]) if hit else None
-            at[name] = {"t": hit and hit["t"], "bytes_per_peer": None if total is None else total / r["n_slots"]}
-        out["common_target_diloco"] = {"loss": common, **at, "P2_bytes_ratio": _ratio(
-            at["dai_swarm"]["bytes_per_peer"], at[DILOCO]["bytes_per_peer"])}
+        out["common_target_diloco"] = common_target(results, {"dai_swarm": "dai_swarm", DILOCO: DILOCO})
         if not dl["reached_target"]:
             out["note_diloco"] = (f"{DILOCO} did not reach the target loss within its run; P2 against it is "
                                   f"undefined. Its figures over the whole run: see systems[{DILOCO!r}]")
     return out
+
+
+def common_target(results: dict[str, dict], systems: dict[str, str]) -> dict | None:
+    """Bytes per peer and wall-clock of two systems (``{name: results key}``, the first dai_swarm) at
+    the loss both reached: the worse of their best evaluated losses. None when that loss is not
+    below where both started (a run that only diverged: no common loss worth comparing at)."""
+    curves = {name: [v for v in results[key]["curve"]["val_loss"] if v is not None] for name, key in systems.items()}
+    if not all(curves.values()):
+        return None
+    common = max(min(c) for c in curves.values())
+    if any(common >= c[0] for c in curves.values()):
+        return None
+    at = {}
+    for name, key in systems.items():
+        r, hit = results[key], reach(results[key]["curve"], common)
+        total = traffic_at(r.get("bytes") or [], hit["t"]) if hit else None
+        at[name] = {"t": hit and hit["t"], "bytes_per_peer": None if total is None else total / r["n_slots"]}
+    a, b = list(systems)
+    return {"loss": common, **at, "P2_bytes_ratio": _ratio(at[a]["bytes_per_peer"], at[b]["bytes_per_peer"]),
+            "P3_time_ratio": _ratio(at[a]["t"], at[b]["t"])}
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -236,8 +241,8 @@ def markdown(report: dict) -> str:
     ct = cmp.get("common_target_diloco")
     if ct:
         lines.append(f"- at the loss dai_swarm and {DILOCO} both reached ({ct['loss']:.4f}): bytes/peer dai_swarm ÷ "
-                     f"{DILOCO} {_fmt(ct['P2_bytes_ratio'])} ({_fmt(ct['dai_swarm']['t'], 3)} s vs "
-                     f"{_fmt(ct[DILOCO]['t'], 3)} s)")
+                     f"{DILOCO} {_fmt(ct['P2_bytes_ratio'])}, wall-clock {_fmt(ct['P3_time_ratio'])} "
+                     f"({_fmt(ct['dai_swarm']['t'], 3)} s vs {_fmt(ct[DILOCO]['t'], 3)} s)")
     for key in ("note", "note_diloco"):
         if cmp.get(key):
             lines.append(f"- {cmp[key]}")

@@ -166,3 +166,20 @@ def test_hivemind_samples_trained_come_from_the_workers_own_counters(tmp_path):
     assert out["systems"]["hivemind:defaults"]["final_samples_trained"] == 416
     table = markdown({"comparison": out, "systems": {"centralized": cen, "hivemind:defaults": hm}})
     assert "| hivemind:defaults | 500 (416 trained) |" in table
+
+
+def test_the_common_loss_is_the_worse_best_loss_and_a_run_that_only_diverged_has_none():
+    from benchmarks.churn_report import common_target
+
+    def run(losses, t_step=10.0, bytes_per_s=1000.0, slots=2):
+        ts = [i * t_step for i in range(len(losses))]
+        return {"curve": {"samples": [i * 100 for i in range(len(losses))], "val_loss": losses, "t": ts},
+                "bytes": [{"t": t, "traffic": t * bytes_per_s * slots} for t in ts], "n_slots": slots}
+
+    swarm = run([5.0, 3.0, 2.5, 2.4])
+    dips = run([5.0, 2.6, 2.3, 7.7])  # dipped to 2.3, then blew up: it did reach 2.4 (at 20 s)
+    ct = common_target({"dai_swarm": swarm, "other": dips}, {"dai_swarm": "dai_swarm", "other": "other"})
+    assert ct["loss"] == 2.4 and ct["dai_swarm"]["t"] == 30.0 and ct["other"]["t"] == 20.0
+    assert ct["P3_time_ratio"] == 1.5 and ct["P2_bytes_ratio"] == 1.5  # bytes grow with time here
+    diverged = run([5.0, 6.0, 9.0, 12.0])  # never below where it started: nothing to compare at
+    assert common_target({"dai_swarm": swarm, "other": diverged}, {"dai_swarm": "dai_swarm", "other": "other"}) is None
