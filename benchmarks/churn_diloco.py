@@ -93,7 +93,8 @@ def run_diloco(args: argparse.Namespace, schedule, workdir: str, net=None) -> di
                          "outer_optimizer": f"SGD lr {OUTER_LR}, momentum {OUTER_MOMENTUM}, Nesterov "
                                             "(dai_swarm's dense-codec outer step)",
                          "all_reduce": f"hivemind DecentralizedAverager, uniform weights, compression "
-                                       f"{args.diloco_compression}", "verification": "none",
+                                       f"{args.diloco_compression}; pseudo-gradient and parameters each step",
+                         "verification": "none",
                          "matchmaking_time": args.diloco_matchmaking_time,
                          "averaging_timeout": args.diloco_averaging_timeout,
                          "byzantine_slots": (f"pseudo-gradient x {GRADIENT_ATTACKS[args.attack]} ({args.attack})"

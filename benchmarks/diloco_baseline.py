@@ -22,7 +22,9 @@ samples) is served to peers through hivemind's ``load_state_from_peers`` (msgpac
 fp32), priority = epoch: a worker that joins after ``--t0``, or that finds a groupmate at a later
 epoch, downloads the most advanced peer's state (as hivemind.Optimizer does when out of sync).
 OpenDiLoCo's optimiser also averages parameters every epoch through hivemind's state averager; this
-baseline does not (fewer bytes: conservative for a bytes comparison against it).
+baseline all-reduces θ together with Δ (``--average-params``, default on), so that a partial all-reduce
+(parts that did not arrive keep a worker's own values) cannot leave the workers apart for good: without
+it, workers drifted apart and the loss diverged under emulated WAN caps. It doubles the all-reduce bytes.
 
 JSON lines in ``--log-file`` (flushed): ``start``, one ``epoch`` row per outer step (``epoch``,
 ``samples`` of the swarm, ``samples_local``, ``steps``, ``train_loss``, ``group_size``, ``averaged``,
@@ -130,6 +132,12 @@ class OuterState:
             self._to_model()
         return None
 
+    def set_params(self, tensors: Sequence[torch.Tensor]) -> None:
+        """θ = ``tensors`` (the group's averaged parameters, before the outer step)."""
+        with self.lock, torch.no_grad():
+            for p, t in zip(self.params, tensors):
+                p.copy_(t)
+
     def step(self, delta: Sequence[torch.Tensor], samples: int) -> None:
         """Outer step with θ.grad = ``delta``; the model gets θ; epoch + 1, samples + ``samples``."""
         with self.lock:
@@ -157,6 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--outer-lr", type=float, default=OUTER_LR)
     p.add_argument("--outer-momentum", type=float, default=OUTER_MOMENTUM)
     p.add_argument("--compression", choices=("none", "fp16"), default="fp16", help="all-reduce (default fp16)")
+    p.add_argument("--average-params", action=argparse.BooleanOptionalAction, default=True,
+                   help="all-reduce θ with Δ each step, so partial all-reduces cannot leave workers apart (default on)")
     p.add_argument("--matchmaking-time", type=float, default=3.0, help="seconds to gather a group (default 3)")
     p.add_argument("--averaging-timeout", type=float, default=30.0, help="give up averaging after (default 30)")
     p.add_argument("--load-state-timeout", type=float, default=30.0, help="state download limit (default 30)")
@@ -214,7 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         dht = hivemind.DHT(initial_peers=args.initial_peers, host_maddrs=args.host_maddrs, start=True)
         averager = DiLoCoAverager(  # timeouts as hivemind.Optimizer derives them from the same two settings
-            [torch.zeros_like(p) for p in state.params], dht, start=False, prefix=f"{args.run_id}_diloco",
+            [torch.zeros_like(p) for _ in range(2 if args.average_params else 1) for p in state.params], dht,
+            start=False,
+            prefix=f"{args.run_id}_diloco",
             min_matchmaking_time=args.matchmaking_time, allreduce_timeout=args.averaging_timeout,
             request_timeout=min(3.0, args.matchmaking_time / 2), next_chunk_timeout=args.matchmaking_time,
             compression=Float16Compression() if args.compression == "fp16" else NoCompression())
@@ -270,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if control is not None:
                 try:
                     with averager.get_tensors() as tensors:
-                        for buf, d in zip(tensors, delta):
+                        for buf, d in zip(tensors, [*delta, *state.params] if args.average_params else delta):
                             buf.copy_(d)
                     control.allow_allreduce()
                     gathered = control.result(timeout=args.averaging_timeout + 5.0)
@@ -283,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             size, group_samples, top_epoch = group_figures(gathered) if error is None else (1, mine, state.epoch)
             if error is None:
                 with averager.get_tensors() as tensors:
-                    delta = [buf.detach().clone() for buf in tensors]
+                    delta = [buf.detach().clone() for buf in tensors[:len(delta)]]
+                    if args.average_params:  # as OpenDiLoCo averages its state: one θ for the group again
+                        state.set_params(tensors[len(delta):])
             before = state.epoch
             state.step(delta, group_samples)  # on failure: own Δ alone, own samples alone
             averager.state_sharing_priority = state.epoch

@@ -116,5 +116,7 @@ def test_three_diloco_workers_average_and_the_observer_learns(tmp_path):
     curve = res["curve"]
     assert len(curve["val_loss"]) >= 3 and all(math.isfinite(v) for v in curve["val_loss"]), curve
     assert curve["val_loss"][-1] < curve["val_loss"][0], curve
+    # it learns, not just moves: a broken averaging (e.g. θ replaced by zeros) stalls near the start
+    assert min(curve["val_loss"][1:]) < 0.5 * curve["val_loss"][0], curve
     assert curve["samples"][-1] >= args.samples and curve["samples"] == sorted(curve["samples"]), curve
     assert res["bytes"][-1]["traffic"] > 0
