@@ -42,7 +42,7 @@ from dai_swarm.testing import alive_count, exponential_churn_schedule, founding_
 
 from . import churn_report
 from .churn_diloco import add_arguments as add_diloco_arguments
-from .churn_fleet import Fleet, LifeRecord, baseline_argv, host_maddr, log_tail, read_jsonl, run_fleet
+from .churn_fleet import Fleet, LifeRecord, baseline_argv, host_maddr, log_tail, observer_curve, read_jsonl, run_fleet
 
 KEY_RE = re.compile(r"public key ([0-9a-f]{64})")  # a peer's start-up line
 SLASH_RE = re.compile(r"base (\d+): slashed \[(.*?)\]")  # the swarm's slash event, in every peer's log
@@ -174,13 +174,8 @@ def run_hivemind(args: argparse.Namespace, schedule, workdir: str, net=None, pre
 
     limit = args.hivemind_limit_s or max(120.0, 2.0 * args.rounds * args.round_s)
     fleet, observer, done = run_fleet(workdir, schedule, t0, argv, limit, net)
-    curve = {"samples": [0], "val_loss": [args.initial_loss], "t": [0.0], "epoch": [0]}
-    for row in read_jsonl(observer.history_file):
-        if row.get("event") == "epoch" and row.get("val_loss") is not None and row["epoch"] > 0:
-            curve["samples"].append(row["epoch"] * tbs)
-            curve["val_loss"].append(row["val_loss"])
-            curve["t"].append(round(row["t"] - t0, 3))
-            curve["epoch"].append(row["epoch"])
+    curve = observer_curve(read_jsonl(observer.history_file), t0, args.initial_loss,  # hivemind's own count
+                           lambda row: row["epoch"] * tbs if row["epoch"] > 0 else None)
     curve["samples_trained"] = churn_report.trained_samples([r.history_file for r in fleet.records],
                                                             [t0 + t for t in curve["t"]])
     return {"label": f"hivemind:{preset}", "run_id": run_id, "t0": t0, "finished": done, "time_limit_s": limit,

@@ -17,7 +17,7 @@ import time
 from typing import Any, Sequence
 
 from . import churn_report
-from .churn_fleet import LifeRecord, baseline_argv, log_tail, read_jsonl, run_fleet
+from .churn_fleet import LifeRecord, baseline_argv, log_tail, observer_curve, read_jsonl, run_fleet
 
 __all__ = ["LABEL", "add_arguments", "averaging_summary", "diloco_curve", "run_diloco"]
 
@@ -36,15 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def diloco_curve(rows: Sequence[dict], t0: float, initial_loss: float) -> dict[str, list]:
     """The observer's curve from its log rows: (samples, val_loss, t since ``t0``, epoch) after each
-    outer step, from (0, ``initial_loss``, 0, 0)."""
-    curve: dict[str, list] = {"samples": [0], "val_loss": [initial_loss], "t": [0.0], "epoch": [0]}
-    for row in rows:
-        if row.get("event") == "epoch" and row.get("val_loss") is not None and isinstance(row.get("samples"), int):
-            curve["samples"].append(row["samples"])
-            curve["val_loss"].append(row["val_loss"])
-            curve["t"].append(round(row["t"] - t0, 3))
-            curve["epoch"].append(row["epoch"])
-    return curve
+    outer step, from (0, ``initial_loss``, 0, 0); samples are the swarm's count in each row."""
+    return observer_curve(rows, t0, initial_loss, lambda row: row.get("samples"))
 
 
 def averaging_summary(logs: Sequence[Sequence[dict]]) -> dict[str, Any]:

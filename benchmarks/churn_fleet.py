@@ -258,6 +258,21 @@ def read_jsonl(path: str) -> list[dict]:
     return rows
 
 
+def observer_curve(rows: Sequence[dict], t0: float, initial_loss: float,
+                   samples_of: Callable[[dict], int | None]) -> dict[str, list]:
+    """A baseline observer's curve from its log rows: (samples, val_loss, t since ``t0``, epoch) of
+    each evaluated ``epoch`` row whose ``samples_of(row)`` is an int, from (0, ``initial_loss``, 0, 0)."""
+    curve: dict[str, list] = {"samples": [0], "val_loss": [initial_loss], "t": [0.0], "epoch": [0]}
+    for row in rows:
+        n = samples_of(row) if row.get("event") == "epoch" and row.get("val_loss") is not None else None
+        if isinstance(n, int):
+            curve["samples"].append(n)
+            curve["val_loss"].append(row["val_loss"])
+            curve["t"].append(round(row["t"] - t0, 3))
+            curve["epoch"].append(row["epoch"])
+    return curve
+
+
 def run_fleet(workdir: str, schedule: Sequence[PeerLife], t0: float,
               build_argv: Callable[[LifeRecord, list[str]], list[str]], deadline_s: float,
               net=None) -> tuple[Fleet, LifeRecord, bool]:
