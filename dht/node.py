@@ -46,7 +46,10 @@ __all__ = ["DEFAULT_HOST_MADDRS", "SwarmDHT", "parse_initial_peers"]
 
 logger = get_logger(__name__)
 DEFAULT_HOST_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
-BOOTSTRAP_ATTEMPTS = 3  # a busy initial peer may miss hivemind's 3 s bootstrap ping
+#: a busy initial peer may miss hivemind's 3 s bootstrap ping: start again (after 2, 4, then 5 s
+#: pauses) while the start deadline leaves 5 s, at most this many times. Three attempts in 8 s were
+#: too few: two peers of a 3-peer swarm gave up while the suite's other worker loaded the same cores
+BOOTSTRAP_ATTEMPTS = 8
 #: start-up errors that a busy initial peer causes (tried again while the start deadline allows): a
 #: missed ping, and p2pd's own bootstrap connection (seen when the only initial peer was a loaded
 #: founder on a 2-core host running two 8-peer swarms)
@@ -132,7 +135,7 @@ class SwarmDHT:
                     raise error from e
                 logger.warning("no initial peer answered the bootstrap ping (attempt %d of %d); retrying",
                                attempt, BOOTSTRAP_ATTEMPTS)
-                time.sleep(min(2.0 * attempt, max(0.0, deadline - time.monotonic() - 5.0)))
+                time.sleep(min(2.0 * attempt, 5.0, max(0.0, deadline - time.monotonic() - 5.0)))
         self._shut = False
         self._sockets: list[str] = []
         _LIVE.add(self)

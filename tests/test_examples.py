@@ -39,7 +39,9 @@ def test_user_task_trains_in_a_three_peer_cli_swarm(tmp_path):
 
     from swarm_run import by_round, cleanup, spawn_peer, wait_all
 
-    w, t0 = str(tmp_path), float(int(time.time()) + 15)
+    # p1 and p2 start once p0 is up: 8 s after it when quiet, and later beside the suite's other
+    # worker on a slower 2-core machine (a 15 s lead left one of them training fewer than 3 rounds)
+    w, t0 = str(tmp_path), float(int(time.time()) + 25)
     common = dict(run_id=f"line-{os.getpid()}", task="examples.my_task:LineTask", t0=t0, round_s=3.0,
                   until_round=6, region="r0", max_inner_steps=20)
     peers = []
@@ -48,7 +50,7 @@ def test_user_task_trains_in_a_three_peer_cli_swarm(tmp_path):
             peers.append(spawn_peer(w, "p0", **common))
             boot = peers[0].addresses()
             peers += [spawn_peer(w, name, initial_peers=boot, **common) for name in ("p1", "p2")]
-            wait_all(peers, timeout_s=15 + 6 * 3.0 + 120)
+            wait_all(peers, timeout_s=25 + 6 * 3.0 + 120)
         finally:
             cleanup(peers)
     hist = {p.name: by_round(p.history()) for p in peers}
