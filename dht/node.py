@@ -46,9 +46,8 @@ __all__ = ["DEFAULT_HOST_MADDRS", "SwarmDHT", "parse_initial_peers"]
 
 logger = get_logger(__name__)
 DEFAULT_HOST_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
-#: a busy initial peer may miss hivemind's 3 s bootstrap ping: start again (after 2, 4, then 5 s
-#: pauses) while the start deadline leaves 5 s, at most this many times. Three attempts in 8 s were
-#: too few: two peers of a 3-peer swarm gave up while the suite's other worker loaded the same cores
+#: a busy initial peer may miss hivemind's 3 s bootstrap ping: start again (pauses 2, 4, then 5 s) while
+#: the start deadline leaves 5 s (3 tries in 8 s were too few for 3 peers on 2 loaded cores)
 BOOTSTRAP_ATTEMPTS = 8
 #: start-up errors that a busy initial peer causes (tried again while the start deadline allows): a
 #: missed ping, and p2pd's own bootstrap connection (seen when the only initial peer was a loaded
