@@ -296,14 +296,17 @@ class Coordinator(PayloadFetch, StateSync):
         if state is not None:
             outcome.state_hash = state.hash
             self._publish_state(state)
+            agreed = None  # the winning inclusion, when this peer's own tally did not settle on it
             if self.machine.must_confirm(q, cmd, self._electorate(votes), {v.voter: v.state_hash for v in votes},
                                          self.ctx.identity.public_key_hex):
                 confirmed = self._confirm_state(q, state, votes)
                 if confirmed is not state:
                     state, outcome.resynced = confirmed, True
                     outcome.state_hash = state.hash
+                    agreed = self._voted_inclusion(q, state.hash)
             if book is not None:
-                self._credit(q, book, outcome, result.inclusion if result.decided and outcome.resynced else None)
+                agreed = agreed or (result.inclusion if result.decided and outcome.resynced else None)
+                self._credit(q, book, outcome, agreed)
         for d in list(self.payloads):
             if book is not None and d in book.digests():
                 self.payloads.pop(d, None)
@@ -314,6 +317,13 @@ class Coordinator(PayloadFetch, StateSync):
                     extra={"event": "round_closed", "round": q, "state_hash": outcome.state_hash})
         for cb in self.on_round_tallied:
             cb(outcome)
+
+    def _voted_inclusion(self, q: int, state_hash: str) -> tuple | None:
+        """The inclusion that the standing-weighted votes for ``state_hash`` name, read again (a peer
+        whose tally missed them re-synced to that state afterwards); None if no such vote counts."""
+        named = [v for v in self._votes(q) if v.state_hash == state_hash]
+        res = tally(named, self.ctx.vote_weights(), run_id=self.cfg.run_id, round=q, electorate=self._electorate(named))
+        return res.inclusion if res.decided else None
 
     def _credit(self, q: int, book: RoundBook, outcome: RoundOutcome, agreed: tuple | None) -> None:
         """The round's inclusion and contributors (samples, regions) for its reward record: the book's

@@ -81,6 +81,7 @@ class MemoryDHT:
     def __init__(self):
         self.records: dict = {}
         self.hide: dict[str, set[str]] = {}  # reader -> signers whose vote records it cannot read
+        self.hide_once: dict[str, set[str]] = {}  # reader -> signers missing from its next vote read only
 
     def view(self, reader: str):
         dht = self
@@ -92,7 +93,9 @@ class MemoryDHT:
 
             def get_round_records(self, run_id, kind, round):
                 recs = dht.records.get((kind, round), {})
-                hidden = dht.hide.get(reader, set()) if kind.startswith("vote") else set()
+                hidden = dht.hide.get(reader, set()) | (dht.hide_once.pop(reader, set())
+                                                        if kind.startswith("vote") else set())
+                hidden = hidden if kind.startswith("vote") else set()
                 return [recs[s] for s in sorted(recs) if s not in hidden]
         return View()
 
@@ -193,3 +196,50 @@ def test_a_peer_that_downloaded_the_agreed_state_credits_the_agreed_contributors
     kept = RoundOutcome(9)
     c._credit(9, own, kept, None)
     assert kept.contributors == {P5: 40} and kept.inclusion == (d5,)
+
+
+def test_a_peer_whose_tally_missed_a_vote_credits_the_inclusion_of_the_state_it_re_synced_to():
+    """The export test's failure: P5 never got P3's payload, closed on its own update alone, and its
+    tally read only its own vote; confirming against the state records it re-synced to P3's state.
+    Its round record must then credit P3's voted inclusion (read again), as P3's record does, not the
+    one update of its own tally."""
+    from dai_swarm.optim.book import BookLimits, RoundBook, UpdateAnnouncement
+
+    limits = BookLimits(max_inner_steps=100, batch_size=8, max_payload_bytes=1 << 20, codecs=frozenset({"int8"}))
+    now = time.time()
+    clock = RoundClock(now - 9.6 * 4.0, 4.0, close_frac=0.3, tally_frac=0.55)
+    dht = MemoryDHT()
+    peers = {P3: ("p2p-0303", "r1", now), P5: ("p2p-0505", "r1", now)}
+    q, d3, d5 = 9, "3" * 64, "5" * 64
+    base_q1 = BaseState.make(q + 1, {"w": torch.zeros(4)}, {"w": torch.zeros(4)},
+                             {"reputation": {P3: 0.55, P5: 0.25}}, {"w": torch.zeros(4)})
+    base_q = BaseState.make(q, {"w": torch.zeros(4)}, {"w": torch.zeros(4)}, {}, {"w": torch.zeros(4)})
+    cand = {P3: _state(q + 2, 1.0), P5: _state(q + 2, 2.0)}
+    coords = {k: _coordinator(k, dht, clock, {s.hash: s for s in cand.values()}, peers) for k in (P3, P5)}
+    anns = [UpdateAnnouncement(run_id="run", round=q, base_hash=base_q.hash, peer=k, steps=5, samples=40,
+                               codec="int8", digest=d, size_bytes=100, region="r1") for k, d in ((P3, d3), (P5, d5))]
+    for key, c in coords.items():
+        c.bases.put(base_q)
+        c.bases.put(base_q1)
+        book = RoundBook("run", q, base_q.hash, limits=limits)
+        book.offer_many(anns)
+        book.close()
+        for d in (d3, d5) if key == P3 else (d5,):  # P3's payload never reached P5
+            book.mark_fetched(d, True)
+        c.books[q] = book
+        c._candidates[q] = cand[key]
+        dht.view(key).publish_round_record("run", "vote.r1", q, {"inclusion": list(book.inclusion()),
+                                                                 "state_hash": cand[key].hash})
+        c._publish_state(cand[key])
+    dht.hide_once = {P5: {P3}}  # P5's tally reads only its own vote
+    for key in (P3, P5):
+        coords[key].tally_round(q)
+    out3, out5 = coords[P3].outcomes[q], coords[P5].outcomes[q]
+    assert out5.resynced and out5.state_hash == out3.state_hash == cand[P3].hash
+    assert out3.inclusion == out5.inclusion == (d3, d5)
+    assert out3.contributors == out5.contributors == {P3: 40, P5: 40}
+    # votes from keys without standing never name the inclusion: a stranger's vote for P3's state
+    dht.records[("vote.r1", q)]["07" * 32] = SimpleNamespace(signer="07" * 32, body={
+        "inclusion": [d5], "state_hash": cand[P3].hash})
+    dht.records[("vote.r1", q)].pop(P3)
+    assert coords[P5]._voted_inclusion(q, cand[P3].hash) is None
