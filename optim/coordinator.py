@@ -305,7 +305,8 @@ class Coordinator(PayloadFetch, StateSync):
                     outcome.state_hash = state.hash
                     agreed = self._voted_inclusion(q, state.hash)
             if book is not None:
-                agreed = agreed or (result.inclusion if result.decided and outcome.resynced else None)
+                if agreed is None and result.decided and outcome.resynced:  # (an empty inclusion counts too)
+                    agreed = result.inclusion
                 self._credit(q, book, outcome, agreed)
         for d in list(self.payloads):
             if book is not None and d in book.digests():
