@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 import torch
 
+from dai_swarm.optim.book import BookLimits
 from dai_swarm.optim.clock import RoundClock
 from dai_swarm.optim.coordinator import Coordinator, NullVerifier
 from dai_swarm.optim.exchange import PayloadStore
@@ -33,6 +34,7 @@ from fakes import run_config
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 P3, P5, P6 = "03" * 32, "05" * 32, "06" * 32
+LIMITS = BookLimits(max_inner_steps=100, batch_size=8, max_payload_bytes=1 << 20, codecs=frozenset({"int8"}))
 
 
 # ------------------------------------------------------------------------------ the pure rule
@@ -93,9 +95,9 @@ class MemoryDHT:
 
             def get_round_records(self, run_id, kind, round):
                 recs = dht.records.get((kind, round), {})
-                hidden = dht.hide.get(reader, set()) | (dht.hide_once.pop(reader, set())
-                                                        if kind.startswith("vote") else set())
-                hidden = hidden if kind.startswith("vote") else set()
+                if not kind.startswith("vote"):
+                    return [recs[s] for s in sorted(recs)]
+                hidden = dht.hide.get(reader, set()) | dht.hide_once.pop(reader, set())
                 return [recs[s] for s in sorted(recs) if s not in hidden]
         return View()
 
@@ -163,10 +165,9 @@ def test_a_peer_that_downloaded_the_agreed_state_credits_the_agreed_contributors
     """A minority peer whose book missed one update's payload (and another's announcement) and
     that downloaded the majority's state must write the round record its mates write: the
     contributors of the *agreed* inclusion, not its own (partial) one, nor none."""
-    from dai_swarm.optim.book import BookLimits, RoundBook, UpdateAnnouncement
+    from dai_swarm.optim.book import RoundBook, UpdateAnnouncement
     from dai_swarm.optim.coordinator import RoundOutcome
 
-    LIMITS = BookLimits(max_inner_steps=100, batch_size=8, max_payload_bytes=1 << 20, codecs=frozenset({"int8"}))
 
     now = time.time()
     clock = RoundClock(now - 9.6 * 4.0, 4.0, close_frac=0.3, tally_frac=0.55)
@@ -203,9 +204,8 @@ def test_a_peer_whose_tally_missed_a_vote_credits_the_inclusion_of_the_state_it_
     tally read only its own vote; confirming against the state records it re-synced to P3's state.
     Its round record must then credit P3's voted inclusion (read again), as P3's record does, not the
     one update of its own tally."""
-    from dai_swarm.optim.book import BookLimits, RoundBook, UpdateAnnouncement
+    from dai_swarm.optim.book import RoundBook, UpdateAnnouncement
 
-    limits = BookLimits(max_inner_steps=100, batch_size=8, max_payload_bytes=1 << 20, codecs=frozenset({"int8"}))
     now = time.time()
     clock = RoundClock(now - 9.6 * 4.0, 4.0, close_frac=0.3, tally_frac=0.55)
     dht = MemoryDHT()
@@ -221,7 +221,7 @@ def test_a_peer_whose_tally_missed_a_vote_credits_the_inclusion_of_the_state_it_
     for key, c in coords.items():
         c.bases.put(base_q)
         c.bases.put(base_q1)
-        book = RoundBook("run", q, base_q.hash, limits=limits)
+        book = RoundBook("run", q, base_q.hash, limits=LIMITS)
         book.offer_many(anns)
         book.close()
         for d in (d3, d5) if key == P3 else (d5,):  # P3's payload never reached P5
