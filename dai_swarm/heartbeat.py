@@ -12,7 +12,7 @@ from ._version import __version__
 from .dht.records import PeerRecord
 from .logging import get_logger
 
-__all__ = ["heartbeat_loop", "refresh_peers"]
+__all__ = ["heartbeat_loop", "heartbeat_period", "refresh_peers"]
 
 logger = get_logger("dai_swarm.runtime")
 
@@ -40,10 +40,15 @@ def refresh_peers(rt: Any) -> None:
         logger.debug("peer list refresh failed: %s", e)
 
 
+def heartbeat_period(round_s: float) -> float:
+    """Seconds between two publications of a peer's record for the manifest's round length."""
+    return max(1.0, min(5.0, round_s / 2))
+
+
 def heartbeat_loop(rt: Any) -> None:
     """Until ``rt._stop`` is set: publish this peer's record every min(5, T/2) s (TTL three periods),
     then refresh the peer list."""
-    period = max(1.0, min(5.0, rt.manifest.round_s / 2))
+    period = heartbeat_period(rt.manifest.round_s)
     while not rt._stop.is_set():
         try:
             m = rt.metrics()

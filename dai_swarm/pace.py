@@ -49,6 +49,22 @@ class Pace:
         the joiner asks for; the state it then downloads carries the schedule that holds."""
         if self.rule is None or self.adopted is not None:
             return None
+        got = self._reported(records, anchors)
+        return self._adopt(got) if got is not None else None
+
+    def newer_from_peers(self, records: Iterable[tuple[str, Any]], anchors: frozenset[str]) -> RoundClock | None:
+        """A peer that fell behind while the schedule changed finds no donor on its old clock: take
+        the schedule the live peer records report (weighted as in :meth:`from_peers`) if it starts
+        later than the one held. Like a joiner's guess it only decides which rounds to ask for."""
+        if self.rule is None:
+            return None
+        got = self._reported(records, anchors)
+        if got is None or (self.adopted is not None and got.since <= self.adopted.since):
+            return None
+        return self._adopt(got)
+
+    def _reported(self, records: Iterable[tuple[str, Any]], anchors: frozenset[str]) -> Schedule | None:
+        assert self.rule is not None
         seen: dict[str, tuple[int, Schedule]] = {}
         for key, raw in records:
             try:
@@ -62,7 +78,7 @@ class Pace:
             seen[tag] = (n + (1_000_000 if key in anchors else 1), got)
         if not seen:
             return None
-        return self._adopt(max(seen.values(), key=lambda v: (v[0], v[1].since))[1])
+        return max(seen.values(), key=lambda v: (v[0], v[1].since))[1]
 
     def _adopt(self, got: Schedule) -> RoundClock | None:
         self.adopted = got

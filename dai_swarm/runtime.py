@@ -29,7 +29,7 @@ from .optim.schedule import ScheduleRule
 from .optim.states import BaseState, BaseStore
 from .optim.strategy import HONEST
 from .rewards import RewardLog
-from .heartbeat import heartbeat_loop, refresh_peers
+from .heartbeat import heartbeat_loop, heartbeat_period, refresh_peers
 from .lateness import Lateness
 from .pace import Pace
 from .roundlog import RoundRewards
@@ -304,8 +304,17 @@ class RoundRuntime:
         If no donor offers any state for two rounds (everyone else left), carry on alone from the
         newest base held; the majority-hash check re-syncs this peer if others turn up later.
         """
-        give_up = time.time() + 2 * self.clock.round_s
+        patience = max(2 * self.clock.round_s, 2 * heartbeat_period(self.manifest.round_s))  # peer records lag
+        give_up, rescheduled = time.time() + patience, 0
         while not self._stop.is_set():
+            if time.time() > give_up and rescheduled < 3:  # the others may be on a newer schedule
+                refresh_peers(self)
+                clock = self.pace.newer_from_peers(self.peer_schedules.items(), self.anchor_keys)
+                if clock is not None:
+                    self._use_clock(clock)
+                    give_up, rescheduled = time.time() + max(patience, 2 * self.clock.round_s), rescheduled + 1
+                    wanted = max(self.round + 1, self.clock.round_at(time.time()))  # on the new clock
+                    continue
             if time.time() > give_up:
                 latest = self.bases.latest() or self.genesis or self.like
                 current = max(wanted, self.clock.round_at(time.time()))

@@ -139,6 +139,26 @@ def test_pace_follows_the_newest_base_and_a_joiner_trusts_its_anchors():
     assert Pace(clock, None).follow(newer, 2) is None  # fixed rounds
 
 
+def test_a_peer_left_behind_by_a_schedule_change_takes_only_a_newer_schedule_from_peer_records():
+    clock = RoundClock(T0, 6.0)
+    rule = ScheduleRule(clock, 6.0, 48.0)
+    first = rule.settle({}, {}, 0, [(1.0, 12.0)])
+    second = rule.settle(first, {}, 5, [(1.0, 30.0)])
+    assert schedule_of(second).since > schedule_of(first).since
+    laggard = Pace(clock, rule)
+    assert laggard.newer_from_peers([], frozenset()) is None  # nobody reports a schedule: keep the clock
+    assert laggard.follow(first, 2) is not None
+    held = laggard.clock
+    # the schedule it holds, or an older one, changes nothing whatever the number of keys reporting it
+    assert laggard.newer_from_peers([(k * 64, first["schedule"]) for k in "abcde"], frozenset()) is None
+    assert laggard.newer_from_peers([(k * 64, {"since": "x"}) for k in "abc"], frozenset()) is None
+    got = laggard.newer_from_peers([("a" * 64, first["schedule"]), ("f" * 64, second["schedule"])],
+                                   anchors=frozenset({"f" * 64}))
+    assert got is not None and got is laggard.clock and got.length(20) == schedule_of(second).round_s
+    assert got.start(3) == held.start(3)  # rounds before the change keep their times
+    assert Pace(clock, None).newer_from_peers([("f" * 64, second["schedule"])], frozenset({"f" * 64})) is None
+
+
 def _ann(peer: str, need: float | None, **kw) -> UpdateAnnouncement:
     return UpdateAnnouncement(run_id="run", round=4, base_hash="a" * 64, peer=peer, steps=2, samples=8, codec="none",
                               digest=peer[:2] * 32, size_bytes=100, need_s=need, **kw)
