@@ -18,7 +18,7 @@ Usage::
 
     python -m benchmarks.bytes                      # n = 4, 8; int8 and sparse; ~10 minutes
     python -m benchmarks.bytes --peers 4 8 16       # the issue's curve (16 peers: ~9 GB RAM)
-    python -m benchmarks.bytes --quick              # CI smoke: n = 3, 5 rounds, both codecs
+    python -m benchmarks.bytes --quick              # CI smoke: n = 3, 4 rounds of 4 s, both codecs
 
 Writes ``bytes.json``, ``bytes.md`` and ``bytes.png`` to ``--out``.
 """
@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=14, help="rounds per run (default 14)")
     p.add_argument("--round-s", type=float, default=6.0, help="round length (default 6 s)")
     p.add_argument("--max-inner-steps", type=int, default=8, help="inner steps per round (default 8)")
-    p.add_argument("--quick", action="store_true", help="CI smoke: n = 3, 5 rounds of 4 s")
+    p.add_argument("--quick", action="store_true", help="CI smoke: n = 3, 4 rounds of 4 s")
     p.add_argument("--out", default="out/bytes", help="output folder (default out/bytes)")
     return p
 
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns 0, or 1 when ``--quick`` sanity checks fail."""
     args = _parser().parse_args(argv)
     if args.quick:
-        args.peers, args.rounds, args.round_s, args.max_inner_steps = [3], 6, 4.0, 6
+        args.peers, args.rounds, args.round_s, args.max_inner_steps = [3], 4, 4.0, 6
     from dai_swarm.tasks import load_task
 
     from .churn import run_swarm

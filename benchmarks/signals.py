@@ -1,7 +1,7 @@
 """Shutdown benchmark: signals at random moments to the peers of a busy swarm; every exit timed.
 
     python -m benchmarks.signals                   # 100 signals, 4 peers (about 20 minutes on 2 cores)
-    python -m benchmarks.signals --quick           # 10 signals, 3 peers (the integration test)
+    python -m benchmarks.signals --quick           # 6 signals (each way once), 3 peers (the integration test)
 
 An anchor peer creates the run and trains throughout. Each other peer slot loops: start a fresh
 ``dai-swarm peer`` process (its own session, so its PGID is its pid, as under a service manager),
@@ -293,12 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-delay-s", type=float, default=20.0, help="longest wait from start to signal (default 20)")
     p.add_argument("--limit-s", type=float, default=10.0, help="an exit must take at most this long (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed of delays (default 0)")
-    p.add_argument("--quick", action="store_true", help="10 signals, 3 peers, regression task")
+    p.add_argument("--quick", action="store_true", help="6 signals (each way once), 3 peers, regression task")
     p.add_argument("--out", default=os.path.join(REPO, "docs", "results", "signals"),
                    help="directory for signals.json and signals.md")
     args = p.parse_args(argv)
     if args.quick:
-        args.signals, args.peers, args.task, args.max_delay_s = min(args.signals, 10), 3, "regression", 12.0
+        args.signals, args.peers, args.task, args.max_delay_s = min(args.signals, len(MODES)), 3, "regression", 12.0
     report = run(args)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "signals.json"), "w") as f:

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.bytes import main
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]  # real peer processes: not beside a swarm
+pytestmark = pytest.mark.integration
 
 
 def test_quick_run_measures_both_codecs(tmp_path):

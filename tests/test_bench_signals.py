@@ -34,7 +34,7 @@ def test_a_signal_during_start_up_unwinds_it():
 @pytest.mark.integration
 @pytest.mark.timeout(420)
 def test_quick_signal_campaign_exits_in_time_and_leaves_nothing(tmp_path):
-    """10 signals at random moments. Every exit after start-up is within 10 s and nothing is left
+    """6 signals at random moments, each way of signalling once. Every exit after start-up is within 10 s and nothing is left
     behind. Known gap (open): a signal during start-up, before the peer has printed anything, can
     still leave it hanging until the campaign kills it (1 of 101 in the full run, 1 of 11 in a
     loaded CI run); those exits are reported, not asserted in time, and must leave nothing behind."""
@@ -42,7 +42,7 @@ def test_quick_signal_campaign_exits_in_time_and_leaves_nothing(tmp_path):
                        capture_output=True, text=True, timeout=400)
     assert (tmp_path / "signals.json").exists(), r.stdout[-4000:] + r.stderr[-3000:]
     report = json.loads((tmp_path / "signals.json").read_text())
-    assert report["signals"] == 10 and report["exits"] == 11
+    assert report["signals"] == 6 and report["exits"] == 7
     late = [x for x in report["results"] if not x["in_time"]]
     print("late exits:", late)
     assert all(x["phase"] == "start-up" for x in late), late
