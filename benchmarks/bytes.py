@@ -18,7 +18,7 @@ Usage::
 
     python -m benchmarks.bytes                      # n = 4, 8; int8 and sparse; ~10 minutes
     python -m benchmarks.bytes --peers 4 8 16       # the issue's curve (16 peers: ~9 GB RAM)
-    python -m benchmarks.bytes --quick              # CI smoke: n = 3, 4 rounds of 4 s, both codecs
+    python -m benchmarks.bytes --quick              # CI smoke: n = 3, 6 rounds of 4 s, both codecs
 
 Writes ``bytes.json``, ``bytes.md`` and ``bytes.png`` to ``--out``.
 """
@@ -106,12 +106,16 @@ def measure(res: dict, workdir: str, args: argparse.Namespace, n: int) -> dict:
         points = [(h["time"], _payload(h["traffic"])) for h in hist if h.get("traffic") and h.get("time")]
         if points:
             payloads.append((_at(points, tb) - _at(points, ta)) / rounds)
-    payload = sum(payloads) / len(payloads) if payloads else float("nan")
     curve = res["curve"]
+    if not payloads:  # no peer recorded a round (it never got going): nothing to divide, said so
+        print(f"  no peer history with traffic in {workdir}: payload and control not measured", flush=True)
+    payload = sum(payloads) / len(payloads) if payloads else None
     return {"peers": n, "rounds": args.rounds, "round_s": round_s, "max_inner_steps": args.max_inner_steps,
-            "rounds_measured": rounds, "total_per_round": round(total), "payload_per_round": round(payload),
-            "control_per_round": round(total - payload), "control_over_payload": (total - payload) / payload
-            if payload else None, "final_val_loss": curve["val_loss"][-1], "final_samples": curve["samples"][-1],
+            "rounds_measured": rounds, "total_per_round": round(total),
+            "payload_per_round": round(payload) if payload is not None else None,
+            "control_per_round": round(total - payload) if payload is not None else None,
+            "control_over_payload": (total - payload) / payload if payload else None,
+            "final_val_loss": curve["val_loss"][-1], "final_samples": curve["samples"][-1],
             "val_loss_along": [_along(curve["val_loss"], f) for f in (0.25, 0.5, 0.75, 1.0)],
             "stalls": res["stalls"], "false_slashes": res["false_slashes"], "finished": res["finished"]}
 
@@ -125,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=14, help="rounds per run (default 14)")
     p.add_argument("--round-s", type=float, default=6.0, help="round length (default 6 s)")
     p.add_argument("--max-inner-steps", type=int, default=8, help="inner steps per round (default 8)")
-    p.add_argument("--quick", action="store_true", help="CI smoke: n = 3, 4 rounds of 4 s")
+    p.add_argument("--quick", action="store_true", help="CI smoke: n = 3, 6 rounds of 4 s")
     p.add_argument("--out", default="out/bytes", help="output folder (default out/bytes)")
     return p
 
@@ -145,13 +149,18 @@ def _report(doc: dict) -> str:
         ratio = "-" if r["control_over_payload"] is None else f"{r['control_over_payload']:.2f}"
         how = (f"{r.get('rounds', doc['rounds'])} × {r.get('round_s', doc['round_s'])}, "
                f"{r.get('max_inner_steps', doc['max_inner_steps'])}")
-        lines.append(f"| {r['codec']} | {r['peers']} | {how} | {r['total_per_round']:,} | {r['payload_per_round']:,} | "
-                     f"{r['control_per_round']:,} | {ratio} | {r['total_per_round'] / dense:.2f} | "
+        lines.append(f"| {r['codec']} | {r['peers']} | {how} | {r['total_per_round']:,} | {_count(r['payload_per_round'])} | "
+                     f"{_count(r['control_per_round'])} | {ratio} | {r['total_per_round'] / dense:.2f} | "
                      f"{r['final_val_loss']:.4f} | {r['final_samples']:,} | {r['stalls']['empty_rounds']} / "
                      f"{r['stalls']['disagreed_rounds']} of {r['stalls']['rounds']} |")
     lines += ["", "A run with empty or disagreed rounds was overloaded (its peers missed rounds and re-synced whole "
               "states): its figures are not a steady state."]
     return "\n".join(lines) + "\n"
+
+
+def _count(v: int | None) -> str:
+    """A byte count for the table, "-" where it was not measured."""
+    return "-" if v is None else f"{v:,}"
 
 
 def _plot(doc: dict, path: str) -> None:
@@ -163,7 +172,7 @@ def _plot(doc: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     dense = next(iter(doc["update"].values()))["dense_fp32_bytes"]
     for codec in doc["codecs"]:
-        runs = [r for r in doc["runs"] if r["codec"] == codec]
+        runs = [r for r in doc["runs"] if r["codec"] == codec and r["payload_per_round"] is not None]
         ns = [r["peers"] for r in runs]
         ax.plot(ns, [r["total_per_round"] / dense for r in runs], "o-", label=f"{codec}: total (p2pd)")
         ax.plot(ns, [r["payload_per_round"] / dense for r in runs], "s--", label=f"{codec}: payload")
@@ -192,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns 0, or 1 when ``--quick`` sanity checks fail."""
     args = _parser().parse_args(argv)
     if args.quick:
-        args.peers, args.rounds, args.round_s, args.max_inner_steps = [3], 4, 4.0, 6
+        args.peers, args.rounds, args.round_s, args.max_inner_steps = [3], 6, 4.0, 6
     from dai_swarm.tasks import load_task
 
     from .churn import run_swarm
@@ -215,15 +224,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{codec}, {n} peers: {args.rounds} rounds of {args.round_s} s ...", flush=True)
             res = run_swarm(ns, [PeerLife(slot=i, start_s=0.0) for i in range(n)], f"bytes-{codec}-{n}", workdir)
             row = {"codec": codec, **measure(res, workdir, ns, n), "wall_s": round(time.time() - t, 1)}
-            print(f"  total {row['total_per_round']:,} B/peer/round, payload {row['payload_per_round']:,}, "
-                  f"control {row['control_per_round']:,}; val loss {row['final_val_loss']:.4f}", flush=True)
+            print(f"  total {row['total_per_round']:,} B/peer/round, payload {_count(row['payload_per_round'])}, "
+                  f"control {_count(row['control_per_round'])}; val loss {row['final_val_loss']:.4f}", flush=True)
             doc["runs"].append(row)
     with open(os.path.join(args.out, "bytes.json"), "w") as f:
         json.dump(doc, f, indent=1)
     render(os.path.join(args.out, "bytes.json"))
     print(_report(doc))
     if args.quick:
-        ok = all(r["finished"] and math.isfinite(r["final_val_loss"]) and r["payload_per_round"] > 0
+        ok = all(r["finished"] and math.isfinite(r["final_val_loss"]) and (r["payload_per_round"] or 0) > 0
                  and r["false_slashes"] == 0 for r in doc["runs"])
         ok = ok and doc["update"].get("sparse", {"bytes": 0})["bytes"] < doc["update"].get("int8", {"bytes": 1})["bytes"]
         return 0 if ok else 1

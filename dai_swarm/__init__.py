@@ -61,10 +61,26 @@ from .errors import (
     VerificationFailed,
     WrongBase,
 )
-from .identity import Identity
-from .optim.optimizer import SwarmOptimizer
-from .swarm import Swarm
-from .tasks import Task, load_task
+#: public names that need torch or hivemind, imported on first use (PEP 562): ``dai-swarm ledger``,
+#: ``--help`` and the error types start without the ~2.3 s that importing torch and hivemind takes
+_LAZY = {"Identity": ".identity", "SwarmOptimizer": ".optim.optimizer", "Swarm": ".swarm", "Task": ".tasks",
+         "load_task": ".tasks"}
+
+
+def __getattr__(name: str):
+    """Import a public name of :data:`_LAZY` when it is first used."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """Module attributes, the lazy public names included."""
+    return sorted(set(globals()) | set(_LAZY))
 
 #: sub-commands that start a hivemind DHT (and with it torch's shared-memory manager)
 _DHT_COMMANDS = ("peer", "bootstrap", "export", "status", "demo")
@@ -87,6 +103,11 @@ def _start_shared_memory_manager() -> None:
 
 if _launched_as_cli() and _sys.argv[1:2] and _sys.argv[1] in _DHT_COMMANDS and not (
         {"-h", "--help"} & set(_sys.argv[2:])):
+    # torch and hivemind first, while a signal still ends the process at once (a KeyboardInterrupt
+    # inside a library's import could be swallowed by its ``except:``); hivemind's import also sets
+    # the ``file_system`` sharing strategy under which the manager below exists
+    from .swarm import Swarm  # noqa: E402,F401
+
     _start_shared_memory_manager()
 
 __all__ = [

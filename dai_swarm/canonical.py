@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are hashed: the JSON helpers stay light
+    import torch
 
 __all__ = ["canonical_json", "sha256_hex", "state_hash", "tensor_bytes"]
 
@@ -41,6 +42,8 @@ def sha256_hex(data: bytes) -> str:
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
     """Raw little-endian bytes of a tensor in C order, whatever its device or strides."""
+    import torch
+
     t = t.detach().to("cpu").contiguous()
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().tobytes()

@@ -11,11 +11,8 @@ import argparse
 import sys
 
 from .dht.address_file import write_address_file
-from .dht.node import SwarmDHT
-from .dht.reach import p2p_options
 from .errors import NetworkError
 from .exit_guard import ExitGuard
-from .identity import Identity
 from .logging import get_logger, setup_logging
 
 __all__ = ["add_parser", "run"]
@@ -59,6 +56,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Start the node, print the --initial-peers line, serve until SIGINT/SIGTERM."""
+    from .dht.node import SwarmDHT  # hivemind: only for the commands that start a node
+    from .dht.reach import p2p_options
+    from .identity import Identity
+
     setup_logging()
     guard = ExitGuard().install()
     stop = guard.stop

@@ -12,7 +12,7 @@ from .dht.address_file import write_atomic
 from .display import megabytes, num
 from .exit_guard import FLUSH_TIMEOUT_S, ExitGuard
 from .logging import get_logger, setup_logging
-from .verification.spotcheck import DEFAULT_CHECKS_PER_UPDATE
+from .verification.check_rate import DEFAULT_CHECKS_PER_UPDATE
 
 logger = get_logger(__name__)
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import TYPE_CHECKING
 
 from .dht.manifest import PIN_HEX, check_pin
-from .dht.node import SwarmDHT
 from .dht.records import validate_name
-from .identity import Identity
+
+if TYPE_CHECKING:
+    from .dht.node import SwarmDHT
 
 __all__ = ["add_parser", "collect_status", "run"]
 
@@ -50,7 +52,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def collect_status(dht: SwarmDHT, run_id: str, manifest_hash: str | None = None) -> dict:
+def collect_status(dht: "SwarmDHT", run_id: str, manifest_hash: str | None = None) -> dict:
     """The status document of ``run_id`` as seen from ``dht`` (see the module docstring); with
     ``manifest_hash``, :class:`~dai_swarm.errors.ManifestPinMismatch` if the run's manifest differs."""
     validate_name(run_id, "run id")
@@ -100,6 +102,9 @@ def _render(doc: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Join as a DHT client, print the status of ``--run-id``."""
+    from .dht.node import SwarmDHT  # hivemind: only once the command runs
+    from .identity import Identity
+
     validate_name(args.run_id, "run id")
     check_pin(args.manifest)
     with SwarmDHT(Identity.generate(), initial_peers=args.initial_peers, client_mode=True,

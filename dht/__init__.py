@@ -5,13 +5,28 @@
 :mod:`.regions`; :class:`PeerAnnouncer` keeps a peer listed.
 """
 
-from .announce import PeerAnnouncer
-from .envelope import MAX_RECORD_BYTES, SignedRecord, open_envelope, seal
-from .node import SwarmDHT
-from .startup import parse_initial_peers
-from .records import PeerRecord, RegionMembership, RoundRecord, RunManifest
-from .regions import RegionChoice, choose_region
-from .validator import SwarmRecordValidator
+#: where each public name lives; imported on first use (PEP 562), so that a light module of this
+#: package (address files, records) does not pull hivemind in with it
+_HOME = {"PeerAnnouncer": ".announce", "MAX_RECORD_BYTES": ".envelope", "SignedRecord": ".envelope",
+         "open_envelope": ".envelope", "seal": ".envelope", "SwarmDHT": ".node", "parse_initial_peers": ".startup",
+         "PeerRecord": ".records", "RegionMembership": ".records", "RoundRecord": ".records", "RunManifest": ".records",
+         "RegionChoice": ".regions", "choose_region": ".regions", "SwarmRecordValidator": ".validator"}
+
+
+def __getattr__(name: str):
+    """Import a public name of this package when it is first used."""
+    if name in _HOME:
+        import importlib
+
+        value = getattr(importlib.import_module(_HOME[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """Module attributes, the lazy public names included."""
+    return sorted(set(globals()) | set(_HOME))
 
 __all__ = [
     "MAX_RECORD_BYTES",

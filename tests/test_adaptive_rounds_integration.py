@@ -14,7 +14,7 @@ import pytest
 from dai_swarm.testing import founding_peers
 from swarm_run import by_round, cleanup, spawn_peer, wait_all
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]  # CPU-bound: never beside a big swarm
 
 ROUND_S, UNTIL = 0.5, 32  # 32 rounds (~60 s once they grew): a joiner on a loaded machine needs 10-20 s to start
 

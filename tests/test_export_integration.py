@@ -187,7 +187,6 @@ def test_export_verify_and_resume(tmp_path):
           f"= exported state {prov.state_hash[:12]}")
 
 
-@pytest.mark.xdist_group("resume_live")  # two regression peers: may run beside a big swarm (closest mark wins)
 def test_resume_while_the_run_is_live_joins_it(tmp_path):
     """A peer started with --resume while peers of the run are live joins the run (no new generation)
     and ends on the same state hashes as the live peer; an export of another run is refused."""

@@ -77,3 +77,28 @@ def test_modules_stay_under_the_size_guide():
             if n > MAX_LINES:
                 big[os.path.relpath(path, REPO)] = n
     assert not big, f"modules over {MAX_LINES} lines: {big}"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["ledger", "--help"], ["peer", "--help"], ["task", "--help"]])
+def test_the_command_line_answers_help_and_ledger_without_torch_or_hivemind(argv):
+    """``dai-swarm --help`` and the reward-log commands load neither torch nor hivemind (~2.3 s):
+    the public names that need them are imported on first use."""
+    import subprocess
+    import sys
+
+    probe = ("import runpy, sys; sys.argv = ['dai-swarm', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('dai_swarm', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print('LOADED', sorted(m for m in ('torch', 'hivemind') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert "LOADED []" in out.stdout, (out.stdout[-800:], out.stderr[-2000:])
+
+
+def test_the_lazy_public_names_resolve_to_the_real_objects():
+    import dai_swarm
+    from dai_swarm.optim.optimizer import SwarmOptimizer
+    from dai_swarm.swarm import Swarm
+
+    assert dai_swarm.Swarm is Swarm and dai_swarm.SwarmOptimizer is SwarmOptimizer
+    assert set(dai_swarm.__all__) <= set(dir(dai_swarm))
+    with pytest.raises(AttributeError):
+        dai_swarm.NoSuchName  # noqa: B018

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 from test_attacks_processes import SLASH_BOUND, check_honest, report, run_swarm
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]
 
 
 def test_sparse_run_trains_verifies_and_slashes_a_forged_feedback_buffer(tmp_path):

@@ -29,6 +29,7 @@ from hivemind.p2p import PeerID
 from dai_swarm.canonical import sha256_hex, state_hash
 from dai_swarm.errors import SwarmError, Unprovable
 from dai_swarm.optim.exchange import fetch_payload
+from dai_swarm.verification.check_rate import DEFAULT_CHECKS_PER_UPDATE, check_probability, detection_per_round
 from dai_swarm.logging import get_logger
 from dai_swarm.optim import codecs
 
@@ -46,27 +47,6 @@ events = get_logger("dai_swarm.events")
 #: at most this many own checks and this many re-checks of others' fails per round and peer: a
 #: flood of announced updates (fresh keys) cannot make a verifier spend its round recomputing
 MAX_CHECKS_PER_ROUND = MAX_RECHECKS_PER_ROUND = 8
-#: expected independent recomputations of each update per round (c): a peer spends about c x one
-#: update's training on checks, flat in the swarm size; a cheater whose every update a check fails is
-#: caught in a round with probability >= 1 - e^-c (22.1% at 0.25) and within 20 rounds with
-#: >= 1 - e^-20c = 99.3% (docs/design.md "Verification cost")
-DEFAULT_CHECKS_PER_UPDATE = 0.25
-
-
-def check_probability(checks_per_update: float, authors: int) -> float:
-    """Probability with which one peer checks each update of a round with ``authors`` distinct
-    authors: ``min(1, c / (authors - 1))``, so that the ``authors - 1`` other peers together check
-    each update ``c`` times in expectation."""
-    return min(1.0, float(checks_per_update) / max(1, int(authors) - 1))
-
-
-def detection_per_round(checks_per_update: float, peers: int) -> float:
-    """Chance that at least one of the ``peers - 1`` others checks a given update in a round (each
-    with :func:`check_probability`): ``1 - (1 - p)^(peers - 1)``; a check of a cheating update fails."""
-    p = check_probability(checks_per_update, peers)
-    return 1.0 - (1.0 - p) ** max(1, int(peers) - 1)
-
-
 class SpotChecker:
     """Spot checks, verdicts and reputation for one peer (see the module docstring).
 
