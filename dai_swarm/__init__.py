@@ -26,6 +26,7 @@ if _launched_as_cli():
     _faulthandler.register(_signal.SIGUSR1, all_threads=True)
 
 from ._version import __version__  # noqa: E402
+from .lazy_names import lazy_names  # noqa: E402
 from .errors import (
     BootstrapError,
     CodecError,
@@ -67,20 +68,7 @@ _LAZY = {"Identity": ".identity", "SwarmOptimizer": ".optim.optimizer", "Swarm":
          "load_task": ".tasks"}
 
 
-def __getattr__(name: str):
-    """Import a public name of :data:`_LAZY` when it is first used."""
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    """Module attributes, the lazy public names included."""
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
 #: sub-commands that start a hivemind DHT (and with it torch's shared-memory manager)
 _DHT_COMMANDS = ("peer", "bootstrap", "export", "status", "demo")

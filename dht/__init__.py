@@ -5,6 +5,8 @@
 :mod:`.regions`; :class:`PeerAnnouncer` keeps a peer listed.
 """
 
+from ..lazy_names import lazy_names
+
 #: where each public name lives; imported on first use (PEP 562), so that a light module of this
 #: package (address files, records) does not pull hivemind in with it
 _HOME = {"PeerAnnouncer": ".announce", "MAX_RECORD_BYTES": ".envelope", "SignedRecord": ".envelope",
@@ -13,20 +15,7 @@ _HOME = {"PeerAnnouncer": ".announce", "MAX_RECORD_BYTES": ".envelope", "SignedR
          "RegionChoice": ".regions", "choose_region": ".regions", "SwarmRecordValidator": ".validator"}
 
 
-def __getattr__(name: str):
-    """Import a public name of this package when it is first used."""
-    if name in _HOME:
-        import importlib
-
-        value = getattr(importlib.import_module(_HOME[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    """Module attributes, the lazy public names included."""
-    return sorted(set(globals()) | set(_HOME))
+__getattr__, __dir__ = lazy_names(__name__, _HOME, globals())
 
 __all__ = [
     "MAX_RECORD_BYTES",
