@@ -26,7 +26,7 @@ if _launched_as_cli():
     _faulthandler.register(_signal.SIGUSR1, all_threads=True)
 
 from ._version import __version__  # noqa: E402
-from .lazy_names import lazy_names  # noqa: E402
+from .lazy_names import lazy_names as _lazy_names  # noqa: E402
 from .errors import (
     BootstrapError,
     CodecError,
@@ -68,7 +68,7 @@ _LAZY = {"Identity": ".identity", "SwarmOptimizer": ".optim.optimizer", "Swarm":
          "load_task": ".tasks"}
 
 
-__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
+__getattr__, __dir__ = _lazy_names(__name__, _LAZY, globals())
 
 #: sub-commands that start a hivemind DHT (and with it torch's shared-memory manager)
 _DHT_COMMANDS = ("peer", "bootstrap", "export", "status", "demo")

@@ -5,7 +5,7 @@
 :mod:`.regions`; :class:`PeerAnnouncer` keeps a peer listed.
 """
 
-from ..lazy_names import lazy_names
+from ..lazy_names import lazy_names as _lazy_names
 
 #: where each public name lives; imported on first use (PEP 562), so that a light module of this
 #: package (address files, records) does not pull hivemind in with it
@@ -15,7 +15,7 @@ _HOME = {"PeerAnnouncer": ".announce", "MAX_RECORD_BYTES": ".envelope", "SignedR
          "RegionChoice": ".regions", "choose_region": ".regions", "SwarmRecordValidator": ".validator"}
 
 
-__getattr__, __dir__ = lazy_names(__name__, _HOME, globals())
+__getattr__, __dir__ = _lazy_names(__name__, _HOME, globals())
 
 __all__ = [
     "MAX_RECORD_BYTES",

@@ -43,15 +43,19 @@ def diff_logs(a: str, b: str) -> int | None:
     """Return the first round number whose round records differ between logs ``a`` and ``b``.
 
     A round present in both must have identical bodies; a round present in one log and missing in
-    the other, below the last round both logs reached, is a disagreement too. Rounds after the end
-    of the shorter log are not (that peer is simply behind). Returns None when they agree.
+    the other, between the first and the last round both logs reached, is a disagreement too.
+    Rounds before the start of the later log are not (that peer had not joined yet: its log starts
+    at the state it joined from), nor rounds after the end of the shorter one (that peer is simply
+    behind). Returns None when they agree.
     """
     ra = dict(round_bodies(a))
     rb = dict(round_bodies(b))
     if not ra or not rb:
         return None
-    horizon = min(max(ra), max(rb))
+    start, horizon = max(min(ra), min(rb)), min(max(ra), max(rb))
     for r in sorted(set(ra) | set(rb)):
+        if r < start:
+            continue
         if r > horizon:
             break
         if ra.get(r) != rb.get(r):

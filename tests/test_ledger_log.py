@@ -138,6 +138,18 @@ def test_two_honest_peers_have_identical_round_chain_heads_and_diff_finds_doctor
     assert diff_logs(c, b) == 4
 
 
+def test_diff_compares_the_rounds_both_peers_were_in(tmp_path):
+    """A joiner's log starts at the round it joined and agrees with a founder's; a round missing in
+    the middle of either log is still a disagreement."""
+    full, joiner, gap = (str(tmp_path / f"{n}.log") for n in ("full", "joiner", "gap"))
+    for path, rounds in ((full, range(6)), (joiner, range(2, 8)), (gap, [2, 3, 5])):
+        with RewardLog(path, Identity.generate()) as log:
+            for r in rounds:
+                log.append_round(_round_body(r))
+    assert diff_logs(full, joiner) is None and diff_logs(joiner, full) is None
+    assert diff_logs(full, gap) == 4 and diff_logs(gap, joiner) == 4
+
+
 def test_round_head_survives_reopen(tmp_path):
     path = str(tmp_path / "a.log")
     ident = Identity.generate()

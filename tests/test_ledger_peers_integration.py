@@ -23,7 +23,10 @@ def _cli(*args) -> dict:
 
 def test_peers_write_identical_round_records(tmp_path):
     run_id = f"led-{os.getpid()}"
-    t0 = float(int(time.time()) + 20)
+    # both peers must be up by round 0 (founders write the same chain from its start): p0 needs about
+    # 10 s on a loaded machine before p1 can be given its address, and p1 as long again (at 20 s p1
+    # arrived at round 2, as a joiner, and its log started there)
+    t0 = float(int(time.time()) + 32)
     common = dict(run_id=run_id, task="regression", t0=t0, round_s=3.0, until_round=7, region="r0", max_inner_steps=20)
     peers = []
     try:
