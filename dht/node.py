@@ -38,7 +38,7 @@ from .keys import manifest_key, peers_key, regions_key, round_key
 from .manifest import ManifestChoice, check_pin, select_manifest
 from .pipe import DHTPipe
 from .records import PeerRecord, RegionMembership, RoundRecord, RunManifest, validate_maddr, validate_name
-from .startup import check_p2p_identity, parse_initial_peers  # noqa: F401 (re-exported)
+from .startup import check_p2p_identity, parse_initial_peers, refused_everywhere  # noqa: F401 (re-exported)
 from .transport import DHTProcess
 from .validator import REASONS, SwarmRecordValidator, reason_of
 
@@ -65,8 +65,6 @@ _LIVE: "weakref.WeakSet[SwarmDHT]" = weakref.WeakSet()
 #: running 8-peer swarms a lone node's process (importing hivemind, starting p2pd) was measured past
 #: 30 s, so the default leaves room for a busy home machine and still ends a hung start.
 DHT_START_TIMEOUT_S = 60.0
-
-
 
 
 class SwarmDHT:
@@ -128,10 +126,12 @@ class SwarmDHT:
                 if isinstance(e, KeyboardInterrupt):
                     raise  # Ctrl+C (or a stop signal) during start-up: not a bootstrap failure
                 error = self._start_error(e, start_timeout_s)
-                # a busy initial peer may miss the 3 s bootstrap ping: try again while time remains
-                if not (self.initial_peers and any(m in str(e) for m in BUSY_PEER_ERRORS)
-                        and attempt < BOOTSTRAP_ATTEMPTS and deadline - time.monotonic() > 5.0):
-                    raise error from e
+                # a busy initial peer may miss the 3 s bootstrap ping: try again while time remains,
+                # unless nothing listens at any of them (a mistyped or stale address: said at once)
+                refused = refused_everywhere(self.initial_peers) if self.initial_peers else None
+                if refused or not (self.initial_peers and any(m in str(e) for m in BUSY_PEER_ERRORS)
+                                   and attempt < BOOTSTRAP_ATTEMPTS and deadline - time.monotonic() > 5.0):
+                    raise (BootstrapError(f"could not reach any initial peer: {refused}") if refused else error) from e
                 logger.warning("no initial peer answered the bootstrap ping (attempt %d of %d); retrying",
                                attempt, BOOTSTRAP_ATTEMPTS)
                 time.sleep(min(2.0 * attempt, 5.0, max(0.0, deadline - time.monotonic() - 5.0)))

@@ -4,14 +4,16 @@ others can read)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import stat
 from typing import Iterable
 
 from ..errors import ConfigError, IdentityError
 from .records import validate_maddr
 
-__all__ = ["check_p2p_identity", "parse_initial_peers"]
+__all__ = ["check_p2p_identity", "parse_initial_peers", "refused_everywhere"]
 
 
 def parse_initial_peers(maddrs: Iterable[str]) -> list[str]:
@@ -23,6 +25,28 @@ def parse_initial_peers(maddrs: Iterable[str]) -> list[str]:
             raise ConfigError(f"initial peer {m!r} lacks its /p2p/<peer id> part (copy the whole line a bootstrap node prints)")
         out.append(canonical)
     return out
+
+
+def refused_everywhere(maddrs: Iterable[str], timeout_s: float = 1.0) -> str | None:
+    """If every initial peer is a TCP address whose host refuses the connection (nothing listens on
+    that port: a mistyped or stale address), a sentence saying so; None if any of them accepts, does
+    not answer in ``timeout_s`` (a busy or distant peer: worth retrying) or is not plain TCP/IP."""
+    refused = []
+    for m in maddrs:
+        parts = m.strip("/").split("/")
+        if len(parts) < 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp":
+            return None
+        host, port = parts[1], int(parts[3])
+        try:
+            with socket.socket(socket.AF_INET6 if parts[0] == "ip6" else socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout_s)
+                code = s.connect_ex((host, port))
+        except OSError:
+            return None
+        if code != errno.ECONNREFUSED:
+            return None
+        refused.append(f"{host}:{port}")
+    return f"nothing listens at {', '.join(refused)} (connection refused)" if refused else None
 
 
 def check_p2p_identity(path: str | None) -> None:
