@@ -83,10 +83,26 @@ def _start_shared_memory_manager() -> None:
     returns to Python. A SIGINT or SIGTERM landing there (to the process group during start-up,
     the manager included) was never handled: the peer hung until SIGKILLed (``benchmarks.signals``:
     4 of 202 signals, every stack in ``SwarmDHT`` start -> ``MPFuture`` -> ``share_memory_``).
-    Here, under the default handlers, such a signal ends the process at once."""
+    Here, under the default handlers, such a signal ends the process at once.
+
+    The manager is started with its standard output and error on ``/dev/null``: it outlives the
+    command by about 2 s, and holding the command's pipe it made ``dai-swarm status --json | jq``
+    (or any caller reading the output to its end) wait for it."""
     import torch
 
-    torch.empty(1, dtype=torch.uint8).share_memory_()
+    saved = (_os.dup(1), _os.dup(2))
+    devnull = _os.open(_os.devnull, _os.O_WRONLY)
+    try:
+        _sys.stdout.flush()
+        _sys.stderr.flush()
+        _os.dup2(devnull, 1)
+        _os.dup2(devnull, 2)
+        torch.empty(1, dtype=torch.uint8).share_memory_()
+    finally:
+        _os.dup2(saved[0], 1)
+        _os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            _os.close(fd)
 
 
 if _launched_as_cli() and _sys.argv[1:2] and _sys.argv[1] in _DHT_COMMANDS and not (
