@@ -31,14 +31,20 @@ def refused_everywhere(maddrs: Iterable[str], timeout_s: float = 1.0) -> str | N
     """If every initial peer is a TCP address whose host refuses the connection (nothing listens on
     that port: a mistyped or stale address), a sentence saying so; None if any of them accepts, does
     not answer in ``timeout_s`` (a busy or distant peer: worth retrying) or is not plain TCP/IP."""
+    from multiaddr import Multiaddr
+
     refused = []
     for m in maddrs:
-        parts = m.strip("/").split("/")
-        if len(parts) < 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp":
-            return None
-        host, port = parts[1], int(parts[3])
         try:
-            with socket.socket(socket.AF_INET6 if parts[0] == "ip6" else socket.AF_INET, socket.SOCK_STREAM) as s:
+            ma = Multiaddr(m)
+            names = [p.name for p in ma.protocols()]
+        except Exception:  # noqa: BLE001 (the DHT start reports a malformed address itself)
+            return None
+        if names[:2] not in (["ip4", "tcp"], ["ip6", "tcp"]):
+            return None
+        host, port = ma.value_for_protocol(names[0]), int(ma.value_for_protocol("tcp"))
+        try:
+            with socket.socket(socket.AF_INET6 if names[0] == "ip6" else socket.AF_INET, socket.SOCK_STREAM) as s:
                 s.settimeout(timeout_s)
                 code = s.connect_ex((host, port))
         except OSError:
