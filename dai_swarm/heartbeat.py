@@ -46,8 +46,8 @@ def heartbeat_period(round_s: float) -> float:
 
 
 def heartbeat_loop(rt: Any) -> None:
-    """Until ``rt._stop`` is set: publish this peer's record every min(5, T/2) s (TTL three periods),
-    then refresh the peer list."""
+    """Until ``rt._stop`` is set: publish this peer's record every :func:`heartbeat_period` (TTL
+    three periods), then refresh the peer list."""
     period = heartbeat_period(rt.manifest.round_s)
     while not rt._stop.is_set():
         try:

@@ -53,11 +53,7 @@ def diff_logs(a: str, b: str) -> int | None:
     if not ra or not rb:
         return None
     start, horizon = max(min(ra), min(rb)), min(max(ra), max(rb))
-    for r in sorted(set(ra) | set(rb)):
-        if r < start:
-            continue
-        if r > horizon:
-            break
+    for r in sorted(r for r in set(ra) | set(rb) if start <= r <= horizon):
         if ra.get(r) != rb.get(r):
             return r
     return None

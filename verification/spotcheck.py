@@ -47,6 +47,8 @@ events = get_logger("dai_swarm.events")
 #: at most this many own checks and this many re-checks of others' fails per round and peer: a
 #: flood of announced updates (fresh keys) cannot make a verifier spend its round recomputing
 MAX_CHECKS_PER_ROUND = MAX_RECHECKS_PER_ROUND = 8
+
+
 class SpotChecker:
     """Spot checks, verdicts and reputation for one peer (see the module docstring).
 
