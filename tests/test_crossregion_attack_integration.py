@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from dai_swarm.testing import founding_peers
+from dai_swarm.testing import SocketGuard, founding_peers, spawn_bootstrap
 from swarm_run import by_round, cleanup, spawn_peer, wait_all
 
 pytestmark = pytest.mark.integration
@@ -81,24 +81,29 @@ class FakeRegion(threading.Thread):
 
 def test_fake_region_is_refused_and_real_regions_still_merge(tmp_path):
     run_id = f"xr-{os.getpid()}"
-    t0 = float(int(time.time()) + 18)
-    common = dict(run_id=run_id, task="regression", t0=t0, round_s=ROUND_S, until_round=UNTIL,
-                  cross_region_period=K, max_inner_steps=20)
+    # both founders start at once behind a bootstrap node (p1 waits for p0's run): started one after the other,
+    # p1 came up 21 s late on a loaded 2-core machine and saw a single merge point
+    t0 = float(int(time.time()) + 30)
+    common = dict(run_id=run_id, round_s=ROUND_S, until_round=UNTIL, cross_region_period=K, max_inner_steps=20)
     peers, rogue = [], None
-    try:
-        founding = founding_peers(str(tmp_path), ["p0", "p1"])  # one founder per region
-        peers.append(spawn_peer(str(tmp_path), "p0", region="r0", founding=founding["p0"], **common))
-        boot = peers[0].addresses()
-        peers.append(spawn_peer(str(tmp_path), "p1", region="r1", initial_peers=boot, founding=founding["p1"],
-                                **common))
-        rogue = FakeRegion(boot, run_id, t0)
-        rogue.start()
-        wait_all(peers, timeout_s=UNTIL * ROUND_S + 90)
-        rogue.join(10)
-    finally:
-        cleanup(peers)
-        if rogue is not None:
-            rogue.close()
+    with SocketGuard():
+        boot = spawn_bootstrap(str(tmp_path))
+        try:
+            initial = boot.wait_ready(60)
+            founding = founding_peers(str(tmp_path), ["p0", "p1"])  # one founder per region
+            peers.append(spawn_peer(str(tmp_path), "p0", region="r0", task="regression", t0=t0, initial_peers=initial,
+                                    founding=founding["p0"], **common))
+            peers.append(spawn_peer(str(tmp_path), "p1", region="r1", task=None, t0=None, initial_peers=initial,
+                                    founding=founding["p1"], extra_args=["--wait-for-run", "60"], **common))
+            rogue = FakeRegion(initial, run_id, t0)
+            rogue.start()
+            wait_all(peers, timeout_s=max(0.0, t0 - time.time()) + UNTIL * ROUND_S + 90)
+            rogue.join(10)
+        finally:
+            cleanup(peers)
+            if rogue is not None:
+                rogue.close()
+            boot.stop()
     assert rogue.error is None, rogue.error
     assert rogue.published, "the fake region never published"
     hist = {p.name: p.history() for p in peers}

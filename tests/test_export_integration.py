@@ -169,9 +169,12 @@ def test_export_verify_and_resume(tmp_path):
     print(f"REPORT resumed at round {origin}: val losses {[round(v, 4) for v in vals]} (exported {reported:.4f}, "
           f"initial {initial:.4f}); joiners' rounds trained "
           f"{[p.history()['status']['rounds_trained'] for p in late]}")
-    # it goes on from the export, not from scratch: the first resumed round keeps at least half of the exported
-    # progress (it may train below the export at once: one loaded round can move more than rounds 0-6 did)
-    assert first == origin and vals[0] < reported + 0.5 * (initial - reported), (vals, reported, initial)
+    # it goes on from the export, not from scratch: its first round trains from the exported state (exactly), and
+    # the resumed swarm gets below the exported loss. The first resumed round's loss alone says little: it holds
+    # one peer's update (the joiners are still syncing) from a fresh inner optimizer, 15 steps on a loaded machine
+    # moved it 0.19 above the export once (2.878 vs 2.691, initial 3.047) before three peers took it to 2.535
+    assert first == origin and after["r0"][first]["trained_from"] == exported.provenance.state_hash, after["r0"][first]
+    assert min(vals) < reported, (vals, reported, initial)
     assert min(vals) < reported  # training goes on from there
     assert all(p.history()["status"]["rounds_trained"] >= 3 for p in late)
     joined = _records(f"{w}/r0.ledger", "join")
