@@ -55,7 +55,7 @@ def peer_metrics(rt: Any) -> dict:
             "counters": dict(rt.counters), "ledger_errors": rt.ledger_errors,
             "ledger_rounds": rt.ledger.rounds if rt.ledger is not None else None,
             "dropped_records": _dropped_records(rt), "network_error": rt.coordinator.errored(),
-            "dht_read_bytes": dict(getattr(rt.dht, "read_bytes", {})),
+            "dht_read_bytes": dict(getattr(rt.dht, "read_bytes", {})), "dht_ops": dict(getattr(rt.dht, "ops", {})),
             "trust": rt.verifier.metrics(getattr(rt.bases.latest(), "extra", {})) if hasattr(rt.verifier, "metrics") else None}
 
 

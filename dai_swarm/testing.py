@@ -69,11 +69,12 @@ def wait_until(predicate, timeout_s: float, period_s: float = 0.2, what: str = "
 
 def launch_dht_swarm(
     n: int, *, validate: Sequence[bool] | bool = True, seed: int = 0, identities: Sequence[Identity] | None = None,
-    initial_peers: Sequence[str] = (),
+    initial_peers: Sequence[str] = (), options: Sequence[dict] = (),
 ) -> list[SwarmDHT]:
     """Start ``n`` in-process DHT nodes on loopback, each bootstrapped from up to 3 earlier nodes.
 
-    ``validate`` (one bool or one per node) chooses which nodes run dai_swarm's record validator.
+    ``validate`` (one bool or one per node) chooses which nodes run dai_swarm's record validator;
+    ``options`` (one dict per node, may be shorter) are hivemind DHT options for those nodes.
     """
     rng = random.Random(seed)
     flags = [validate] * n if isinstance(validate, bool) else list(validate)
@@ -86,7 +87,8 @@ def launch_dht_swarm(
             else:
                 peers = list(initial_peers)
             identity = identities[i] if identities else Identity.generate()
-            nodes.append(SwarmDHT(identity, initial_peers=peers, host_maddrs=LOOPBACK, validate=flags[i]))
+            nodes.append(SwarmDHT(identity, initial_peers=peers, host_maddrs=LOOPBACK, validate=flags[i],
+                                  **(options[i] if i < len(options) else {})))
     except BaseException:
         shutdown_all(nodes)
         raise

@@ -100,6 +100,7 @@ class SwarmDHT:
         check_p2p_identity(identity.p2p_identity_path)
         self._read_drops: collections.Counter = collections.Counter()
         self.read_bytes: collections.Counter = collections.Counter()  # record bytes read, per kind (control)
+        self.ops: collections.Counter = collections.Counter()  # DHT reads and writes, "read.<kind>"/"write.<kind>"
         self._envelopes = EnvelopeCache()  # records verified once, not on every read
         self._pipe = DHTPipe(alive=lambda: getattr(self, "_dht", None) is None or self._dht.is_alive())
         self.request_timeout_s = float(request_timeout_s or RPC_TIMEOUTS_PER_REQUEST * dht_kwargs.get("wait_timeout", 3.0))
@@ -121,7 +122,7 @@ class SwarmDHT:
                 self._dht.run_in_background(await_ready=True, timeout=max(1.0, deadline - time.monotonic()))
                 break
             except BaseException as e:
-                self._abort_start()
+                _proc.abort_process(self._dht, SHUTDOWN_GRACE_S[1:])
                 _proc.remove_stale_sockets(_proc.hivemind_sockets() - before)
                 if isinstance(e, KeyboardInterrupt):
                     raise  # Ctrl+C (or a stop signal) during start-up: not a bootstrap failure
@@ -149,14 +150,11 @@ class SwarmDHT:
             raise
         logger.debug("DHT node %s up at %s", self.peer_id, ", ".join(self.visible_maddrs))
 
-    def _abort_start(self) -> None:
-        _proc.abort_process(self._dht, SHUTDOWN_GRACE_S[1:])
-
     def _start_error(self, e: BaseException, timeout_s: float) -> Exception:
         text = f"{type(e).__name__}: {e}"
         if "already taken" in text:
             return IdentityError(f"this identity's peer id is already in use by a running peer ({e})")
-        if isinstance(e, (TimeoutError,)) or "TimeoutError" in text:
+        if isinstance(e, TimeoutError) or "TimeoutError" in text:
             return BootstrapError(f"DHT did not start within {timeout_s:.0f} s (initial peers: {self.initial_peers or 'none'})")
         if self.initial_peers:
             return BootstrapError(f"could not reach any initial peer {self.initial_peers}: {e}")
@@ -207,6 +205,7 @@ class SwarmDHT:
     def _publish(self, record, run_id: str, ttl_s: float) -> bool:
         data = seal(self.identity, record, run_id=run_id, ttl_s=ttl_s)
         signed = open_envelope(data)
+        self.ops["write." + (record.kind.split(".")[0] if isinstance(record, RoundRecord) else signed.record_type)] += 1
         return bool(
             self._store(signed.key, data, expiration_time=signed.expiration, subkey=self.identity.public_key_hex)
         )
@@ -236,6 +235,7 @@ class SwarmDHT:
         return bool(self._store(key, value, expiration_time=expiration, subkey=subkey))
 
     def _read(self, key: str, expected_type: str, run_id: str, label: str = "") -> list[SignedRecord]:
+        self.ops["read." + (label or expected_type)] += 1
         found = self._send(lambda: self._dht.get(key, latest=True, return_future=True), self.request_timeout_s,
                            f"DHT get of {key}")
         if found is None:

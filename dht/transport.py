@@ -24,7 +24,7 @@ from hivemind.utils.mpfuture import MPFuture, SharedBytes
 from . import _proc
 from .pipe import WholeMessages
 
-__all__ = ["DHTProcess", "LOCK_PROBE_S", "heal_future_locks"]
+__all__ = ["DHTProcess", "LOCK_PROBE_S", "RECORD_STORAGE", "heal_future_locks"]
 
 logger = logging.getLogger(__name__)
 #: a future lock is held for one pipe write; one held this long belongs to a process that died
@@ -51,12 +51,25 @@ def heal_future_locks(probe_s: float | None = None) -> list[str]:
     return replaced
 
 
+#: How round records are kept (hivemind ``DHTNode`` options; a caller's own value wins). A read
+#: (``get(latest=True)``) merges the dictionaries of every node it reaches that holds the key and
+#: receives each holder's whole dictionary, so its bytes grow with records x holders. hivemind's
+#: defaults (5 replicas; readers and writers keep cached copies, and the nearest node without one gets
+#: a copy after a read) suit long-lived values in large DHTs; round records live a few rounds and are
+#: read by every peer, so each cached copy made every later read and the traversal before every write
+#: dearer, and a cached copy is a snapshot that may miss later records. Measured (8 nodes on loopback,
+#: 8 one-KB records under one key, ``benchmarks.dht_cost``-style): a read 142,828 -> 63,570 B, a
+#: write 62,319 -> 43,201 B, every record still seen by every reader (docs/design.md, "Bytes per peer").
+RECORD_STORAGE = {"num_replicas": 3, "cache_locally": False, "cache_nearest": 0, "cache_on_store": False}
+
+
 class DHTProcess(hivemind.DHT):
-    """hivemind's DHT process; see the module docstring."""
+    """hivemind's DHT process; see the module docstring. Stores with :data:`RECORD_STORAGE` unless
+    the caller sets those options itself."""
 
     def __init__(self, *args, **kwargs):
         heal_future_locks()  # before this process's futures and fork use them
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{**RECORD_STORAGE, **kwargs})
 
     def run(self) -> None:
         """Detach from the terminal's process group, watch the parent, then serve the DHT."""

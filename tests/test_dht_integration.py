@@ -24,9 +24,10 @@ RUN = "itest"
 
 @pytest.fixture(scope="module")
 def swarm():
-    """Three validating nodes and one node that runs no validator (index 3)."""
+    """Three validating nodes and one node that runs no validator (index 3) and hivemind's default five
+    replicas, so that it is among the holders of whatever it stores (ours store on the nearest three)."""
     with testing.SocketGuard():
-        nodes = testing.launch_dht_swarm(4, validate=[True, True, True, False])
+        nodes = testing.launch_dht_swarm(4, validate=[True, True, True, False], options=[{}, {}, {}, {"num_replicas": 5}])
         yield nodes
         testing.shutdown_all(nodes)
 
@@ -137,7 +138,7 @@ def test_expired_peer_disappears(swarm):
                      public_key=ident.public_key_hex)
     tmp = SwarmDHT.__new__(SwarmDHT)
     tmp.identity, tmp._dht, tmp._pipe = ident, b.dht, b._pipe  # publish through b's DHT as another identity
-    tmp.request_timeout_s = b.request_timeout_s
+    tmp.request_timeout_s, tmp.ops = b.request_timeout_s, b.ops
     tmp._publish(rec, "short", ttl_s=3.0)
     assert testing.wait_until(lambda: a.list_peers("short"), 5, what="short-lived peer")
     testing.wait_until(lambda: a.list_peers("short") == [], 8, what="expiry")
