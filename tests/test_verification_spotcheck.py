@@ -126,6 +126,22 @@ def test_votes_ignore_verdicts_about_updates_not_included(task):
     c.close()
 
 
+def test_a_close_reads_each_round_of_verdicts_once(task):
+    """A close reads round q - lag's verdicts for its vote (vote_verdicts); the re-check scan it queues takes
+    them from the cache and reads only the newer round from the DHT: one read per round of verdicts, not two."""
+    dht = MemoryDHT()
+    c = _checker(task, dht, KEYS[0], 0.0)
+    reads, get = [], c.rt.dht.get_round_records
+    c.rt.dht.get_round_records = lambda run_id, kind, round: reads.append(round) or get(run_id, kind, round)
+    try:
+        c.vote_verdicts(6)
+        c.on_close(6, Book([]), {}, SimpleNamespace(params={}))
+        _drain([c])
+        assert sorted(reads) == [4, 5]
+    finally:
+        c.close()
+
+
 def test_a_flood_of_updates_costs_a_verifier_at_most_its_round_budget(task):
     """40 announced updates, every one drawn (c = 64): the verifier recomputes MAX_CHECKS_PER_ROUND of them (a
     random subset), not 40 (a fresh-key flood must not eat the honest peers' training time)."""

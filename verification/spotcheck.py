@@ -205,6 +205,10 @@ class SpotChecker:
                 del self._verdicts[old]
         return out
 
+    def _cached(self, t: int) -> list[Verdict]:
+        with self._lock:
+            return [v for v in self._verdicts.values() if v.round == t]
+
     def _resolve(self, t: int, ids: tuple[str, ...]) -> list[Verdict]:
         with self._lock:
             missing = [i for i in ids if i not in self._verdicts]
@@ -253,11 +257,13 @@ class SpotChecker:
                 logger.warning("verification job failed: %r", e)
 
     def _scan(self, round: int) -> None:
-        """Re-check the fail verdicts of recent rounds that this peer has not checked itself."""
+        """Re-check the fail verdicts of recent rounds that this peer has not checked itself. Round
+        ``round - lag``'s verdicts were read a moment ago for this close's vote (:meth:`vote_verdicts`):
+        taken from the cache, not read from the DHT again."""
         me = self.rt.identity.public_key_hex
         todo = []
         for t in range(max(0, round - self.lag), round):
-            for v in self._read(t):
+            for v in self._cached(t) if t == round - self.lag else self._read(t):
                 if v.passed or v.target == me:
                     continue
                 with self._lock:
