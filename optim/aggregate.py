@@ -48,22 +48,27 @@ def update_weight(samples: int, reputation: float = 1.0, discount: float = 1.0) 
     return float(samples) * float(reputation) * float(discount)
 
 
-def cap_newcomers(weights: Sequence[float], proven: Sequence[bool], share: float = NEWCOMER_SHARE) -> list[float]:
+def cap_newcomers(weights: Sequence[float], proven: Sequence[bool], share: float = NEWCOMER_SHARE, *,
+                  reached: bool = False) -> list[float]:
     """Scale the newcomers' weights (``proven[i]`` False) so that together they hold at most
     ``share`` of the total, whatever their number (a flood of fresh keys announcing updates cannot
     dominate a round before their spot checks come due; honest newcomers still contribute).
 
-    Unchanged when the newcomers are within the share, or when nobody is proven (a region that
-    nobody with standing has reached yet: the bootstrap rule). Deterministic: one factor computed
-    with :func:`math.fsum` in float64, applied to each newcomer weight.
+    Unchanged when the newcomers are within the share. A round with no proven update: unchanged
+    while the chain was never ``reached`` by an update with standing (a region nobody with standing
+    has reached yet: the bootstrap rule), else every newcomer weighs 0 (the round makes no step: a
+    flood that kept the proven peers' updates out of a round must not take all of its weight).
+    Deterministic: one factor computed with :func:`math.fsum` in float64, applied to each newcomer weight.
     """
     if not 0.0 <= share < 1.0 or len(weights) != len(proven):
         raise ConfigError(f"newcomer share must be in [0, 1) with one flag per weight, got {share!r}")
     old = math.fsum(w for w, p in zip(weights, proven) if p)
     new = math.fsum(w for w, p in zip(weights, proven) if not p)
     limit = share / (1.0 - share) * old
-    if old <= 0.0 or new <= limit:
+    if (old <= 0.0 and not reached) or new <= limit:
         return [float(w) for w in weights]
+    if old <= 0.0:
+        return [0.0 for _ in weights]
     factor = limit / new
     return [float(w) if p else float(w) * factor for w, p in zip(weights, proven)]
 

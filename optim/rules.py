@@ -18,7 +18,11 @@ from .schedule import needs_of
 from .states import BaseState
 from .votes import HeadCount, standing_keys
 
-__all__ = ["NullVerifier", "compute_next_base"]
+__all__ = ["NullVerifier", "PROVEN_ROUND", "compute_next_base"]
+
+#: replicated metadata: the last round whose inclusion held an update by a key with standing; once
+#: set, a round without such an update gives newcomers no weight (:func:`~.aggregate.cap_newcomers`)
+PROVEN_ROUND = "proven_round"
 
 
 class NullVerifier:
@@ -70,7 +74,8 @@ def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch
     Pure (no I/O, no clock): the network driver and the simulator (:mod:`dai_swarm.sim`) both call
     it. ``verifier`` supplies ``next_extra``/``reputation``/``vote_weights``/``rule`` (see
     :class:`NullVerifier`); keys without standing together weigh at most
-    :data:`~.aggregate.NEWCOMER_SHARE` of the aggregate (:func:`~.aggregate.cap_newcomers`),
+    :data:`~.aggregate.NEWCOMER_SHARE` of the aggregate (:func:`~.aggregate.cap_newcomers`), and
+    nothing in a round without a proven update once the chain has had one (:data:`PROVEN_ROUND`),
     ``verdicts`` the verdict ids agreed in round ``q-1``'s votes; ``base_q`` is needed only for
     delay compensation. ``rewards`` (optional) is the reward hook the composition layer supplies
     (:class:`dai_swarm.roundlog.RoundRewards`): ``rewards.settle(base_next.extra, extra, round,
@@ -92,7 +97,10 @@ def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch
     weights = [update_weight(a.samples, rep.get(a.peer, 1.0), disc) for a, disc in included]
     proven = standing_keys(verifier.vote_weights(extra))
     if proven is not None:  # newcomers together weigh at most NEWCOMER_SHARE of the round
-        weights = cap_newcomers(weights, [a.peer in proven for a, _ in included])
+        flags = [a.peer in proven for a, _ in included]
+        weights = cap_newcomers(weights, flags, reached=PROVEN_ROUND in base_next.extra)
+        if any(flags):  # replicated: this chain has included an update with standing (last round it did)
+            extra[PROVEN_ROUND] = int(book.round)
     updates = [(a.digest, w, payloads[a.digest]) for (a, _), w in zip(included, weights)]
     if not updates or all(w == 0 for _, w, _ in updates):
         return BaseState.make(book.round + 2, base_next.params, base_next.momentum, extra, base_next.anchor)

@@ -195,6 +195,9 @@ def test_cap_newcomers_bounds_their_total_share_and_leaves_small_shares_alone():
     assert len(set(w[2:])) == 1  # every newcomer scaled by the same factor
     assert cap_newcomers([100.0, 10.0], [True, False]) == [100.0, 10.0]  # 1/11 < 10%: unchanged
     assert cap_newcomers([5.0, 7.0], [False, False]) == [5.0, 7.0]  # nobody proven: bootstrap
+    # nobody proven in this round of a chain that had proven updates before: newcomers weigh nothing
+    assert cap_newcomers([5.0, 7.0], [False, False], reached=True) == [0.0, 0.0]
+    assert cap_newcomers([100.0, 10.0], [True, False], reached=True) == [100.0, 10.0]
     with pytest.raises(ConfigError):
         cap_newcomers([1.0], [True], share=1.0)
 
@@ -227,6 +230,49 @@ def test_forty_sign_flipped_newcomer_updates_move_the_base_at_most_the_share():
     # newcomers (weight 0.1 each at reputation "newcomer") would hold 4/5 of the round: Δ = -7.8
     expected = (1 - NEWCOMER_SHARE) * 1.0 + NEWCOMER_SHARE * -10.0
     assert torch.allclose(out.params["w"], torch.full((8,), -expected), atol=1e-5)
+
+
+def _flood_round(base: BaseState, honest_delta: dict | None, flooders: int = 40):
+    """A closed round on ``base``: one standing update (unless ``honest_delta`` is None) and
+    ``flooders`` fresh keys each sending -10; returns the next base (outer lr 1, no momentum)."""
+    from dai_swarm.optim.book import BookLimits, RoundBook, UpdateAnnouncement
+    from dai_swarm.optim.rules import compute_next_base
+    from dai_swarm.verification.reputation import reputation_of
+
+    payloads, anns = {}, []
+    if honest_delta is not None:
+        payloads[_key("h")] = honest_delta
+        anns.append(UpdateAnnouncement("run", 0, base.hash, HONEST, 4, 32, "none", _key("h"), 100))
+    for i, k in enumerate(SYBILS[:flooders]):
+        payloads[_key(f"flip{i}")] = {"w": -10.0 * torch.ones(8)}
+        anns.append(UpdateAnnouncement("run", 0, base.hash, k, 4, 32, "none", _key(f"flip{i}"), 100))
+    book = RoundBook("run", 0, base.hash, limits=BookLimits(max_inner_steps=4, batch_size=8,
+                                                           max_payload_bytes=1 << 16, codecs=frozenset({"none"})))
+    book.offer_many(anns)
+    book.close()
+    for d in payloads:
+        book.mark_fetched(d, True)
+    verifier = SimpleNamespace(next_extra=lambda extra, q, v: dict(extra), reputation=reputation_of,
+                               vote_weights=vote_weights, rule=None)
+    return compute_next_base(book, payloads, base, None, verifier, (), outer_lr=1.0, outer_momentum=0.0)
+
+
+def test_a_flood_that_kept_every_proven_update_out_of_a_round_gets_no_weight():
+    """Found by the Sybil-flood run: the honest peers' round-10 updates missed the base (the flood
+    had overloaded them) and the 40 sign-flipped fresh-key updates were the whole round, so the
+    newcomer cap (a share of the proven weight) did not apply and the val loss went 0.20 -> 5.84.
+    Once a chain has included an update with standing, a round without one makes no step; a chain
+    that never had one (a region nobody with standing reached) still steps (the bootstrap rule)."""
+    from dai_swarm.optim.rules import PROVEN_ROUND
+
+    base = BaseState.make(1, {"w": torch.zeros(8)}, {"w": torch.zeros(8)}, _established())
+    first = _flood_round(base, {"w": torch.ones(8)})
+    assert first.extra[PROVEN_ROUND] == 0  # round 0 included a standing update
+    flooded = _flood_round(first, None)
+    assert torch.equal(flooded.params["w"], first.params["w"])  # no step: the flood weighs nothing
+    assert flooded.extra[PROVEN_ROUND] == 0
+    bootstrap = _flood_round(base, None, flooders=2)  # never reached: newcomers train the region
+    assert PROVEN_ROUND not in bootstrap.extra and torch.allclose(bootstrap.params["w"], torch.full((8,), 10.0))
 
 
 def test_fifty_fresh_offers_never_make_a_peer_adopt_their_state_while_its_founder_is_unread():
