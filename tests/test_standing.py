@@ -202,36 +202,6 @@ def test_cap_newcomers_bounds_their_total_share_and_leaves_small_shares_alone():
         cap_newcomers([1.0], [True], share=1.0)
 
 
-def test_forty_sign_flipped_newcomer_updates_move_the_base_at_most_the_share():
-    """compute_next_base with 1 standing update and 40 fresh keys sending its negation ×10: the
-    aggregate stays within the newcomer share of the honest direction."""
-    from dai_swarm.optim.aggregate import NEWCOMER_SHARE
-    from dai_swarm.optim.book import BookLimits, RoundBook, UpdateAnnouncement
-    from dai_swarm.optim.rules import compute_next_base
-    from dai_swarm.verification.reputation import reputation_of
-
-    base = BaseState.make(1, {"w": torch.zeros(8)}, {"w": torch.zeros(8)}, _established())
-    honest_delta = {"w": torch.ones(8)}
-    payloads = {_key("h"): honest_delta}
-    anns = [UpdateAnnouncement("run", 0, base.hash, HONEST, 4, 32, "none", _key("h"), 100)]
-    for i, k in enumerate(SYBILS[:40]):
-        payloads[_key(f"flip{i}")] = {"w": -10.0 * torch.ones(8)}
-        anns.append(UpdateAnnouncement("run", 0, base.hash, k, 4, 32, "none", _key(f"flip{i}"), 100))
-    book = RoundBook("run", 0, base.hash, limits=BookLimits(max_inner_steps=4, batch_size=8,
-                                                           max_payload_bytes=1 << 16, codecs=frozenset({"none"})))
-    book.offer_many(anns)
-    book.close()
-    for d in payloads:
-        book.mark_fetched(d, True)
-    verifier = SimpleNamespace(next_extra=lambda extra, q, v: dict(extra), reputation=reputation_of,
-                               vote_weights=vote_weights, rule=None)  # the SpotChecker's rules, no checks
-    out = compute_next_base(book, payloads, base, None, verifier, (), outer_lr=1.0, outer_momentum=0.0)
-    # mean delta = 0.9 * 1 + 0.1 * (-10) = -0.1 (outer step: θ − lr·Δ): without the cap the 40
-    # newcomers (weight 0.1 each at reputation "newcomer") would hold 4/5 of the round: Δ = -7.8
-    expected = (1 - NEWCOMER_SHARE) * 1.0 + NEWCOMER_SHARE * -10.0
-    assert torch.allclose(out.params["w"], torch.full((8,), -expected), atol=1e-5)
-
-
 def _flood_round(base: BaseState, honest_delta: dict | None, flooders: int = 40):
     """A closed round on ``base``: one standing update (unless ``honest_delta`` is None) and
     ``flooders`` fresh keys each sending -10; returns the next base (outer lr 1, no momentum)."""
@@ -255,6 +225,19 @@ def _flood_round(base: BaseState, honest_delta: dict | None, flooders: int = 40)
     verifier = SimpleNamespace(next_extra=lambda extra, q, v: dict(extra), reputation=reputation_of,
                                vote_weights=vote_weights, rule=None)
     return compute_next_base(book, payloads, base, None, verifier, (), outer_lr=1.0, outer_momentum=0.0)
+
+
+def test_forty_sign_flipped_newcomer_updates_move_the_base_at_most_the_share():
+    """compute_next_base with 1 standing update and 40 fresh keys sending its negation ×10: the
+    aggregate stays within the newcomer share of the honest direction."""
+    from dai_swarm.optim.aggregate import NEWCOMER_SHARE
+
+    base = BaseState.make(1, {"w": torch.zeros(8)}, {"w": torch.zeros(8)}, _established())
+    out = _flood_round(base, {"w": torch.ones(8)})
+    # mean delta = 0.9 * 1 + 0.1 * (-10) = -0.1 (outer step: θ − lr·Δ): without the cap the 40
+    # newcomers (weight 0.1 each at reputation "newcomer") would hold 4/5 of the round: Δ = -7.8
+    expected = (1 - NEWCOMER_SHARE) * 1.0 + NEWCOMER_SHARE * -10.0
+    assert torch.allclose(out.params["w"], torch.full((8,), -expected), atol=1e-5)
 
 
 def test_a_flood_that_kept_every_proven_update_out_of_a_round_gets_no_weight():
