@@ -142,6 +142,29 @@ def test_a_close_reads_each_round_of_verdicts_once(task):
         c.close()
 
 
+def test_the_verdicts_of_one_close_are_published_in_one_write(task):
+    """Three checks drawn at one close: one DHT write of the verifier's verdict record when its queue
+    runs dry, holding all three (not one write per check, each holding up the next check)."""
+    dht = MemoryDHT()
+    base = {n: p.detach().clone() for n, p in task.build_model(0).named_parameters()}
+    payloads, anns = {}, []
+    for i, key in enumerate(KEYS[1:]):
+        blob = codecs.encode(recompute_update(task, base, "run", 0, key, 4, 2, raw=True), "int8")
+        digest = f"{i + 40:02x}" * 32
+        payloads[digest] = codecs.decode(blob)
+        anns.append(UpdateAnnouncement("run", 4, BASE_HASH, key, 2, 2 * task.batch_size, "int8", digest, len(blob)))
+    c = _checker(task, dht, KEYS[0], 64.0)
+    writes, publish = [], c.rt.dht.publish_round_record
+    c.rt.dht.publish_round_record = lambda *a, **k: writes.append(a[2]) or publish(*a, **k)
+    try:
+        c.on_close(4, Book(anns), payloads, SimpleNamespace(params=base))
+        _drain([c])
+        assert c.metrics()["checks"] == 3 and writes == [4]
+        assert len(dht.records[("verdict.a", 4)][KEYS[0]].body["verdicts"]) == 3
+    finally:
+        c.close()
+
+
 def test_a_flood_of_updates_costs_a_verifier_at_most_its_round_budget(task):
     """40 announced updates, every one drawn (c = 64): the verifier recomputes MAX_CHECKS_PER_ROUND of them (a
     random subset), not 40 (a fresh-key flood must not eat the honest peers' training time)."""

@@ -43,6 +43,10 @@ __all__ = ["DEFAULT_CHECKS_PER_UPDATE", "DEFAULT_TAU", "SpotChecker", "check_pro
 
 logger = get_logger(__name__)
 events = get_logger("dai_swarm.events")
+#: this peer's verdicts of a round are published when the worker has no job left, or at the latest this
+#: long after the first unpublished one: a DHT write per check held up every check queued behind it
+#: (Sybil flood: 7-12 s from a round's close to its verdicts, against a 2-round verdict lag of 12 s)
+PUBLISH_WITHIN_S = 1.0
 
 #: at most this many own checks and this many re-checks of others' fails per round and peer: a
 #: flood of announced updates (fresh keys) cannot make a verifier spend its round recomputing
@@ -71,6 +75,7 @@ class SpotChecker:
         self._held: dict[int, dict] = {}  # round -> {"base", "anns", "payloads", "t"}
         self._verdicts: dict[str, Verdict] = {}  # id -> verdict
         self._checked: set[tuple[int, str]] = set()  # (round, digest) checked here
+        self._unpublished: dict[int, float] = {}  # round -> when its first verdict not yet in the DHT was made
         self._jobs: queue.Queue = queue.Queue()
         self._closed = threading.Event()
         self._worker = threading.Thread(target=self._work, name="dai-swarm-verify", daemon=True)
@@ -255,6 +260,26 @@ class SpotChecker:
                 fn(*args)
             except Exception as e:  # never kill the worker
                 logger.warning("verification job failed: %r", e)
+            with self._lock:
+                due = bool(self._unpublished) and (self._jobs.empty()
+                                                   or time.time() - min(self._unpublished.values()) >= PUBLISH_WITHIN_S)
+            if due:
+                self._publish_verdicts()
+
+    def _publish_verdicts(self) -> None:
+        """One DHT write per round with new verdicts: this peer's whole verdict record of that round."""
+        with self._lock:
+            me, rounds, self._unpublished = self.rt.identity.public_key_hex, sorted(self._unpublished), {}
+            records = {t: sorted((x for x in self._verdicts.values() if x.round == t and x.verifier == me),
+                                 key=lambda x: (x.digest, x.id)) for t in rounds}
+        for t, mine in records.items():
+            if self._closed.is_set():  # shutting down: the DHT may be gone already
+                return
+            try:
+                self.rt.dht.publish_round_record(self.rt.run_id, self._kind(), t, record_body(mine),
+                                                 ttl_s=max(60.0, 20 * self.rt.clock.round_s))
+            except Exception as e:  # DHT trouble: the next verdict of that round publishes the record again
+                logger.warning("round %d: publishing this peer's verdicts failed: %r", t, e)
 
     def _scan(self, round: int) -> None:
         """Re-check the fail verdicts of recent rounds that this peer has not checked itself. Round
@@ -326,10 +351,7 @@ class SpotChecker:
             return None
         with self._lock:
             self._verdicts[v.id] = v
-            mine = sorted((x for x in self._verdicts.values() if x.round == t and x.verifier == v.verifier),
-                          key=lambda x: (x.digest, x.id))
-        rt.dht.publish_round_record(rt.run_id, self._kind(), t, record_body(mine), ttl_s=max(60.0, 20 * rt.clock.round_s))
-        with self._lock:
+            self._unpublished.setdefault(t, time.time())  # published by the worker (_publish_verdicts)
             self.stats["rechecks" if recheck else "checks"] += 1
             self.stats["fails"] += 0 if passed else 1
             self.stats["verify_cpu_s"] += cpu
