@@ -17,8 +17,9 @@ fresh-key updates were the whole round; since such a round makes no step (docs/d
 model"), one run ended round 10 at 0.056. The cheater went unslashed in both runs: its updates were
 failed by three verifiers, but 7-12 s after their rounds closed (6 s rounds, verdicts voted two
 rounds later), because each check's DHT write held up the next check. With verdicts written once
-per round (spotcheck.PUBLISH_WITHIN_S) the next run had verdicts within 0.75 s, the cheater slashed
-in base 7 and a val loss of 0.031 at round 10, as in clean runs.
+per round (spotcheck.PUBLISH_WITHIN_S) the next two runs had verdicts within 0.75 s and val losses
+of 0.031 and 0.049 at round 10; the cheater was slashed in base 7 in the first, and in the second
+first drawn for a check in round 8 and not yet slashed at round 12.
 """
 
 from __future__ import annotations
