@@ -64,11 +64,11 @@ def cap_newcomers(weights: Sequence[float], proven: Sequence[bool], share: float
         raise ConfigError(f"newcomer share must be in [0, 1) with one flag per weight, got {share!r}")
     old = math.fsum(w for w, p in zip(weights, proven) if p)
     new = math.fsum(w for w, p in zip(weights, proven) if not p)
+    if old <= 0.0:  # no proven update in the round: the bootstrap rule, or no weight at all
+        return [0.0 if reached else float(w) for w in weights]
     limit = share / (1.0 - share) * old
-    if (old <= 0.0 and not reached) or new <= limit:
+    if new <= limit:
         return [float(w) for w in weights]
-    if old <= 0.0:
-        return [0.0 for _ in weights]
     factor = limit / new
     return [float(w) if p else float(w) * factor for w, p in zip(weights, proven)]
 
