@@ -4,7 +4,7 @@ Three peers train ``tinylm-small``; while they run, ``dai-swarm export`` fetches
 state through two different peers, and every peer checkpoints itself. The exports must be
 byte-identical, load with ``safetensors`` and the task's ``build_model``, reach the val loss the
 swarm reported for round N, and pass ``ledger verify --model`` (a re-signed export with altered
-weights must fail). Then every peer stops, a new peer resumes the run from the export in a fresh
+weights must fail); the three peers' reward logs hold the same round records. Then every peer stops, a new peer resumes the run from the export in a fresh
 DHT, two more join it, and training continues from the exported loss with a reward log whose
 first new round record names the exported state as its parent.
 """
@@ -128,6 +128,12 @@ def test_export_verify_and_resume(tmp_path):
     for name in ("p0", "p1", "p2"):
         ok = _cli("ledger", "verify", f"{w}/{name}.ledger", "--model", f"{w}/export-a")
         assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
+    # the three peers wrote the same round records (ledger diff; its CLI is unit-tested on written logs)
+    from dai_swarm.rewards import diff_logs
+    for name in ("p1", "p2"):
+        assert diff_logs(f"{w}/p0.ledger", f"{w}/{name}.ledger") is None, name
+    heads = {name: len(_records(f"{w}/{name}.ledger", "round")) for name in ("p0", "p1", "p2")}
+    assert min(heads.values()) >= N, heads
     state = exported.state
     params = {k: v.clone() for k, v in state.params.items()}
     next(iter(params.values()))[0].add_(1e-3)
