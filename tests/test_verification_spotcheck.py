@@ -220,3 +220,63 @@ def test_a_verifier_draws_about_c_over_n_minus_one_of_the_updates(task):
     finally:
         c._jobs.put = put
         c.close()
+
+
+def test_fresh_keys_do_not_dilute_the_checks_of_updates_with_standing():
+    """4 keys with standing (one of them the verifier) and 40 fresh keys, c = 1, budget 8: each update with
+    standing is drawn with p = 1/3 (as without the flood: 3 other authors with standing), not 1/43, and
+    kept ahead of the newcomers' when the budget binds; newcomers' updates are still drawn (they earn
+    standing through checks) with p = 1/43 and only fill what is left."""
+    from dai_swarm.verification.check_rate import draw_checks
+
+    me, ranked = KEYS[0], KEYS[1:]
+    fresh = [f"{i + 64:02x}" * 32 for i in range(40)]
+    authors = {f"{i:02x}" * 32: k for i, k in enumerate([me, *ranked, *fresh])}
+    rng = random.Random(5)
+    of_ranked = of_fresh = 0
+    for _ in range(3000):
+        drawn = draw_checks(authors, me, KEYS, 1.0, 8, rng)
+        assert len(drawn) <= 8 and drawn == sorted(drawn) and all(authors[d] != me for d in drawn)
+        of_ranked += sum(authors[d] in ranked for d in drawn)
+        of_fresh += sum(authors[d] in fresh for d in drawn)
+    assert 0.30 <= of_ranked / (3 * 3000) <= 0.37  # p = 1/3 per update with standing
+    assert 0.018 <= of_fresh / (40 * 3000) <= 0.029  # p = 1/43 per newcomer's update
+    # a budget smaller than what was drawn keeps the updates with standing
+    for _ in range(200):
+        drawn = draw_checks(authors, me, KEYS, 64.0, 3, rng)  # every update drawn
+        assert {authors[d] for d in drawn} == set(ranked)
+    # with nobody holding standing it is the plain draw over all authors (the bootstrap window)
+    drawn = draw_checks(authors, me, (), 64.0, 100, rng)
+    assert len(drawn) == len(authors) - 1
+
+
+def test_the_checker_reads_standing_from_the_base_it_closes(task):
+    """on_close draws from the base's replicated trust table: with the other three keys standing and 40
+    fresh keys, every update with standing is drawn at c = 8 (p = 1 over 3 others), budget 8; the
+    newcomers' updates (p = 8/43 each) fill at most the 5 checks left."""
+    from dai_swarm.verification.reputation import initial_extra
+
+    dht = MemoryDHT()
+    base = {n: p.detach().clone() for n, p in task.build_model(0).named_parameters()}
+    keys = [*KEYS[1:], *(f"{i + 64:02x}" * 32 for i in range(40))]
+    anns = [UpdateAnnouncement("run", 4, BASE_HASH, k, 1, task.batch_size, "int8", f"{i + 16:02x}" * 32, 10)
+            for i, k in enumerate(keys)]
+    c = SpotChecker(task, 8.0, rng=random.Random(3))
+    drawn = []
+    put = c._jobs.put
+    c._jobs.put = lambda job: drawn.append(job[1][1].peer) if job and job[0] == c._safe_check else None
+    c.bind(SimpleNamespace(identity=SimpleNamespace(public_key_hex=KEYS[0]), region="a", run_id="run",
+                           dht=dht.signer_view(KEYS[0]), manifest=SimpleNamespace(seed=0), codec="int8",
+                           codec_params={}, clock=SimpleNamespace(round_s=2.0)))
+    try:
+        fresh = 0
+        for q in range(20):
+            drawn.clear()
+            c.on_close(q, Book(anns), {a.digest: {} for a in anns},
+                       SimpleNamespace(params=base, extra=initial_extra(KEYS, c.policy)))
+            assert set(KEYS[1:]) <= set(drawn) and len(drawn) <= 8, drawn
+            fresh += len(drawn) - 3
+        assert 60 <= fresh <= 100, fresh  # 20 rounds of min(5, Binomial(40, 8/43)): about 93
+    finally:
+        c._jobs.put = put
+        c.close()

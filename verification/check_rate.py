@@ -6,7 +6,10 @@ line can show the defaults without loading them.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_CHECKS_PER_UPDATE", "check_probability", "detection_per_round"]
+import random
+from typing import Collection, Mapping
+
+__all__ = ["DEFAULT_CHECKS_PER_UPDATE", "check_probability", "detection_per_round", "draw_checks"]
 
 #: expected independent recomputations of each update per round (c): a peer spends about c x one
 #: update's training on checks, flat in the swarm size; a cheater whose every update a check fails is
@@ -27,3 +30,41 @@ def detection_per_round(checks_per_update: float, peers: int) -> float:
     with :func:`check_probability`): ``1 - (1 - p)^(peers - 1)``; a check of a cheating update fails."""
     p = check_probability(checks_per_update, peers)
     return 1.0 - (1.0 - p) ** max(1, int(peers) - 1)
+
+
+def draw_checks(authors: Mapping[str, str], me: str, standing: Collection[str], checks_per_update: float,
+                max_checks: int, rng: random.Random) -> list[str]:
+    """The digests of one round's included updates (``authors``: digest -> author key) that peer ``me``
+    recomputes, drawn with its private ``rng``; sorted.
+
+    Two tiers, so that no number of fresh keys dilutes the checks of the updates that carry weight:
+
+    * an update by a key with ``standing`` is drawn with :func:`check_probability` over the authors
+      with standing alone (``c`` expected checks each, as if the newcomers were not there), and
+      these are kept first when more than ``max_checks`` are drawn;
+    * a newcomer's update is drawn with :func:`check_probability` over all authors (newcomers earn
+      standing through these checks) and fills what is left of ``max_checks``.
+
+    A peer then recomputes about ``c`` updates with standing plus at most ``c`` newcomers' updates a
+    round: at most ``2c`` updates' training, flat in the number of keys.
+    """
+    everyone = set(authors.values()) | {me}
+    ranked = set(standing) & set(authors.values())
+    p_standing = check_probability(checks_per_update, len(ranked | {me}))
+    p_new = check_probability(checks_per_update, len(everyone))
+    first, second = [], []
+    for digest in sorted(authors):
+        author = authors[digest]
+        if author == me:
+            continue
+        if author in ranked:
+            if rng.random() < p_standing:
+                first.append(digest)
+        elif rng.random() < p_new:
+            second.append(digest)
+    if len(first) >= max_checks:
+        return sorted(rng.sample(first, max_checks))
+    room = max_checks - len(first)
+    if len(second) > room:
+        second = rng.sample(second, room)
+    return sorted(first + second)

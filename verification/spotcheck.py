@@ -3,7 +3,9 @@
 * ``on_close(q, book, payloads, base)``: with private randomness (``random.SystemRandom``, seeded
   by the OS, not derivable by others) pick each included update of another peer with probability
   ``min(1, c / (n - 1))`` (:func:`check_probability`: ``c`` expected checks per update whatever
-  the number ``n`` of the round's authors, so a peer's checking cost stays flat as the swarm grows)
+  the number ``n`` of the round's authors, so a peer's checking cost stays flat as the swarm grows;
+  :func:`.check_rate.draw_checks`: ``n`` counts the authors with standing in the base for their
+  updates, so fresh keys cannot dilute those checks, and all authors for newcomers' updates)
   and recompute it on a worker thread (:func:`.recompute.recompute_update`); publish a
   signed verdict as this peer's ``verdict.<region>`` record of round ``q``. The worker also scans
   the verdicts of the last ``lag`` rounds and **re-checks every fail verdict** it can (it holds
@@ -29,12 +31,14 @@ from hivemind.p2p import PeerID
 from dai_swarm.canonical import sha256_hex, state_hash
 from dai_swarm.errors import SwarmError, Unprovable
 from dai_swarm.optim.exchange import fetch_payload
-from dai_swarm.verification.check_rate import DEFAULT_CHECKS_PER_UPDATE, check_probability, detection_per_round
+from dai_swarm.verification.check_rate import (DEFAULT_CHECKS_PER_UPDATE, check_probability, detection_per_round,
+                                               draw_checks)
 from dai_swarm.logging import get_logger
 from dai_swarm.optim import codecs
 
 from .recompute import DEFAULT_TAU, recompute_update, relative_distance
-from .reputation import ReputationPolicy, initial_extra, is_slashed, reputation_of, update_reputation, vote_weights
+from .reputation import (ReputationPolicy, initial_extra, is_slashed, reputation_of, standing_of, update_reputation,
+                         vote_weights)
 from .robust import CenteredClip
 from .sparse_verify import check_sparse_update
 from .verdicts import Verdict, record_body, verdicts_from_record
@@ -101,10 +105,10 @@ class SpotChecker:
             self._held[round] = {"base": base.params, "anns": anns, "payloads": dict(payloads), "t": now}
             for r in [r for r in self._held if r < round - self.lag - 1]:
                 del self._held[r]
-        p = check_probability(self.checks_per_update, len({a.peer for a in anns.values()} | {me}))
-        drawn = [d for d in sorted(anns) if anns[d].peer != me and d in payloads and self._rng.random() < p]
-        if len(drawn) > self.max_checks:
-            drawn = sorted(self._rng.sample(drawn, self.max_checks))
+        # updates by keys with standing first: a flood of fresh keys does not dilute their checks
+        standing = standing_of(getattr(base, "extra", None) or {}, self.policy)
+        drawn = draw_checks({d: a.peer for d, a in anns.items() if d in payloads}, me, standing,
+                            self.checks_per_update, self.max_checks, self._rng)
         for digest in drawn:
             self._jobs.put((self._safe_check, (round, anns[digest], False, now)))
         self._jobs.put((self._scan, (round,)))
