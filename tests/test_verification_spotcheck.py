@@ -280,3 +280,36 @@ def test_the_checker_reads_standing_from_the_base_it_closes(task):
     finally:
         c._jobs.put = put
         c.close()
+
+
+def test_fails_by_verifiers_with_standing_are_rechecked_first(task):
+    """Round 2 holds 10 updates, each failed by a verdict; 2 of the fails come from a verifier with
+    standing in round 2's base, 8 from a fresh key. With a budget of 2 re-checks, the scan re-checks
+    exactly the two that a key with standing accused (only those can slash, once a second check
+    agrees); with no standing anywhere it takes a random 2 of all 10."""
+    from dai_swarm.verification.reputation import initial_extra
+
+    fresh = "ee" * 32
+    anns = [UpdateAnnouncement("run", 2, BASE_HASH, f"{i + 64:02x}" * 32, 5, 5 * task.batch_size, "int8",
+                               f"{i + 16:02x}" * 32, 10) for i in range(10)]
+    for extra, expect in ((initial_extra(KEYS[:2]), {anns[0].digest, anns[1].digest}), ({}, None)):
+        dht = MemoryDHT()
+        for verifier, targets in ((KEYS[1], anns[:2]), (fresh, anns[2:])):
+            body = [{"round": 2, "verifier": verifier, "target": a.peer, "digest": a.digest, "pass": False,
+                     "distance": 1.0, "recomputed": "bb" * 32, "steps": 5, "latency_s": 0.1, "recheck": False}
+                    for a in targets]
+            dht.signer_view(verifier).publish_round_record("run", "verdict.a", 2, {"verdicts": body})
+        c = SpotChecker(task, 0.0, rng=random.Random(2), max_rechecks=2)
+        c.bind(SimpleNamespace(identity=SimpleNamespace(public_key_hex=KEYS[0]), region="a", run_id="run",
+                               dht=dht.signer_view(KEYS[0]), manifest=SimpleNamespace(seed=0), codec="int8",
+                               codec_params={}, clock=SimpleNamespace(round_s=2.0)))
+        try:
+            c.on_close(2, Book(anns), {a.digest: {} for a in anns}, SimpleNamespace(params={}, extra=extra))
+            done = []
+            c._safe_check = lambda t, a, recheck, at: done.append(a.digest)
+            c._scan(3)
+            assert len(done) == 2, done
+            if expect is not None:
+                assert set(done) == expect
+        finally:
+            c.close()

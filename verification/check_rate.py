@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Collection, Mapping
 
-__all__ = ["DEFAULT_CHECKS_PER_UPDATE", "check_probability", "detection_per_round", "draw_checks"]
+__all__ = ["DEFAULT_CHECKS_PER_UPDATE", "check_probability", "detection_per_round", "draw_checks", "fill_budget"]
 
 #: expected independent recomputations of each update per round (c): a peer spends about c x one
 #: update's training on checks, flat in the swarm size; a cheater whose every update a check fails is
@@ -62,9 +62,13 @@ def draw_checks(authors: Mapping[str, str], me: str, standing: Collection[str], 
                 first.append(digest)
         elif rng.random() < p_new:
             second.append(digest)
-    if len(first) >= max_checks:
-        return sorted(rng.sample(first, max_checks))
-    room = max_checks - len(first)
-    if len(second) > room:
-        second = rng.sample(second, room)
-    return sorted(first + second)
+    return sorted(fill_budget(first, second, max_checks, rng))
+
+
+def fill_budget(first: list, second: list, budget: int, rng: random.Random) -> list:
+    """At most ``budget`` items: ``first`` ones before any of ``second``, a random subset of a tier
+    that does not fit whole (``rng``, private)."""
+    if len(first) >= budget:
+        return rng.sample(first, budget)
+    room = budget - len(first)
+    return first + (rng.sample(second, room) if len(second) > room else second)

@@ -32,7 +32,7 @@ from dai_swarm.canonical import sha256_hex, state_hash
 from dai_swarm.errors import SwarmError, Unprovable
 from dai_swarm.optim.exchange import fetch_payload
 from dai_swarm.verification.check_rate import (DEFAULT_CHECKS_PER_UPDATE, check_probability, detection_per_round,
-                                               draw_checks)
+                                               draw_checks, fill_budget)
 from dai_swarm.logging import get_logger
 from dai_swarm.optim import codecs
 
@@ -101,12 +101,13 @@ class SpotChecker:
         me = self.rt.identity.public_key_hex
         anns = {a.digest: a for a, disc in book.included() if disc == 1.0}
         now = time.time()
-        with self._lock:
-            self._held[round] = {"base": base.params, "anns": anns, "payloads": dict(payloads), "t": now}
-            for r in [r for r in self._held if r < round - self.lag - 1]:
-                del self._held[r]
         # updates by keys with standing first: a flood of fresh keys does not dilute their checks
         standing = standing_of(getattr(base, "extra", None) or {}, self.policy)
+        with self._lock:
+            self._held[round] = {"base": base.params, "anns": anns, "payloads": dict(payloads), "t": now,
+                                 "standing": frozenset(standing)}
+            for r in [r for r in self._held if r < round - self.lag - 1]:
+                del self._held[r]
         drawn = draw_checks({d: a.peer for d, a in anns.items() if d in payloads}, me, standing,
                             self.checks_per_update, self.max_checks, self._rng)
         for digest in drawn:
@@ -290,7 +291,7 @@ class SpotChecker:
         ``round - lag``'s verdicts were read a moment ago for this close's vote (:meth:`vote_verdicts`):
         taken from the cache, not read from the DHT again."""
         me = self.rt.identity.public_key_hex
-        todo = []
+        todo: dict[tuple[int, str], tuple[Any, bool]] = {}  # (round, digest) -> (announcement, accused by standing)
         for t in range(max(0, round - self.lag), round):
             for v in self._cached(t) if t == round - self.lag else self._read(t):
                 if v.passed or v.target == me:
@@ -299,12 +300,14 @@ class SpotChecker:
                     held = self._held.get(t)
                     a = held["anns"].get(v.digest) if held else None
                     done = (t, v.digest) in self._checked
-                if a is not None and not done and a.peer == v.target and a.steps == v.steps \
-                        and (t, a) not in todo:
-                    todo.append((t, a))
-        if len(todo) > self.max_rechecks:  # a random few of many fails: each still gets re-checked in time
-            todo = self._rng.sample(todo, self.max_rechecks)
-        for t, a in todo:
+                    ranked = held is not None and v.verifier in held.get("standing", ())
+                if a is not None and not done and a.peer == v.target and a.steps == v.steps:
+                    todo[(t, a.digest)] = (a, ranked or todo.get((t, a.digest), (a, False))[1])
+        # fails by verifiers with standing first (only theirs can slash, and a second check decides them),
+        # then a random few of the others: each still gets re-checked in time
+        first = [(t, a) for (t, _), (a, ranked) in sorted(todo.items()) if ranked]
+        second = [(t, a) for (t, _), (a, ranked) in sorted(todo.items()) if not ranked]
+        for t, a in fill_budget(first, second, self.max_rechecks, self._rng):
             if self._closed.is_set():
                 return
             self._safe_check(t, a, True, time.time())
