@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.adaptive_rounds import main
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("procs")]  # real processes: the second lane (README, "Tests")
+pytestmark = pytest.mark.integration
 
 
 def test_quick_run_writes_results(tmp_path):

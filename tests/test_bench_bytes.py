@@ -13,7 +13,7 @@ from benchmarks.bytes import _report, main, measure
 
 
 @pytest.mark.integration
-@pytest.mark.xdist_group("procs")  # real processes: the second lane (README, "Tests")
+@pytest.mark.xdist_group("swarm8")  # real peer processes: not beside a swarm
 def test_quick_run_measures_a_sparse_swarm_and_both_update_sizes(tmp_path):
     assert main(["--quick", "--out", str(tmp_path)]) == 0
     for name in ("bytes.json", "bytes.md", "bytes.png"):

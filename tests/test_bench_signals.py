@@ -32,7 +32,6 @@ def test_a_signal_during_start_up_unwinds_it():
 
 
 @pytest.mark.integration
-@pytest.mark.xdist_group("procs")  # real processes: the second lane (README, "Tests")
 @pytest.mark.timeout(420)
 def test_quick_signal_campaign_exits_in_time_and_leaves_nothing(tmp_path):
     """6 signals at random moments, each way of signalling once. Every exit after start-up is within 10 s and nothing is left

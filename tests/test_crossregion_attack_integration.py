@@ -16,7 +16,7 @@ import pytest
 from dai_swarm.testing import SocketGuard, founding_peers, spawn_bootstrap
 from swarm_run import by_round, cleanup, spawn_peer, wait_all
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("procs")]  # real processes: the second lane (README, "Tests")
+pytestmark = pytest.mark.integration
 
 ROUND_S, K, UNTIL = 3.0, 2, 8
 REGIONS = ("zz", "r1")  # a made-up region, and the real region r1

@@ -21,7 +21,7 @@ from dai_swarm.cmd_demo import URL_RE
 from dai_swarm.demo_report import chromium_binary, run_chromium
 from test_metrics import parse_prometheus
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("procs")]  # real processes: the second lane (README, "Tests")
+pytestmark = pytest.mark.integration
 
 
 def _need_chromium() -> None:

@@ -15,7 +15,7 @@ from dai_swarm import testing
 from dai_swarm.demo_report import swarm_curve
 
 PY = [sys.executable, "-m", "dai_swarm", "demo"]
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("procs")]  # real processes: the second lane (README, "Tests")
+pytestmark = pytest.mark.integration
 
 
 def _ours(run_marker: str) -> list[int]:

@@ -52,7 +52,6 @@ RUNNABLE = [(n, lang, code) for n, lang, attrs, code in blocks() if lang in ("py
 
 
 @pytest.mark.integration
-@pytest.mark.xdist_group("procs")  # real processes: the second lane (README, "Tests")
 @pytest.mark.parametrize("name,lang,code", RUNNABLE, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(RUNNABLE)])
 def test_doc_block_runs(name, lang, code, tmp_path):
     argv = [sys.executable, "-c", code] if lang == "python" else ["bash", "-euo", "pipefail", "-c", code]
@@ -71,7 +70,6 @@ def _hashes(text: str) -> dict[int, str]:
 
 
 @pytest.mark.integration
-@pytest.mark.xdist_group("procs")  # real processes: the second lane (README, "Tests")
 def test_two_terminal_walkthrough_as_written(tmp_path):
     first_cmd, second_cmd = _terminal(1), _terminal(2)
     assert "/ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID" in second_cmd and "--manifest MANIFEST_HASH" in second_cmd

@@ -13,7 +13,7 @@ from dai_swarm import testing
 from dai_swarm.tasks import load_task
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("procs")]  # real processes: the second lane (README, "Tests")
+pytestmark = pytest.mark.integration
 
 
 def _run(argv: list[str], timeout_s: float = 240) -> subprocess.CompletedProcess:

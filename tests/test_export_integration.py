@@ -195,7 +195,6 @@ def test_export_verify_and_resume(tmp_path):
           f"= exported state {prov.state_hash[:12]}")
 
 
-@pytest.mark.xdist_group("procs")  # two peers, no export: the second lane (README, "Tests")
 def test_resume_while_the_run_is_live_joins_it(tmp_path):
     """A peer started with --resume while peers of the run are live joins the run (no new generation)
     and ends on the same state hashes as the live peer; an export of another run is refused."""

@@ -20,7 +20,7 @@ import pytest
 from nat_net import NatNet, nat_available
 from swarm_run import REPO
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("procs")]  # real processes: the second lane (README, "Tests")
+pytestmark = pytest.mark.integration
 
 ROUND_S, UNTIL_ROUND = 6.0, 13
 

@@ -20,7 +20,7 @@ import torch
 from dai_swarm.testing import founding_peers
 from swarm_run import by_round, cleanup, spawn_peer, wait_all
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("procs")]  # real processes: the second lane (README, "Tests")
+pytestmark = pytest.mark.integration
 
 ROUND_S = 5.0  # 4 s rounds: beside a training demo, a region delta reached one region too late to merge
 # The joiner p5 is spawned when p4 is killed (round 4.5) and needs S seconds to start (importing
