@@ -36,7 +36,7 @@ import time
 import pytest
 
 from benchmarks.churn import SLASH_RE
-from dai_swarm.testing import SocketGuard, spawn_bootstrap
+from dai_swarm.testing import SocketGuard, founding_peers, spawn_bootstrap
 
 # the two 8- or 9-peer swarms run one after another on one test worker (pytest -n 2 --dist loadgroup)
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]
@@ -57,7 +57,7 @@ WAIT_FOR_RUN_S = 150.0
 
 def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id: str, max_steps: int = 15,
               round_s: float = ROUND_S, start_in_s: float = START_IN_S, late: dict[int, float] | None = None,
-              keys_dir: str | None = None, extra_args: tuple[str, ...] = ()) -> list[dict]:
+              keys_dir: str | None = None, extra_args: tuple[str, ...] = (), founders: int = 1) -> list[dict]:
     """Run one swarm of ``dai-swarm peer`` processes (None = honest) until ``until_round``.
 
     p0 (honest) starts first and creates the run (it is the run's founder) with round 0 starting
@@ -65,11 +65,14 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
     p0's run, ``--wait-for-run``) and must be up by round 0, except the peers in ``late`` (index ->
     round), which start at that round (joiners). ``keys_dir``: peer
     i uses the identity ``keys_dir/p{i}.key`` (the same keys, hence the same data, across runs);
-    ``extra_args`` go to every peer (e.g. ``("--codec", "sparse")``).
+    ``extra_args`` go to every peer (e.g. ``("--codec", "sparse")``). ``founders``: peers
+    ``0 .. founders-1`` are the run's founders (standing from round 0; they must be honest), the
+    others start as newcomers.
 
     Returns, per peer: attack, history, status, log text and the slashes its log reports.
     """
     os.makedirs(workdir, exist_ok=True)
+    founding = founding_peers(workdir, [f"p{i}" for i in range(founders)]) if founders > 1 else {}
     with SocketGuard():
         boot = spawn_bootstrap(workdir)
         procs = []
@@ -91,7 +94,9 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
                 argv += list(extra_args)
                 if kind:
                     argv += ["--attack", kind]
-                if keys_dir:
+                if f"p{i}" in founding:
+                    argv += founding[f"p{i}"]
+                elif keys_dir:
                     argv += ["--identity", os.path.join(keys_dir, f"p{i}.key")]
                 if i == 0:  # the founder creates the run; everyone else only joins it
                     argv += ["--task", "regression", "--start-in", str(start_in_s)]
