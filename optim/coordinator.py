@@ -36,6 +36,7 @@ from . import codecs
 from .book import MAX_NEED_S, BookLimits, RoundBook
 from .config import RoundContext, RunConfig
 from .crossregion import CrossRegionMerger
+from .exchange import ROUNDS_HELD
 from .feedback_chain import FeedbackAuthor
 from .fetching import PayloadFetch
 from .machine import AdoptInclusion, CloseRound, KeepState, NoState, RoundMachine, TallyCommand
@@ -312,7 +313,7 @@ class Coordinator(PayloadFetch, StateSync):
             if book is not None and d in book.digests():
                 self.payloads.pop(d, None)
         self.books.pop(q - 2, None)
-        self.ctx.store.prune(q - 3)
+        self.ctx.store.prune(q - ROUNDS_HELD)
         events.info("round %d closed: %d updates, state %s%s", q, len(outcome.inclusion), outcome.state_hash[:12],
                     " (re-synced)" if outcome.resynced else "",
                     extra={"event": "round_closed", "round": q, "state_hash": outcome.state_hash})

@@ -57,6 +57,11 @@ class Traffic:
             return {"sent": dict(self.sent), "received": dict(self.received)}
 
 
+#: a peer serves what it stored for round r (updates, state snapshots) until its close of round
+#: r + ROUNDS_HELD + 1, when the coordinator prunes rounds below q - ROUNDS_HELD
+ROUNDS_HELD = 3
+
+
 class PayloadStore:
     """Payloads held by this peer, by hex digest, with the round they belong to.
 

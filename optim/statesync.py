@@ -14,6 +14,7 @@ from typing import Any, Callable
 from dai_swarm.errors import SwarmError
 from dai_swarm.logging import get_logger
 
+from .exchange import ROUNDS_HELD
 from .download import StateOffer, fetch_chunked, parse_state_offer, pick_download, state_record
 from .states import BaseState
 from .votes import Vote, confirm_state, majority_state_hash, state_weights
@@ -35,7 +36,11 @@ class StateSync:
         body, hashes = state_record(state.hash, blob, self.ctx.p2p_id)
         self.ctx.store.put(blob, state.round, body["digest"])
         self.ctx.store.put(hashes, state.round, body["chunks_digest"])
-        self._publish("state", state.round, body)
+        # the offer lives as long as the snapshot it offers: pruned at the close of round + ROUNDS_HELD + 1,
+        # so a joiner or an export never asks donors for a state they no longer hold
+        ttl_s = self.ctx.clock.close_time(state.round + ROUNDS_HELD + 1) - time.time()
+        if ttl_s > 0:
+            self.ctx.dht.publish_round_record(self.cfg.run_id, self._kind("state"), state.round, body, ttl_s=ttl_s)
 
     def state_offers(self, round: int) -> list[StateOffer]:
         """The well-formed state records of ``round`` (see :class:`~.download.StateOffer`)."""

@@ -243,3 +243,27 @@ def test_a_peer_whose_tally_missed_a_vote_credits_the_inclusion_of_the_state_it_
         "inclusion": [d5], "state_hash": cand[P3].hash})
     dht.records[("vote.r1", q)].pop(P3)
     assert coords[P5]._voted_inclusion(q, cand[P3].hash) is None
+
+
+def test_a_state_record_lives_as_long_as_the_snapshot_it_offers():
+    """The state of round b is served until the close of round b + ROUNDS_HELD + 1 (the store is pruned
+    then): its record expires then too, not after the 20 rounds of other records, so a joiner or an
+    export never asks donors for a snapshot they no longer hold. A snapshot already pruned by the
+    clock is not offered at all."""
+    from dai_swarm.optim.exchange import ROUNDS_HELD
+
+    now = time.time()
+    clock = RoundClock(now - 9.6 * 4.0, 4.0, close_frac=0.3, tally_frac=0.55)  # in round 9
+    dht = MemoryDHT()
+    c = _coordinator(P3, dht, clock, {}, {})
+    ttls = []
+    publish = c.ctx.dht.publish_round_record
+    c.ctx.dht = SimpleNamespace(publish_round_record=lambda run_id, kind, round, body, ttl_s=0.0:
+                                ttls.append((kind, round, ttl_s)) or publish(run_id, kind, round, body, ttl_s))
+    c._publish_state(_state(11, 1.0))
+    (kind, round, ttl), = ttls
+    assert kind == "state.r1" and round == 11
+    assert abs(ttl - (clock.close_time(11 + ROUNDS_HELD + 1) - now)) < 1.0 and ttl < 20 * 4.0
+    assert dht.records[("state.r1", 11)][P3].body["digest"]
+    c._publish_state(_state(4, 1.0))  # closed in round 8: its snapshot is pruned by now
+    assert len(ttls) == 1 and ("state.r1", 4) not in dht.records
