@@ -22,7 +22,9 @@ from swarm_run import REPO
 
 pytestmark = pytest.mark.integration
 
-ROUND_S, UNTIL_ROUND = 6.0, 13
+# 10 rounds: alone on this machine the home peer was paid in every round from 0 (12 of 13 rounds
+# recorded), and the test asks for 3
+ROUND_S, UNTIL_ROUND = 6.0, 10
 
 
 def _spawn(net: NatNet, ns: str, workdir, name: str, args: list[str], bootstrap: bool = False) -> dict:

@@ -19,8 +19,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]
 
 
 def test_sparse_run_trains_verifies_and_slashes_a_forged_feedback_buffer(tmp_path):
+    # four peers, not eight: the founders' crowd is up well within 18 s of the run's creation (START_IN_S is
+    # sized for eight)
     peers = run_swarm(str(tmp_path), [None, None, None, "forged_feedback"], until_round=10, run_id="sparse-ef",
-                      extra_args=("--codec", "sparse"))
+                      extra_args=("--codec", "sparse"), start_in_s=18.0)
     check_honest(peers)
     res = report(peers, "sparse")
     assert res["forged_feedback"]["slashed_in_base"] is not None, [p["log"][-3000:] for p in peers[:1]]
