@@ -166,9 +166,9 @@ class Coordinator(PayloadFetch, StateSync):
     def _kind(self, what: str, region: str | None = None) -> str:
         return f"{what}.{region or self.cfg.region}"
 
-    def _publish(self, what: str, round: int, body: dict) -> None:
+    def _publish(self, what: str, round: int, body: dict, ttl_s: float | None = None) -> None:
         self.ctx.dht.publish_round_record(self.cfg.run_id, self._kind(what), round, body,
-                                          ttl_s=max(60.0, 20 * self.ctx.clock.round_s))
+                                          ttl_s=ttl_s if ttl_s is not None else max(60.0, 20 * self.ctx.clock.round_s))
 
     def _records(self, what: str, round: int, region: str | None = None) -> list:
         return self.ctx.dht.get_round_records(self.cfg.run_id, self._kind(what, region), round)

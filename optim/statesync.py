@@ -40,7 +40,7 @@ class StateSync:
         # so a joiner or an export never asks donors for a state they no longer hold
         ttl_s = self.ctx.clock.close_time(state.round + ROUNDS_HELD + 1) - time.time()
         if ttl_s > 0:
-            self.ctx.dht.publish_round_record(self.cfg.run_id, self._kind("state"), state.round, body, ttl_s=ttl_s)
+            self._publish("state", state.round, body, ttl_s)
 
     def state_offers(self, round: int) -> list[StateOffer]:
         """The well-formed state records of ``round`` (see :class:`~.download.StateOffer`)."""

@@ -302,7 +302,8 @@ class SpotChecker:
                     done = (t, v.digest) in self._checked
                     ranked = held is not None and v.verifier in held.get("standing", ())
                 if a is not None and not done and a.peer == v.target and a.steps == v.steps:
-                    todo[(t, a.digest)] = (a, ranked or todo.get((t, a.digest), (a, False))[1])
+                    accused_by_standing = ranked or ((t, a.digest) in todo and todo[(t, a.digest)][1])
+                    todo[(t, a.digest)] = (a, accused_by_standing)
         # fails by verifiers with standing first (only theirs can slash, and a second check decides them),
         # then a random few of the others: each still gets re-checked in time
         first = [(t, a) for (t, _), (a, ranked) in sorted(todo.items()) if ranked]
