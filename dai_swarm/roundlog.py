@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from .logging import get_logger
+from .optim.exchange import round_record_ttl
 from .optim.votes import standing_keys
 from .rewards import Contributor, compute_round_record
 from .rewards.rules import DEFAULT_EMISSION
@@ -100,7 +101,7 @@ def write_round_record(rt: Any, outcome: Any, state: Any) -> dict | None:
         rt.ledger.append_round(body).wait(10.0)
         head = {"round_chain_head": rt.ledger.round_chain_head, "rounds": rt.ledger.rounds}
         rt.dht.publish_round_record(rt.run_id, f"loghead.{rt.region}", outcome.round, head,
-                                    ttl_s=max(60.0, 20 * rt.manifest.round_s))
+                                    ttl_s=round_record_ttl(rt.manifest.round_s))
         return head
     except Exception as e:  # the log must never stop training; the error is counted and logged
         rt.ledger_errors += 1

@@ -36,7 +36,7 @@ from . import codecs
 from .book import MAX_NEED_S, BookLimits, RoundBook
 from .config import RoundContext, RunConfig
 from .crossregion import CrossRegionMerger
-from .exchange import ROUNDS_HELD
+from .exchange import ROUNDS_HELD, round_record_ttl
 from .feedback_chain import FeedbackAuthor
 from .fetching import PayloadFetch
 from .machine import AdoptInclusion, CloseRound, KeepState, NoState, RoundMachine, TallyCommand
@@ -168,7 +168,7 @@ class Coordinator(PayloadFetch, StateSync):
 
     def _publish(self, what: str, round: int, body: dict, ttl_s: float | None = None) -> None:
         self.ctx.dht.publish_round_record(self.cfg.run_id, self._kind(what), round, body,
-                                          ttl_s=ttl_s if ttl_s is not None else max(60.0, 20 * self.ctx.clock.round_s))
+                                          ttl_s=ttl_s if ttl_s is not None else round_record_ttl(self.ctx.clock.round_s))
 
     def _records(self, what: str, round: int, region: str | None = None) -> list:
         return self.ctx.dht.get_round_records(self.cfg.run_id, self._kind(what, region), round)

@@ -45,7 +45,7 @@ from dai_swarm.logging import get_logger
 
 from . import codecs
 from .aggregate import weighted_mean
-from .exchange import fetch_from_any, fetch_when_ready
+from .exchange import fetch_from_any, fetch_when_ready, round_record_ttl
 from .machine import is_sync_round
 from .states import BaseState
 from .votes import standing_keys
@@ -259,7 +259,7 @@ class CrossRegionMerger:
         anchor = f"{int(state.extra.get('merges', 0)):08d}:{state_hash(state.anchor)}"
         ctx.dht.publish_round_record(cfg.run_id, "xdelta", r, {
             "region": cfg.region, "digest": digest, "size": len(blob), "samples": samples, "p2p_id": ctx.p2p_id,
-            "anchor": anchor}, ttl_s=max(60.0, 20 * ctx.clock.round_s))
+            "anchor": anchor}, ttl_s=round_record_ttl(ctx.clock.round_s))
         wait = ctx.clock.tally_time(q) + MERGE_AT * ctx.clock.round_s - time.time()
         if wait > 0:
             time.sleep(wait)

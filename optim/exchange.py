@@ -62,6 +62,12 @@ class Traffic:
 ROUNDS_HELD = 3
 
 
+def round_record_ttl(round_s: float) -> float:
+    """How long a round record (update, vote, verdict, region delta, log head) lives in the DHT:
+    20 rounds, at least a minute. State records live only as long as their snapshot (``ROUNDS_HELD``)."""
+    return max(60.0, 20 * float(round_s))
+
+
 class PayloadStore:
     """Payloads held by this peer, by hex digest, with the round they belong to.
 

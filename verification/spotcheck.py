@@ -30,7 +30,7 @@ from hivemind.p2p import PeerID
 
 from dai_swarm.canonical import sha256_hex, state_hash
 from dai_swarm.errors import SwarmError, Unprovable
-from dai_swarm.optim.exchange import fetch_payload
+from dai_swarm.optim.exchange import fetch_payload, round_record_ttl
 from dai_swarm.verification.check_rate import (DEFAULT_CHECKS_PER_UPDATE, check_probability, detection_per_round,
                                                draw_checks, fill_budget)
 from dai_swarm.logging import get_logger
@@ -76,7 +76,7 @@ class SpotChecker:
         self.rule = rule if rule is not None else CenteredClip()
         self._rng = rng if rng is not None else random.SystemRandom()
         self._lock = threading.Lock()
-        self._held: dict[int, dict] = {}  # round -> {"base", "anns", "payloads", "t"}
+        self._held: dict[int, dict] = {}  # round -> {"base", "anns", "payloads", "t", "standing"}
         self._verdicts: dict[str, Verdict] = {}  # id -> verdict
         self._checked: set[tuple[int, str]] = set()  # (round, digest) checked here
         self._unpublished: dict[int, float] = {}  # round -> when its first verdict not yet in the DHT was made
@@ -282,7 +282,7 @@ class SpotChecker:
                 return
             try:
                 self.rt.dht.publish_round_record(self.rt.run_id, self._kind(), t, record_body(mine),
-                                                 ttl_s=max(60.0, 20 * self.rt.clock.round_s))
+                                                 ttl_s=round_record_ttl(self.rt.clock.round_s))
             except Exception as e:  # DHT trouble: the next verdict of that round publishes the record again
                 logger.warning("round %d: publishing this peer's verdicts failed: %r", t, e)
 

@@ -31,6 +31,7 @@ import torch
 from dai_swarm.errors import DHTClosed
 from dai_swarm.logging import get_logger
 from dai_swarm.optim import codecs
+from dai_swarm.optim.exchange import round_record_ttl
 
 from .attacks import Attack
 
@@ -144,7 +145,7 @@ class SybilFlood(Attack):
         base = rt.bases.get(q)
         if base is None:
             return
-        ttl = max(60.0, 20 * rt.clock.round_s)
+        ttl = round_record_ttl(rt.clock.round_s)
         batch: list = []
         if time.time() >= self._members_until:  # live, signed peer records for the fresh members
             batch = [(k, PeerRecord(run_id=rt.run_id, peer_id=rt.p2p_id, maddrs=tuple(rt.dht.visible_maddrs),
