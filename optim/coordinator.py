@@ -295,20 +295,21 @@ class Coordinator(PayloadFetch, StateSync):
                                        winners=winners, now=time.time())
         state, cmd = self._settle(q, cmd, state, outcome)
         if state is not None:
-            outcome.state_hash = state.hash
             self._publish_state(state)
             agreed = None  # the winning inclusion, when this peer's own tally did not settle on it
             if self.machine.must_confirm(q, cmd, self._electorate(votes), {v.voter: v.state_hash for v in votes},
                                          self.ctx.identity.public_key_hex):
                 confirmed = self._confirm_state(q, state, votes)
-                if confirmed is not state:
+                if confirmed is None:
+                    state = None
+                elif confirmed is not state:
                     state, outcome.resynced = confirmed, True
-                    outcome.state_hash = state.hash
                     agreed = self._voted_inclusion(q, state.hash)
             if book is not None:
                 if agreed is None and result.decided and outcome.resynced:  # (an empty inclusion counts too)
                     agreed = result.inclusion
                 self._credit(q, book, outcome, agreed)
+        outcome.state_hash = state.hash if state is not None else ""  # the base of q + 2 held, never a dropped one
         for d in list(self.payloads):
             if book is not None and d in book.digests():
                 self.payloads.pop(d, None)

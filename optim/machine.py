@@ -364,6 +364,15 @@ class RoundMachine:
         the re-sync deadline: their merged states appear only once their merges finish."""
         return ResyncState(q, "", False, frozenset(), self.resync_give_up(q, now))
 
+    @staticmethod
+    def keeps_unconfirmed(me: str, electorate: Iterable[str], weights: Mapping[str, float]) -> bool:
+        """Whether a kept state whose confirmation ran out of time (no settled majority among the
+        region's state records) stays this peer's base: yes for a peer with standing (``weights``:
+        those of the base both sides held), or when no other member of the ``electorate`` has any;
+        a peer without standing in a region that has some holds no base then and catches up from the
+        records of those with standing (a joiner that missed one vote keeps no state they never chose)."""
+        return weights.get(me, 0.0) > 0 or not any(weights.get(k, 0.0) > 0 for k in electorate if k != me)
+
     def must_confirm(self, q: int, command: TallyCommand, electorate: Iterable[str],
                      votes: Mapping[str, str], me: str) -> bool:
         """Whether a kept state is compared with the region's state records before round ``q + 2``:

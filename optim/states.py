@@ -126,6 +126,12 @@ class BaseStore:
                 del self._states[r]
             self._cond.notify_all()
 
+    def discard(self, round: int) -> None:
+        """Stop holding the base of ``round`` (a state its region never confirmed; see
+        :meth:`~.machine.RoundMachine.keeps_unconfirmed`)."""
+        with self._cond:
+            self._states.pop(round, None)
+
     def get(self, round: int) -> BaseState | None:
         """The base of ``round`` if held."""
         with self._cond:

@@ -70,11 +70,13 @@ class StateSync:
             self._stop.wait(0.25)
         return None
 
-    def _confirm_state(self, q: int, state: BaseState, votes: list[Vote]) -> BaseState:
+    def _confirm_state(self, q: int, state: BaseState, votes: list[Vote]) -> BaseState | None:
         """Compare this peer's new base of ``q+2`` with its region's state records (pure rule:
         :func:`~.votes.confirm_state`): a peer whose tally missed a mate's vote, or that merged a
         different set of region deltas, re-syncs to the settled majority before round ``q+2``
-        starts instead of one round later. Weights come from base ``q+1``, which both sides held."""
+        starts instead of one round later. Weights come from base ``q+1``, which both sides held.
+        Unsettled at the deadline: the state is kept, or, for a peer without standing, dropped (None;
+        :meth:`~.machine.RoundMachine.keeps_unconfirmed`)."""
         me = self.ctx.identity.public_key_hex
         held = self.bases.get(q + 1)
         weights = self.ctx.vote_weights(held.extra if held is not None else None)
@@ -93,7 +95,17 @@ class StateSync:
                 self._publish_state(adopted)
             return adopted
 
-        return self._retry_resync(q, self.machine.resync_give_up(q, time.time()), check) or state
+        settled = self._retry_resync(q, self.machine.resync_give_up(q, time.time()), check)
+        if settled is not None:
+            return settled
+        if self.machine.keeps_unconfirmed(me, self._electorate(votes), weights):
+            return state
+        logger.warning("round %d: no state record of the region's peers with standing confirmed this peer's new "
+                       "state %s in time; holding no base of round %d (it re-syncs when it trains it)",
+                       q, state.hash[:12], q + 2)
+        self.bases.discard(q + 2)
+        self.ctx.count("unconfirmed_state_dropped")
+        return None
 
     def _lying_donor(self, peer_id: Any, why: str) -> None:
         """A donor sent state bytes that do not match the chunk list: count it (status counters)."""

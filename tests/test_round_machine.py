@@ -136,6 +136,14 @@ def test_undecided_tally_keeps_a_candidate_and_leaves_a_peer_without_one_waiting
     assert m.decide(5, nobody, candidate=None, inclusion=None, winners=set(), now=55.5) == NoState(5)
 
 
+def test_only_a_peer_with_standing_keeps_a_state_its_region_never_confirmed():
+    keeps = RoundMachine.keeps_unconfirmed
+    assert keeps(P1, {P1, P2}, {P1: 0.5, P2: 0.5})
+    assert not keeps(P3, {P1, P3}, {P1: 0.5})  # a joiner defers to the founder's records
+    assert keeps(P3, {P3, P2}, {P1: 0.5})  # nobody in its region has standing: it carries on alone
+    assert keeps(P3, set(), {})
+
+
 def test_a_late_joiner_votes_only_after_it_tallied_the_previous_round():
     m = RoundMachine.for_joiner(CLOCK, 34.0, kinds=("close", "tally"))  # joins in round 3
     assert (m.first_round, m.observe_from) == (4, 3)

@@ -84,6 +84,7 @@ class MemoryDHT:
         self.records: dict = {}
         self.hide: dict[str, set[str]] = {}  # reader -> signers whose vote records it cannot read
         self.hide_once: dict[str, set[str]] = {}  # reader -> signers missing from its next vote read only
+        self.hide_states: dict[str, set[str]] = {}  # reader -> signers whose state records it cannot read
 
     def view(self, reader: str):
         dht = self
@@ -95,6 +96,8 @@ class MemoryDHT:
 
             def get_round_records(self, run_id, kind, round):
                 recs = dht.records.get((kind, round), {})
+                if kind.startswith("state"):
+                    return [recs[s] for s in sorted(recs) if s not in dht.hide_states.get(reader, set())]
                 if not kind.startswith("vote"):
                     return [recs[s] for s in sorted(recs)]
                 hidden = dht.hide.get(reader, set()) | dht.hide_once.pop(reader, set())
@@ -159,6 +162,42 @@ def test_two_coordinators_that_missed_each_others_vote_converge_in_the_same_roun
     assert coords[P5].outcomes[q].resynced is True and coords[P3].outcomes[q].resynced is False
     assert coords[P5].outcomes[q].state_hash == cand[P3].hash
 
+
+
+def test_a_joiner_without_standing_keeps_no_state_its_region_never_confirmed():
+    """The round-protocol test's failure: the joiner P5 (no standing yet) closed round 5 on another
+    state than the founder P3, its tally read only its own vote, and P3's state record was not in by
+    the confirmation deadline (P3 under load). P5 then kept its own state, one nobody with weight
+    chose, and recorded it as round 5's. Now it holds no base of round 7 (it re-syncs it when it
+    trains it) and records no state for the round; a peer with standing keeps its own."""
+    now = time.time()
+    clock = RoundClock(now - 10.7 * 4.0, 4.0, close_frac=0.3, tally_frac=0.55)  # the give-up is 1 s away
+    dht = MemoryDHT()
+    peers = {P3: ("p2p-0303", "r1", now), P5: ("p2p-0505", "r1", now)}
+    q = 9
+    weights = {P3: 0.55, P5: 0.0}
+    base_q1 = BaseState.make(q + 1, {"w": torch.zeros(4)}, {"w": torch.zeros(4)}, {"reputation": weights},
+                             {"w": torch.zeros(4)})
+    cand = {P3: _state(q + 2, 1.0), P5: _state(q + 2, 2.0)}
+    coords = {k: _coordinator(k, dht, clock, {s.hash: s for s in cand.values()}, peers) for k in (P3, P5)}
+    for key, c in coords.items():
+        c.bases.put(base_q1)
+        c._candidates[q] = cand[key]
+        c.ctx.count = lambda name, n=1, c=c: c.ctx.counters.__setitem__(name, c.ctx.counters.get(name, 0) + n)
+        dht.view(key).publish_round_record("run", "vote.r1", q, {"inclusion": [], "state_hash": cand[key].hash})
+    dht.hide = {P5: {P3}, P3: {P5}}  # each tally reads only its own vote, and neither sees the other's state
+    dht.hide_states = {P5: {P3}, P3: {P5}}
+    t0 = time.time()
+    for key in (P3, P5):
+        coords[key].tally_round(q)
+    assert time.time() - t0 < 6.0
+    out3, out5 = coords[P3].outcomes[q], coords[P5].outcomes[q]
+    assert coords[P5].bases.get(q + 2) is None and out5.state_hash == "" and not out5.resynced
+    assert coords[P5].ctx.counters == {"unconfirmed_state_dropped": 1}
+    assert coords[P3].bases.get(q + 2).hash == out3.state_hash == cand[P3].hash  # the founder keeps its own
+    # once P3's record can be read, P5 re-syncs to it as before
+    dht.hide_states = {}
+    assert coords[P5]._confirm_state(q, cand[P5], []).hash == cand[P3].hash
 
 
 def test_a_peer_that_downloaded_the_agreed_state_credits_the_agreed_contributors():
