@@ -71,6 +71,10 @@ def test_ctrl_c_stops_every_process(tmp_path):
                 if not line:
                     break
             assert "all 2 peers visible after" in line
+            # the sockets the demo's own processes hold (another test's, beside this one, are not its to remove)
+            tree = testing._proc.descendants(proc.pid)
+            own = {s for pid in tree for s in testing._proc.daemon_sockets(pid)} | set(testing._proc.owned_sockets(tree))
+            assert own
             os.killpg(proc.pid, signal.SIGINT)
             out, err = proc.communicate(timeout=90)
         finally:
@@ -82,4 +86,4 @@ def test_ctrl_c_stops_every_process(tmp_path):
     # each peer saw the other, and the two peers are in the demo's two regions (round-robin)
     assert summary["visible_at_end"] == 2 and summary["regions"] == {"eu": 1, "us": 1}, summary
     assert not _ours(str(tmp_path / "demo"))
-    assert guard.removed == [], "the demo removed its own sockets"
+    assert not [s for s in own if s in guard.removed or os.path.exists(s)], "the demo removed its own sockets"

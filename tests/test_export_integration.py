@@ -4,9 +4,11 @@ Three peers train ``tinylm-small``; while they run, ``dai-swarm export`` fetches
 state through two different peers, and every peer checkpoints itself. The exports must be
 byte-identical, load with ``safetensors`` and the task's ``build_model``, reach the val loss the
 swarm reported for round N, and pass ``ledger verify --model`` (a re-signed export with altered
-weights must fail); the three peers' reward logs hold the same round records. Then every peer stops, a new peer resumes the run from the export in a fresh
-DHT, two more join it, and training continues from the exported loss with a reward log whose
-first new round record names the exported state as its parent.
+weights must fail); the three peers' reward logs hold the same round records. Then every peer
+stops, a new peer resumes the run from the export in a fresh DHT, two more join it (one of them also given the export: with the run live it joins instead of
+starting another generation), and training continues from the exported loss with a reward log
+whose first new round record names the exported state as its parent. An export of another run is
+refused.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 import pytest
 import torch
 
+from dai_swarm import testing
 from swarm_run import REPO, by_round, cleanup, spawn_peer, wait_all
 
 # beside an 8-peer attack swarm (which checks every update) on 2 cores, the exporter's first dials to
@@ -152,7 +155,13 @@ def test_export_verify_and_resume(tmp_path):
     print(f"REPORT ledger verify --model: honest rc 0 on 3 logs; re-signed altered weights rc {forged_out.returncode}: "
           f"{forged_out.stdout.strip()[-90:]}; altered byte rc {bad.returncode}: {bad.stdout.strip()[-70:]}")
 
-    # every peer has stopped: a new peer resumes the run from the export in a fresh DHT; two more join
+    # an export of another run is refused before anything starts
+    wrong = _cli("peer", "--run-id", "another-run", "--resume", f"{w}/export-a", "--quiet")
+    assert wrong.returncode == 1 and "ExportMismatch" not in wrong.stderr and "not 'another-run'" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
+    # every peer has stopped: a new peer resumes the run from the export in a fresh DHT; two more join it
+    # while it is live, one of them given the export as well (it joins: no second generation)
     origin = N + 2
     until = origin + 8
     resumed = dict(run_id=run_id, task=None, t0=None, round_s=ROUND_S, until_round=until, region="r0")
@@ -162,12 +171,15 @@ def test_export_verify_and_resume(tmp_path):
                                             "--ledger", f"{w}/r0.ledger"], **resumed)
         late.append(r0)
         boot = r0.addresses()
-        for name in ("r1", "r2"):
-            late.append(spawn_peer(w, name, initial_peers=boot, extra_args=["--ledger", f"{w}/{name}.ledger"],
-                                   **resumed))
+        late.append(spawn_peer(w, "r1", initial_peers=boot, extra_args=["--ledger", f"{w}/r1.ledger"], **resumed))
+        # r2 is given the export too, once r0 is live: it must join the live run, not start another generation
+        testing.wait_until(lambda: "starts at round" in r0.log(), 90, what="the resumed peer started")
+        late.append(spawn_peer(w, "r2", initial_peers=boot, extra_args=["--ledger", f"{w}/r2.ledger", "--resume",
+                                                                        f"{w}/export-a"], **resumed))
         wait_all(late, timeout_s=12 + 10 * ROUND_S + 150)
     finally:
         cleanup(late)
+    assert "has live peers: joining it" in late[2].log(), late[2].log()[-3000:]
     after = {p.name: by_round(p.history()) for p in late}
     first = min(r for r in after["r0"] if after["r0"][r].get("val_loss") is not None)
     vals = [after["r0"][r]["val_loss"] for r in sorted(after["r0"]) if after["r0"][r].get("val_loss") is not None]
@@ -193,36 +205,3 @@ def test_export_verify_and_resume(tmp_path):
         assert common_rounds and all(shared[r] == mine[r] for r in common_rounds), name
     print(f"REPORT resumed ledger: first round record {origin} has parent {first_record['parent_hash'][:12]} "
           f"= exported state {prov.state_hash[:12]}")
-
-
-def test_resume_while_the_run_is_live_joins_it(tmp_path):
-    """A peer started with --resume while peers of the run are live joins the run (no new generation)
-    and ends on the same state hashes as the live peer; an export of another run is refused."""
-    run_id = f"live-{os.getpid()}"
-    w = str(tmp_path)
-    t0 = float(int(time.time()) + 15)
-    common = dict(run_id=run_id, task="regression", round_s=3.0, until_round=12, region="r0", max_inner_steps=20)
-    peers = []
-    try:
-        p0 = spawn_peer(w, "p0", t0=t0, extra_args=["--checkpoint-dir", f"{w}/ckpt", "--checkpoint-every", "1"],
-                        **common)
-        peers.append(p0)
-        boot = p0.addresses()
-        deadline = time.time() + 90
-        while time.time() < deadline and not [d for d in os.listdir(f"{w}/ckpt") if d.startswith("round-")]:
-            time.sleep(0.5)
-        ckpt = sorted(d for d in os.listdir(f"{w}/ckpt") if d.startswith("round-"))[-1]
-        shutil.copytree(f"{w}/ckpt/{ckpt}", f"{w}/export")
-        wrong = _cli("peer", "--run-id", "another-run", "--resume", f"{w}/export", "--quiet")
-        assert wrong.returncode == 1 and "ExportMismatch" not in wrong.stderr and "not 'another-run'" in wrong.stderr
-        assert "Traceback" not in wrong.stderr
-        peers.append(spawn_peer(w, "p1", t0=None, task=None, initial_peers=boot,
-                                extra_args=["--resume", f"{w}/export"], **{k: v for k, v in common.items() if k != "task"}))
-        wait_all(peers, timeout_s=12 * 3.0 + 120)
-    finally:
-        cleanup(peers)
-    assert "has live peers: joining it" in peers[1].log()
-    h0, h1 = by_round(peers[0].history()), by_round(peers[1].history())
-    shared = sorted(set(h0) & set(h1))
-    assert len(shared) >= 2 and all(h0[r]["state_hash"] == h1[r]["state_hash"] for r in shared[-2:]), (h0, h1)
-    print(f"REPORT live resume: joined, {len(shared)} rounds in common, last {shared[-1]} agree")
