@@ -28,7 +28,7 @@ import torch
 
 from dai_swarm.errors import ConfigError, NonFiniteValues, ShapeMismatch
 
-__all__ = ["AggregationRule", "NEWCOMER_SHARE", "cap_newcomers", "sq_norm", "update_weight", "weighted_mean"]
+__all__ = ["AggregationRule", "NEWCOMER_SHARE", "cap_newcomer_norms", "cap_newcomers", "sq_norm", "update_weight", "weighted_mean"]
 
 #: At most this fraction of a round's aggregate weight comes from keys without standing (newcomers).
 NEWCOMER_SHARE = 0.1
@@ -71,6 +71,33 @@ def cap_newcomers(weights: Sequence[float], proven: Sequence[bool], share: float
         return [float(w) for w in weights]
     factor = limit / new
     return [float(w) if p else float(w) * factor for w, p in zip(weights, proven)]
+
+
+def cap_newcomer_norms(updates: Sequence[Mapping[str, torch.Tensor]],
+                       proven: Sequence[bool]) -> list[Mapping[str, torch.Tensor]]:
+    """Scale each newcomer's update (``proven[i]`` False) down to the largest L2 norm among the
+    round's proven updates, if it is longer. :func:`cap_newcomers` bounds the newcomers' *weight*;
+    this bounds their *influence*: a sign-flipped copy of a fully trained update must not outweigh
+    proven peers that, on a loaded host, trained one or two steps. Honest newcomers that trained
+    like the proven peers are barely touched. A round with no proven update: unchanged.
+
+    Deterministic: norms by :func:`sq_norm`, one float64 factor per update, one elementwise ``mul``
+    per tensor (new tensors; the inputs are not modified).
+    """
+    if len(updates) != len(proven):
+        raise ConfigError(f"one flag per update: {len(updates)} updates, {len(proven)} flags")
+    norms = [math.sqrt(sq_norm(u)) for u in updates]
+    ref = max((n for n, p in zip(norms, proven) if p), default=None)
+    if ref is None:
+        return list(updates)
+    out: list[Mapping[str, torch.Tensor]] = []
+    for u, n, p in zip(updates, norms, proven):
+        if p or n <= ref:
+            out.append(u)
+        else:
+            factor = ref / n
+            out.append({k: torch.mul(v, factor) for k, v in u.items()})
+    return out
 
 
 def sq_norm(tensors: Mapping[str, torch.Tensor]) -> float:

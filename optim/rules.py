@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .aggregate import cap_newcomers, update_weight, weighted_mean
+from .aggregate import cap_newcomer_norms, cap_newcomers, update_weight, weighted_mean
 from .book import RoundBook
 from .outer import OuterState, outer_step
 from .schedule import needs_of
@@ -74,7 +74,8 @@ def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch
     Pure (no I/O, no clock): the network driver and the simulator (:mod:`dai_swarm.sim`) both call
     it. ``verifier`` supplies ``next_extra``/``reputation``/``vote_weights``/``rule`` (see
     :class:`NullVerifier`); keys without standing together weigh at most
-    :data:`~.aggregate.NEWCOMER_SHARE` of the aggregate (:func:`~.aggregate.cap_newcomers`), and
+    :data:`~.aggregate.NEWCOMER_SHARE` of the aggregate (:func:`~.aggregate.cap_newcomers`), each
+    counts no longer than the longest proven update (:func:`~.aggregate.cap_newcomer_norms`), and
     nothing in a round without a proven update once the chain has had one (:data:`PROVEN_ROUND`),
     ``verdicts`` the verdict ids agreed in round ``q-1``'s votes; ``base_q`` is needed only for
     delay compensation. ``rewards`` (optional) is the reward hook the composition layer supplies
@@ -95,13 +96,15 @@ def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch
                                 len(included))
     rep = verifier.reputation(extra)
     weights = [update_weight(a.samples, rep.get(a.peer, 1.0), disc) for a, disc in included]
+    tensors = [payloads[a.digest] for a, _ in included]
     proven = standing_keys(verifier.vote_weights(extra))
-    if proven is not None:  # newcomers together weigh at most NEWCOMER_SHARE of the round
-        flags = [a.peer in proven for a, _ in included]
+    if proven is not None:  # newcomers together weigh at most NEWCOMER_SHARE of the round,
+        flags = [a.peer in proven for a, _ in included]  # each no longer than the longest proven update
         weights = cap_newcomers(weights, flags, reached=PROVEN_ROUND in base_next.extra)
+        tensors = cap_newcomer_norms(tensors, flags)
         if any(flags):  # replicated: this chain has included an update with standing (last round it did)
             extra[PROVEN_ROUND] = int(book.round)
-    updates = [(a.digest, w, payloads[a.digest]) for (a, _), w in zip(included, weights)]
+    updates = [(a.digest, w, t) for (a, _), w, t in zip(included, weights, tensors)]
     if not updates or all(w == 0 for _, w, _ in updates):
         return BaseState.make(book.round + 2, base_next.params, base_next.momentum, extra, base_next.anchor)
     delta = weighted_mean(updates, rule=verifier.rule)

@@ -57,7 +57,8 @@ WAIT_FOR_RUN_S = 150.0
 
 def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id: str, max_steps: int = 15,
               round_s: float = ROUND_S, start_in_s: float = START_IN_S, late: dict[int, float] | None = None,
-              keys_dir: str | None = None, extra_args: tuple[str, ...] = (), founders: int = 1) -> list[dict]:
+              keys_dir: str | None = None, extra_args: tuple[str, ...] = (), founders: int = 1,
+              nice: dict[int, int] | None = None) -> list[dict]:
     """Run one swarm of ``dai-swarm peer`` processes (None = honest) until ``until_round``.
 
     p0 (honest) starts first and creates the run (it is the run's founder) with round 0 starting
@@ -67,7 +68,8 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
     i uses the identity ``keys_dir/p{i}.key`` (the same keys, hence the same data, across runs);
     ``extra_args`` go to every peer (e.g. ``("--codec", "sparse")``). ``founders``: peers
     ``0 .. founders-1`` are the run's founders (standing from round 0; they must be honest), the
-    others start as newcomers.
+    others start as newcomers. ``nice``: peer index -> CPU niceness of its process (e.g. an attacker
+    that, on its own machine, would not take CPU from the honest peers sharing this one).
 
     Returns, per peer: attack, history, status, log text and the slashes its log reports.
     """
@@ -104,7 +106,8 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
                     argv += ["--wait-for-run", str(WAIT_FOR_RUN_S)]
                 log = open(os.path.join(workdir, f"p{i}.log"), "wb")
                 procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                              start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1")))
+                                              start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                              preexec_fn=(lambda n=(nice or {}).get(i): os.nice(n)) if (nice or {}).get(i) else None))
                 if i not in late and any(j not in late for j in range(i + 1, len(attacks))):
                     continue  # the founders' round-0 crowd starts together
                 if not os.path.exists(os.path.join(workdir, "p0.addr")):

@@ -229,15 +229,34 @@ def _flood_round(base: BaseState, honest_delta: dict | None, flooders: int = 40)
 
 def test_forty_sign_flipped_newcomer_updates_move_the_base_at_most_the_share():
     """compute_next_base with 1 standing update and 40 fresh keys sending its negation ×10: the
-    aggregate stays within the newcomer share of the honest direction."""
+    aggregate stays within the newcomer share of the honest direction, and each flooded update
+    counts no longer than the honest one."""
     from dai_swarm.optim.aggregate import NEWCOMER_SHARE
 
     base = BaseState.make(1, {"w": torch.zeros(8)}, {"w": torch.zeros(8)}, _established())
     out = _flood_round(base, {"w": torch.ones(8)})
-    # mean delta = 0.9 * 1 + 0.1 * (-10) = -0.1 (outer step: θ − lr·Δ): without the cap the 40
-    # newcomers (weight 0.1 each at reputation "newcomer") would hold 4/5 of the round: Δ = -7.8
-    expected = (1 - NEWCOMER_SHARE) * 1.0 + NEWCOMER_SHARE * -10.0
+    # mean delta = 0.9 * 1 + 0.1 * (-1) = 0.8 (outer step: θ − lr·Δ): without the weight cap the 40
+    # newcomers (weight 0.1 each at reputation "newcomer") would hold 4/5 of the round: Δ = -7.8;
+    # with it but without the norm cap each -10 counts in full: Δ = 0.9 - 1.0 = -0.1
+    expected = (1 - NEWCOMER_SHARE) * 1.0 + NEWCOMER_SHARE * -1.0
     assert torch.allclose(out.params["w"], torch.full((8,), -expected), atol=1e-5)
+
+
+def test_a_newcomer_update_counts_no_longer_than_the_longest_proven_one():
+    """The flood run's lesson: on a loaded host the proven peers trained 1-2 steps while the flood
+    sent sign-flipped copies of fully trained updates; the weight share alone let those move the
+    base further than the honest updates. Newcomer updates are scaled to the longest proven one."""
+    from dai_swarm.optim.aggregate import cap_newcomer_norms, sq_norm
+
+    proven = [{"w": torch.full((4,), 0.5)}, {"w": torch.full((4,), 1.0)}]
+    long_flip, short = {"w": torch.full((4,), -30.0)}, {"w": torch.full((4,), 0.25)}
+    out = cap_newcomer_norms([*proven, long_flip, short], [True, True, False, False])
+    assert out[0] is proven[0] and out[1] is proven[1] and out[3] is short  # within the bound: untouched
+    assert sq_norm(out[2]) == pytest.approx(sq_norm(proven[1])) and torch.all(out[2]["w"] < 0)
+    assert torch.equal(long_flip["w"], torch.full((4,), -30.0))  # the payload itself is not modified
+    assert cap_newcomer_norms([long_flip], [False]) == [long_flip]  # nobody proven: the bootstrap rule
+    with pytest.raises(ConfigError):
+        cap_newcomer_norms([long_flip], [])
 
 
 def test_a_flood_that_kept_every_proven_update_out_of_a_round_gets_no_weight():
