@@ -1,12 +1,16 @@
 """The Sybil flood against REAL ``dai-swarm peer`` processes: no number of fresh keys captures the swarm.
 
-One swarm on the regression task: p0 (founder), p1, p2 honest, p3 a cheater (``sign_flip``), p4
-running ``--attack sybil`` (:mod:`dai_swarm.verification.sybil`): every round 1,000 fresh keys vote
-for a poisoned state and 50 of them offer it for download, 40 fresh keys with live peer records
-announce sign-flipped updates, and one announces an update 64x the payload cap; and a joiner p5
-that starts at round 5. What the tests assert is what the trust model guarantees whatever the
-load: no honest peer (the joiner included) ever holds a state the attacker chose, no honest peer is
-slashed, and the oversized update is refused by its declared size and never requested.
+One swarm on the regression task: p0, p1, p2 honest founders (established peers, as the trust
+model recommends), p3 a cheater (``sign_flip``), p4 running ``--attack sybil``
+(:mod:`dai_swarm.verification.sybil`): every round 1,000 fresh keys vote for a poisoned state and
+50 of them offer it for download, 40 fresh keys with live peer records announce sign-flipped
+updates, and one announces an update 64x the payload cap; and a joiner p5 that starts at round 5.
+The attacker runs at nice 19, as if on a machine of its own: its records still reach, load and
+are checked by the honest peers' DHTs, but it does not take their CPU (at nice 0 it published
+3-4 rounds of attack by round 12; at nice 19, 11-12). What the tests assert is what the trust
+model guarantees whatever the load: no honest peer (the joiner included) ever holds a state the
+attacker chose, no honest peer is slashed, and the oversized update is refused by its declared
+size and never requested.
 
 What they do not assert, measured instead (docs/design.md, "Trust model"; the closing notes): on
 this 2-core machine, with six peer processes and the attacker on it, the flood is a denial of
@@ -19,7 +23,9 @@ failed by three verifiers, but 7-12 s after their rounds closed (6 s rounds, ver
 rounds later), because each check's DHT write held up the next check. With verdicts written once
 per round (spotcheck.PUBLISH_WITHIN_S) the next two runs had verdicts within 0.75 s and val losses
 of 0.031 and 0.049 at round 10; the cheater was slashed in base 7 in the first, and in the second
-first drawn for a check in round 8 and not yet slashed at round 12.
+first drawn for a check in round 8 and not yet slashed at round 12. With three founders, the
+newcomer norm cap and the attacker at nice 19 (this harness), the flood's val loss at rounds
+8-10 stayed within +8% of a clean run, inside the run-to-run spread of clean runs (3-18%).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]
 
 UNTIL = 12
 JOINER, JOIN_ROUND = 5, 5
+ATTACKER = 4
 HONEST = (0, 1, 2, 5)
 POISONED_RE = re.compile(r"poisoned state ([0-9a-f]{64})")
 
@@ -43,15 +50,16 @@ POISONED_RE = re.compile(r"poisoned state ([0-9a-f]{64})")
 @pytest.fixture(scope="module")
 def attacked(tmp_path_factory):
     return run_swarm(str(tmp_path_factory.mktemp("attacked")), [None, None, None, "sign_flip", "sybil", None],
-                     until_round=UNTIL, run_id="sybil-attacked", late={JOINER: JOIN_ROUND})
+                     until_round=UNTIL, run_id="sybil-attacked", late={JOINER: JOIN_ROUND}, founders=3,
+                     nice={ATTACKER: 19})
 
 
 def _poisoned(attacked) -> set[str]:
-    found = set(POISONED_RE.findall(attacked[4]["log"]))
-    # the attacker did attack, round after round: it signs ~1,000 records a round on the same 2 cores and
-    # falls behind itself (3 rounds of attack by round 12 on a machine ~20% slower than where 4 were seen)
-    assert len(found) >= 3, attacked[4]["log"][-3000:]
-    assert attacked[4]["status"]["counters"].get("sybil_records", 0) >= 3000
+    found = set(POISONED_RE.findall(attacked[ATTACKER]["log"]))
+    # the attacker did attack, round after round (it signs ~1,000 records a round; alone beside the swarm at
+    # nice 19 it attacked 11-12 rounds of 12, and at nice 0 it starved itself to 3-4)
+    assert len(found) >= 3, attacked[ATTACKER]["log"][-3000:]
+    assert attacked[ATTACKER]["status"]["counters"].get("sybil_records", 0) >= 3000
     return found
 
 
@@ -67,6 +75,6 @@ def test_no_honest_peer_or_joiner_ever_holds_a_state_the_fresh_keys_chose(attack
 
 def test_oversized_announcement_from_a_fresh_key_is_refused_and_never_fetched(attacked):
     _poisoned(attacked)
-    assert attacked[4]["status"]["counters"].get("sybil_oversized_requests", 0) == 0
+    assert attacked[ATTACKER]["status"]["counters"].get("sybil_oversized_requests", 0) == 0
     reasons = rejection_counts([attacked[i] for i in HONEST])
     assert reasons.get("too_large", 0) >= 1, reasons
