@@ -5,7 +5,8 @@ state through two different peers, and every peer checkpoints itself. The export
 byte-identical, load with ``safetensors`` and the task's ``build_model``, reach the val loss the
 swarm reported for round N, and pass ``ledger verify --model`` (a re-signed export with altered
 weights must fail); the three peers' reward logs hold the same round records. Then every peer
-stops, a new peer resumes the run from the export in a fresh DHT, two more join it (one of them also given the export: with the run live it joins instead of
+stops, a new peer resumes the run from the export in a fresh DHT, two more join it (one of them
+given a peer's checkpoint of round N with ``--resume``: with the run live it joins instead of
 starting another generation), and training continues from the exported loss with a reward log
 whose first new round record names the exported state as its parent. An export of another run is
 refused.
@@ -161,7 +162,7 @@ def test_export_verify_and_resume(tmp_path):
     assert "Traceback" not in wrong.stderr
 
     # every peer has stopped: a new peer resumes the run from the export in a fresh DHT; two more join it
-    # while it is live, one of them given the export as well (it joins: no second generation)
+    # while it is live, one of them given p1's checkpoint of round N (it joins: no second generation)
     origin = N + 2
     until = origin + 8
     resumed = dict(run_id=run_id, task=None, t0=None, round_s=ROUND_S, until_round=until, region="r0")
@@ -172,10 +173,11 @@ def test_export_verify_and_resume(tmp_path):
         late.append(r0)
         boot = r0.addresses()
         late.append(spawn_peer(w, "r1", initial_peers=boot, extra_args=["--ledger", f"{w}/r1.ledger"], **resumed))
-        # r2 is given the export too, once r0 is live: it must join the live run, not start another generation
+        # r2 is given a checkpoint (the same format as an export) once r0 is live: it must join the live run,
+        # not start another generation
         testing.wait_until(lambda: "starts at round" in r0.log(), 90, what="the resumed peer started")
         late.append(spawn_peer(w, "r2", initial_peers=boot, extra_args=["--ledger", f"{w}/r2.ledger", "--resume",
-                                                                        f"{w}/export-a"], **resumed))
+                                                                        f"{w}/p1-ckpt/round-{N:06d}"], **resumed))
         wait_all(late, timeout_s=12 + 10 * ROUND_S + 150)
     finally:
         cleanup(late)
