@@ -105,9 +105,10 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
                 else:
                     argv += ["--wait-for-run", str(WAIT_FOR_RUN_S)]
                 log = open(os.path.join(workdir, f"p{i}.log"), "wb")
+                niceness = (nice or {}).get(i, 0)
                 procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                               start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                                              preexec_fn=(lambda n=(nice or {}).get(i): os.nice(n)) if (nice or {}).get(i) else None))
+                                              preexec_fn=(lambda: os.nice(niceness)) if niceness else None))
                 if i not in late and any(j not in late for j in range(i + 1, len(attacks))):
                     continue  # the founders' round-0 crowd starts together
                 if not os.path.exists(os.path.join(workdir, "p0.addr")):
