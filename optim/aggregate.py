@@ -86,10 +86,10 @@ def cap_newcomer_norms(updates: Sequence[Mapping[str, torch.Tensor]],
     """
     if len(updates) != len(proven):
         raise ConfigError(f"one flag per update: {len(updates)} updates, {len(proven)} flags")
-    norms = [math.sqrt(sq_norm(u)) for u in updates]
-    ref = max((n for n, p in zip(norms, proven) if p), default=None)
-    if ref is None:
+    if all(proven) or not any(proven):  # no newcomer, or nobody to compare with: no norms to compute
         return list(updates)
+    norms = [math.sqrt(sq_norm(u)) for u in updates]
+    ref = max(n for n, p in zip(norms, proven) if p)
     out: list[Mapping[str, torch.Tensor]] = []
     for u, n, p in zip(updates, norms, proven):
         if p or n <= ref:
