@@ -94,8 +94,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--round-s", type=float, default=10.0,
                    help="round length in seconds; with --round-s-max the first rounds' length (new runs only)")
     p.add_argument("--round-s-max", type=float, default=None, metavar="S",
-                   help="let rounds adapt to what the swarm's machines need, up to S seconds (new single-region "
-                        "runs only; default: fixed rounds)")
+                   help="let rounds adapt to what the swarm's machines need, up to S seconds (new runs only; with "
+                        "several regions lengths change at cross-region merges; default: fixed rounds)")
     p.add_argument("--codec", default="int8",
                    help="update codec: none, fp16, int8, topk, or sparse (chunked top-k with error feedback, "
                         "checked on sampled buffer chunks; outer SGD lr 1.0, no momentum) (new runs only)")

@@ -30,6 +30,9 @@ def refresh_peers(rt: Any) -> None:
     try:
         peers = rt.dht.list_peers(rt.run_id)  # verified: signed by the key they carry, unexpired
         rt.region_of = {p.peer_id: p.region for p in peers}
+        rule = getattr(rt, "schedule_rule", None)
+        if rule is not None and any(p.region != rt.region for p in peers):
+            rule.multi_region = True  # rounds now change only at cross-region merges (optim/schedule.py)
         now, grace = time.time(), 2 * rt.clock.round_s
         keys = {k: v for k, v in rt.peer_keys.items() if v[2] >= now - grace}
         keys.update({p.public_key: (p.peer_id, p.region, now) for p in peers})

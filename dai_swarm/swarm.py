@@ -89,7 +89,7 @@ class Swarm:
     multiaddrs of any peers of the swarm (empty: start a new swarm). ``region``: a name or
     ``"auto"`` (RTT clustering). ``identity``: an :class:`Identity`, a key path, or None
     (ephemeral). The run settings (``round_s``; with ``round_s_max`` the first rounds' length, which
-    then adapts to what the swarm's machines need up to ``round_s_max``, single-region runs only ...
+    then adapts to what the swarm's machines need up to ``round_s_max``; with several regions at merges ...
     ``codec``: ``"int8"`` (dense) or ``"sparse"`` (chunked top-k with error feedback; its outer step
     defaults to plain SGD at lr 1.0 without momentum, the buffer standing in for it), among others;
     ``t0``, or ``start_in_s``: round 0 starts that

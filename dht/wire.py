@@ -107,8 +107,19 @@ class StateBody(_Wire):
     chunks_digest: Hex64
 
 
+class XSchedule(_Wire):
+    """A region's round schedule at a sync round (rounds from ``since`` start at ``start + (r -
+    since) * round_s``) and the length ``want`` its agreed updates asked for since the last merge."""
+
+    since: Count
+    start: Annotated[float, Field(ge=0)]
+    round_s: Annotated[float, Field(gt=0, le=86_400)]
+    want: Annotated[float, Field(gt=0, le=86_400)]
+
+
 class XDeltaBody(_Wire):
-    """A region's delta at a sync round; ``anchor`` is ``"%08d:<state hash>"`` (merges behind it)."""
+    """A region's delta at a sync round; ``anchor`` is ``"%08d:<state hash>"`` (merges behind it);
+    ``schedule`` only in runs whose rounds adapt (optim/schedule.py)."""
 
     region: Name
     digest: Hex64
@@ -116,6 +127,7 @@ class XDeltaBody(_Wire):
     samples: Count
     p2p_id: Short
     anchor: Annotated[str, StringConstraints(pattern=r"^[0-9]{8}:[0-9a-f]{64}$")]
+    schedule: XSchedule | None = None
 
 
 class VerdictsBody(_Wire):

@@ -14,17 +14,16 @@ The merged parameters are ``anchor − Σ_g w_g D_g / Σ_g w_g``, computed with 
 outer momentum. A peer that misses a delta computes another state, which the next round's vote
 exposes, and re-syncs (I1).
 
-Which region deltas count (:func:`admit_region_deltas`, pure): a record counts only if its signer
-has a live, signed peer record in the region the record names and holds standing in this region's
-replicated state (a founder, or a key with verified work; SPEC I7); a region counts only if a
-strict majority of its members that published agree on the same (digest, size, samples, anchor),
-read again until 0.18 T after the tally while live members have not published (so one key cannot
-speak for a region of many); this peer's own region's delta is the one it computed, never a
-record. A region's weight is its claimed samples bounded by :func:`weight_cap`, what its *backers*
-(the signers of the record that counts) could have trained since the anchor: a plausibility cap,
-not verification. Views of who is live differ (a dead peer's record lives until its TTL), and so
-would the weights. No second admitted region: no merge (logged). Refusals are counted (``xdelta_*``
-counters). Why a region of fresh keys changes nothing: docs/design.md, "Cross-region trust".
+Which region deltas count is decided by :func:`~.region_admission.admit_region_deltas` (pure):
+signers with a live peer record in the region and standing, a strict majority of the region's
+publishers, read again until 0.18 T after the tally while live members have not published; this
+peer's own region's delta is the one it computed, never a record. A region's weight is its claimed
+samples bounded by :func:`~.region_admission.weight_cap`: a plausibility cap, not verification.
+No second admitted region: no merge (logged). Refusals are counted (``xdelta_*`` counters).
+
+In runs whose rounds adapt, the record also carries the region's round schedule and the length it
+asked for since the last merge; every merged region then takes the same clock from round ``r + 1``
+(:meth:`~.schedule.ScheduleRule.at_merge`), so the regions' merge windows keep meeting.
 """
 
 from __future__ import annotations
@@ -34,19 +33,19 @@ import hashlib
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Collection, Iterable, Mapping
+from typing import Any, Iterable
 
 import torch
 
-from dai_swarm.dht.wire import parse_wire
-from dai_swarm.errors import MalformedRecord, PayloadTooLarge, PeerUnreachable, ProtocolError, SwarmError
+from dai_swarm.errors import PayloadTooLarge, PeerUnreachable, ProtocolError, SwarmError
 from dai_swarm.logging import get_logger
 
 from . import codecs
 from .aggregate import weighted_mean
 from .exchange import fetch_from_any, fetch_when_ready, round_record_ttl
 from .machine import is_sync_round
+from .region_admission import Admission, RegionDelta, admit_region_deltas, anchor_merges, weight_cap
+from .schedule import XREGIONS
 from .states import BaseState
 from .votes import standing_keys
 from dai_swarm.canonical import state_hash
@@ -81,52 +80,14 @@ def merge_region_deltas(anchor, updates) -> dict[str, torch.Tensor] | None:
     return {n: torch.sub(anchor[n], mean[n]) for n in anchor}
 
 
-def merged_base(state: BaseState, params) -> BaseState:
-    """The merged base: ``params`` become the new anchor; momentum kept; sample count reset."""
+def merged_base(state: BaseState, params, regions: int = 1) -> BaseState:
+    """The merged base: ``params`` become the new anchor; momentum kept; sample count reset;
+    ``regions`` (how many the merge combined) recorded, which pins adaptive rounds to merges."""
     extra = dict(state.extra)
     extra["epoch_samples"] = 0
     extra["merges"] = int(extra.get("merges", 0)) + 1
+    extra[XREGIONS] = int(regions)
     return BaseState.make(state.round, params, state.momentum, extra, anchor=params)
-
-
-def weight_cap(members: int, max_inner_steps: int, batch_size: int, cross_region_period: int) -> int:
-    """Most samples ``members`` live peers can have trained since the anchor (all from the manifest
-    and the task): each includes at most one update of ≤ ``max_inner_steps × batch_size`` samples
-    per round, over the ``K`` rounds of a merge period plus one late update carried over (stale
-    rule). A plausibility cap on a claim, not a verification of it."""
-    return max(0, int(members)) * int(max_inner_steps) * int(batch_size) * (int(cross_region_period) + 1)
-
-
-@dataclass(frozen=True)
-class RegionDelta:
-    """Another region's delta as admitted for a merge: what its majority published, and its weight."""
-
-    region: str
-    digest: str
-    size: int
-    claimed: int
-    weight: float
-    anchor: str
-    members: int
-    votes: int
-    providers: tuple[str, ...]
-
-
-@dataclass
-class Admission:
-    """The outcome of :func:`admit_region_deltas`.
-
-    ``regions``: admitted other regions; ``mates``: libp2p ids of this region's members that
-    published (gateway candidates); ``refused``: counts by reason; ``short``: regions whose members
-    published but with no majority yet (worth reading again); ``backers``: per (region, record
-    key), the signers with a live peer record in that region that published it (standing or not).
-    """
-
-    regions: dict[str, RegionDelta] = field(default_factory=dict)
-    mates: list[str] = field(default_factory=list)
-    refused: Counter = field(default_factory=Counter)
-    short: set[str] = field(default_factory=set)
-    backers: dict[tuple[str, tuple], set[str]] = field(default_factory=dict)
 
 
 def gateway_of(keys: Iterable[str], merge_round: int) -> str:
@@ -134,108 +95,6 @@ def gateway_of(keys: Iterable[str], merge_round: int) -> str:
     the smallest SHA-256 of ``key|round`` (no election round trip; it rotates with the round).
     The real merger and the simulator both call this."""
     return min(sorted(keys), key=lambda k: hashlib.sha256(f"{k}|{merge_round}".encode()).digest())
-
-
-def anchor_merges(anchor: str) -> int:
-    """The merge count in an anchor tag ``"%08d:<state hash>"``; ValueError if malformed."""
-    count, sep, digest = anchor.partition(":")
-    if not sep or len(count) != 8 or not count.isdigit() or len(digest) != 64:
-        raise ValueError(f"malformed anchor tag {anchor[:80]!r}")
-    return int(count)
-
-
-def _parse_xdelta(body: Mapping, max_payload_bytes: int) -> tuple[str, tuple[str, int, int, str]] | None:
-    """(region, (digest, size, samples, anchor)) of an xdelta body (schema:
-    :class:`~dai_swarm.dht.wire.XDeltaBody`), or None if malformed or over the run's payload cap."""
-    try:
-        w = parse_wire("xdelta", body)
-    except MalformedRecord:
-        return None
-    if w.size > max_payload_bytes:
-        return None
-    return w.region, (w.digest, w.size, w.samples, w.anchor)
-
-
-def admit_region_deltas(records: Iterable[tuple[str, Mapping]], members: Mapping[str, tuple[str, str]],
-                        my_region: str, *, max_payload_bytes: int, per_member_cap: int,
-                        max_merges: int | None = None, final: bool = True,
-                        standing: Collection[str] | None = None) -> Admission:
-    """Which other regions' deltas count in a merge (pure; see the module docstring).
-
-    ``records``: ``(signer public key, xdelta body)``; ``members``: public key → (region, libp2p
-    id) from the run's live, signed peer records; ``per_member_cap``: :func:`weight_cap` of one
-    backer (the cap of a region is its backers times it). Refusal reasons: ``xdelta_malformed``,
-    ``xdelta_not_member`` (no live peer record), ``xdelta_wrong_region`` (its peer record names another region), ``xdelta_no_majority`` (per
-    region), ``xdelta_capped`` (per region whose claim exceeds its cap), ``xdelta_future_anchor``
-    (its anchor claims more merges than ``max_merges``, the merge points so far),
-    ``xdelta_no_standing`` (its signer holds no standing).
-
-    ``standing``: the keys this peer's replicated state grants standing (founders and keys with
-    verified work, :func:`~dai_swarm.verification.reputation.standing_of`); None in a swarm that
-    trusts its members (no verification). With it, only records of standing signers count: a
-    region none of whose members holds standing (a region of fresh keys, whatever their number
-    and their claimed samples) is never admitted, and its fresh keys cannot outvote the standing
-    members of a real region.
-
-    A region counts when a strict majority of *its members that published* this merge agree. With
-    ``final=False`` a region some (or all) of whose live members have not published yet is withheld
-    (listed in ``short``) so the caller reads again; the final read decides with whoever published.
-    (A strict majority of all live members refused an honest region whenever a member had just died:
-    its peer record stays live until its TTL, 30 s, and it never publishes again.)
-    """
-    out = Admission()
-    size = Counter(region for key, (region, _) in members.items() if standing is None or key in standing)
-    votes: dict[str, Counter] = {}
-    publishers: dict[tuple[str, tuple], list[str]] = {}
-    seen: set[str] = set()
-    for signer, body in records:
-        if signer in seen:
-            continue  # one record per signer (the DHT keeps one per subkey anyway)
-        seen.add(signer)
-        parsed = _parse_xdelta(body, max_payload_bytes)
-        if parsed is None:
-            out.refused["xdelta_malformed"] += 1
-            continue
-        region, key = parsed
-        if max_merges is not None and anchor_merges(key[3]) > max_merges:
-            out.refused["xdelta_future_anchor"] += 1
-            continue
-        if signer not in members:
-            out.refused["xdelta_not_member"] += 1
-            continue
-        member_region, p2p_id = members[signer]
-        if member_region != region:
-            out.refused["xdelta_wrong_region"] += 1
-            continue
-        out.backers.setdefault((region, key), set()).add(signer)
-        if standing is not None and signer not in standing:
-            if region != my_region:  # a mate without standing is no refusal (it is never counted)
-                out.refused["xdelta_no_standing"] += 1
-            continue
-        if region == my_region:
-            out.mates.append(p2p_id)  # our own delta is ours; mates only serve as gateway candidates
-            continue
-        votes.setdefault(region, Counter())[key] += 1
-        publishers.setdefault((region, key), []).append(p2p_id)
-    if not final:  # no member of a region published yet (a late tally under load): read again too
-        out.short.update(g for g in size if g != my_region and g not in votes)
-    for region, counter in sorted(votes.items()):
-        key, n = max(counter.items(), key=lambda kv: (kv[1], [-ord(ch) for ch in kv[0][0]]))
-        published = sum(counter.values())
-        if published < size[region] and not final:
-            out.short.add(region)  # live members still to publish: read again before deciding
-            continue
-        if 2 * n <= published:
-            out.refused["xdelta_no_majority"] += 1
-            continue
-        digest, nbytes, claimed, anchor = key
-        cap = len(out.backers[(region, key)]) * int(per_member_cap)
-        if claimed > cap:
-            out.refused["xdelta_capped"] += 1
-        out.regions[region] = RegionDelta(region, digest, nbytes, claimed, float(min(claimed, cap)), anchor,
-                                          size[region], n, tuple(sorted(publishers[(region, key)])))
-    out.mates.sort()
-    return out
 
 
 class CrossRegionMerger:
@@ -257,9 +116,13 @@ class CrossRegionMerger:
         digest = ctx.store.put(blob, r)
         samples = int(state.extra.get("epoch_samples", 0))
         anchor = f"{int(state.extra.get('merges', 0)):08d}:{state_hash(state.anchor)}"
-        ctx.dht.publish_round_record(cfg.run_id, "xdelta", r, {
-            "region": cfg.region, "digest": digest, "size": len(blob), "samples": samples, "p2p_id": ctx.p2p_id,
-            "anchor": anchor}, ttl_s=round_record_ttl(ctx.clock.round_s))
+        body = {"region": cfg.region, "digest": digest, "size": len(blob), "samples": samples, "p2p_id": ctx.p2p_id,
+                "anchor": anchor}
+        rule = getattr(ctx, "schedule_rule", None)  # adaptive rounds: the region's schedule travels along
+        sched = rule.published(state.extra) if rule is not None else None
+        if sched is not None:
+            body["schedule"] = sched
+        ctx.dht.publish_round_record(cfg.run_id, "xdelta", r, body, ttl_s=round_record_ttl(ctx.clock.round_s))
         wait = ctx.clock.tally_time(q) + MERGE_AT * ctx.clock.round_s - time.time()
         if wait > 0:
             time.sleep(wait)
@@ -276,12 +139,14 @@ class CrossRegionMerger:
                            r, cfg.region, source)
             return None
         chosen = {g: d for g, d in adm.regions.items() if d.anchor == anchor}
+        standing = standing_keys(ctx.verifier.vote_weights(state.extra))
+        ranked = {g for k, (g, _) in members.items() if standing is None or k in standing}  # regions that count
         if not chosen:
             silent = sorted({g for g, _ in members.values() if g != cfg.region})
             if silent:
                 logger.warning("merge %d: no delta admitted from region(s) %s: this region goes on alone", r,
                                ", ".join(silent))
-            return merged_base(state, state.params)  # no second admitted region: no merge
+            return self._reschedule(merged_base(state, state.params), r, [], not set(silent) & ranked)
         deadline = ctx.clock.tally_time(q) + MERGE_END * ctx.clock.round_s
         providers = {d.digest: [(pid, g) for pid in d.providers] for g, d in chosen.items()}
         published = set(adm.mates)
@@ -292,11 +157,12 @@ class CrossRegionMerger:
                               gateway, deadline)
         expect = {n: tuple(t.shape) for n, t in state.params.items()}
         # our own region: the delta we computed, weighted like the other regions weigh it (its backers)
-        backers = adm.backers.get((cfg.region, (digest, len(blob), samples, anchor)), set())
+        own_key = (digest, len(blob), samples, anchor, tuple(sched.values()) if sched is not None else None)
+        backers = adm.backers.get((cfg.region, own_key), set())
         mine = len(backers | {ctx.identity.public_key_hex})
         own_w = float(min(samples, weight_cap(mine, cfg.max_inner_steps, cfg.batch_size, cfg.cross_region_period)))
         weights: dict[str, list] = {digest: [own_w, codecs.decode(blob, max_bytes=cfg.max_decoded_bytes)]}
-        used = 0
+        used, scheds = 0, []
         for region, d in sorted(chosen.items()):
             tensors = decoded.get(d.digest) if d.digest != digest else weights[digest][1]
             if tensors is None or {n: tuple(t.shape) for n, t in tensors.items()} != expect:
@@ -304,14 +170,25 @@ class CrossRegionMerger:
                 continue
             weights.setdefault(d.digest, [0.0, tensors])[0] += d.weight  # equal bytes: one delta, summed weight
             used += 1
+            scheds.append(d.schedule)
         updates = [(d, w, t) for d, (w, t) in weights.items()]
         merged = merge_region_deltas(state.anchor, updates) if used else None  # (c) a second region or no merge
         if merged is None:
-            return merged_base(state, state.params)
+            return self._reschedule(merged_base(state, state.params), r, [], False)
         self.merges += 1
         events.info("cross-region merge at round %d: %d regions", r, used + 1,
                     extra={"event": "merge", "round": r, "regions": used + 1})
-        return merged_base(state, merged)
+        return self._reschedule(merged_base(state, merged, used + 1), r, scheds, False, cfg.region not in ranked)
+
+    def _reschedule(self, state: BaseState, r: int, others: list, alone: bool, follow: bool = False) -> BaseState:
+        """``state`` with the round schedule the merged regions share from round ``r + 1`` (adaptive
+        rounds only; :meth:`~.schedule.ScheduleRule.at_merge`)."""
+        rule = getattr(self.c.ctx, "schedule_rule", None)
+        if rule is None:
+            return state
+        extra = rule.at_merge(state.extra, r, others, alone=alone, follow=follow)
+        return state if extra == state.extra else BaseState.make(state.round, state.params, state.momentum, extra,
+                                                                 state.anchor)
 
     @staticmethod
     def _majority_anchor(anchors: dict, mine: str) -> str:

@@ -27,6 +27,17 @@ The rule (:func:`next_length`), for the agreed set of round ``q``:
   after a change, the next is decided only two rounds after it took effect (so what the peers
   report was measured under it); the manifest's first length is judged from the first tally on.
 
+**Several regions.** Each region decides from its own agreed updates, so per-round changes would
+give the regions different clocks and their merge windows would stop meeting. Once a peer sees a
+live peer of another region (:attr:`ScheduleRule.multi_region`), or the last merge combined several
+regions (``extra["xregions"]``, replicated), a region only *asks*: the schedule record's ``want`` is
+the longest length the rule chose since the last merge. Each region's ``xdelta`` record carries its
+schedule and ask; at a merge every merged region takes the longest ask of the regions in it, from
+round ``r + 1`` on, starting when the latest of their clocks starts that round
+(:meth:`ScheduleRule.at_merge`): the same record in every merged region, so their clocks are one.
+A region that merges with nobody while another region is live keeps asking; alone in the run, it
+applies its own ask. Changes are then at most one per merge period.
+
 A joiner learns the schedule from the peer records of the run's trust anchors (heartbeats carry
 it), then from the verified state it downloads (:meth:`dai_swarm.runtime.RoundRuntime.adopt_schedule`).
 """
@@ -41,10 +52,11 @@ from dai_swarm.errors import ConfigError, ProtocolError
 
 from .clock import RoundClock
 
-__all__ = ["GROW_EMPTY", "HYSTERESIS", "SHRINK", "Schedule", "ScheduleRule", "needs_of",
+__all__ = ["GROW_EMPTY", "HYSTERESIS", "SHRINK", "XREGIONS", "Schedule", "ScheduleRule", "needs_of",
            "next_length", "schedule_of", "weighted_median"]
 
 KEY = "schedule"
+XREGIONS = "xregions"  # extra: how many regions the last cross-region merge combined (crossregion.merged_base)
 GROW_EMPTY = 1.5
 SHRINK = 0.8
 HYSTERESIS = 0.1
@@ -62,6 +74,7 @@ class Schedule:
     n: int = 0
     prev: tuple[int, float, float] | None = None  # the length before: (since, start, round_s)
     gen: float = 0.0  # start of the run generation that decided it (a resumed run starts afresh)
+    want: float | None = None  # multi-region: the length asked for since the last merge (applied at the next)
 
     def __post_init__(self) -> None:
         if self.prev is not None:
@@ -73,6 +86,9 @@ class Schedule:
             raise ProtocolError(f"schedule: since must be a round number, got {self.since!r}")
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 0:
             raise ProtocolError(f"schedule: n must be a count, got {self.n!r}")
+        if self.want is not None and (isinstance(self.want, bool) or not isinstance(self.want, (int, float))
+                                      or not math.isfinite(self.want) or self.want <= 0):
+            raise ProtocolError(f"schedule: want must be a positive number of seconds, got {self.want!r}")
         for name in ("start", "round_s", "gen"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -86,7 +102,13 @@ class Schedule:
                "gen": float(self.gen)}
         if self.prev is not None:
             out["prev"] = list(self.prev)
+        if self.want is not None:
+            out["want"] = float(self.want)
         return out
+
+    def start_of(self, r: int) -> float:
+        """When round ``r >= since`` starts under this schedule."""
+        return self.start + (r - self.since) * self.round_s
 
     def clock(self, base: RoundClock) -> RoundClock:
         """``base`` with this schedule from round ``since`` on (``base`` itself if it already is).
@@ -117,11 +139,11 @@ def schedule_of(extra: Mapping | None) -> Schedule | None:
     raw = (extra or {}).get(KEY)
     if raw is None:
         return None
-    if not isinstance(raw, Mapping) or set(raw) - {"since", "start", "round_s", "n", "prev", "gen"}:
+    if not isinstance(raw, Mapping) or set(raw) - {"since", "start", "round_s", "n", "prev", "gen", "want"}:
         raise ProtocolError(f"malformed schedule record {raw!r}")
     try:
         return Schedule(raw["since"], raw["start"], raw["round_s"], raw.get("n", 0), raw.get("prev"),
-                        raw.get("gen", 0.0))
+                        raw.get("gen", 0.0), raw.get("want"))
     except KeyError as e:
         raise ProtocolError(f"schedule record lacks {e}") from e
 
@@ -172,6 +194,12 @@ class ScheduleRule:
             raise ConfigError(f"need 0 < round_s_min <= round_s_max, got {lo}, {hi}")
         self.clock, self.lo, self.hi, self.origin = clock, float(lo), float(hi), int(origin)
         self.gen = float(clock.start(self.origin))
+        self.multi_region = False  # set (for good) once this peer sees a live peer of another region
+
+    def gated(self, extra: Mapping | None) -> bool:
+        """Whether lengths change only at cross-region merges: once another region is live, or the
+        last merge combined several (so every region runs the same clock; module docstring)."""
+        return self.multi_region or int((extra or {}).get(XREGIONS, 1)) >= 2
 
     def recorded(self, extra: Mapping | None) -> Schedule | None:
         """The schedule of this generation in a base's metadata, or None (the manifest's clock)."""
@@ -193,7 +221,11 @@ class ScheduleRule:
         if q >= cur.since + (SETTLE_ROUNDS if cur.prev is not None else 0):
             length = next_length(cur.round_s, needs, n, cur.n, self.lo, self.hi)
         length = round(length, 2)  # readable lengths; the same float on every peer
-        if length != cur.round_s:
+        if self.gated(prev_extra):  # several regions: ask for it at the next merge (at_merge)
+            want = cur.want if q < cur.since + (SETTLE_ROUNDS if cur.prev is not None else 0) else (
+                length if cur.want is None else max(cur.want, length))
+            cur = Schedule(cur.since, cur.start, cur.round_s, n, cur.prev, self.gen, want)
+        elif length != cur.round_s:
             since = q + 3
             start = cur.start + (since - cur.since) * cur.round_s
             cur = Schedule(since, start, length, n, (cur.since, cur.start, cur.round_s), self.gen)
@@ -201,6 +233,40 @@ class ScheduleRule:
             cur = Schedule(cur.since, cur.start, cur.round_s, n, cur.prev, self.gen)
         out = dict(extra)
         out[KEY] = cur.to_json()
+        return out
+
+    def published(self, extra: Mapping | None) -> dict:
+        """What this region's ``xdelta`` record says of its schedule (:class:`~dai_swarm.dht.wire.XSchedule`)."""
+        cur = self.current(extra)
+        return {"since": cur.since, "start": float(cur.start), "round_s": float(cur.round_s),
+                "want": float(cur.want if cur.want is not None else cur.round_s)}
+
+    def at_merge(self, extra: Mapping, r: int, others: Iterable[tuple[int, float, float, float]], *,
+                 alone: bool, follow: bool = False) -> dict:
+        """``extra`` (of the merged base of sync round ``r``) with the schedule every merged region
+        computes alike: from round ``r + 1`` the longest length any of them asked for (``want``),
+        starting when the latest of their clocks starts round ``r + 1`` (so their clocks become one;
+        the round before is stretched, which starts only after the merge). ``others``: the admitted
+        regions' ``(since, start, round_s, want)``. With none, this region applies its own ``want``
+        only if it is ``alone`` (no other region with standing is live); else it keeps asking.
+        ``follow``: this region has no member with standing, so the others do not admit its record
+        (docs/design.md, "Cross-region trust"): it takes what they compute, without its own ask."""
+        cur = self.current(extra)
+        others = [o for o in others if o is not None]
+        if not others and not alone:
+            return dict(extra)
+        mine = [(cur.since, cur.start, cur.round_s, cur.want if cur.want is not None else cur.round_s)]
+        entries = others if follow and others else mine + others
+        length = round(min(self.hi, max(self.lo, max(float(e[3]) for e in entries))), 2)
+        since = r + 1
+        start = max(float(st) + (since - int(si)) * float(t) for si, st, t, _ in entries)
+        if length == cur.round_s and start == cur.start_of(since):
+            new = Schedule(cur.since, cur.start, cur.round_s, cur.n, cur.prev, self.gen)
+        else:  # (a change decided at this very tally, since == r + 1, is replaced: its prev still holds)
+            prev = cur.prev if cur.since >= since else (cur.since, cur.start, cur.round_s)
+            new = Schedule(since, start, length, cur.n, prev, self.gen)
+        out = dict(extra)
+        out[KEY] = new.to_json()
         return out
 
 

@@ -14,6 +14,8 @@ from dai_swarm.optim import codecs
 from dai_swarm.optim.crossregion import (CrossRegionMerger, admit_region_deltas, merge_region_deltas, region_delta,
                                          weight_cap)
 from dai_swarm.optim.exchange import PayloadStore
+from dai_swarm.optim.clock import RoundClock
+from dai_swarm.optim.schedule import ScheduleRule, schedule_of
 from dai_swarm.optim.states import BaseState
 from dai_swarm.optim.votes import HeadCount, standing_keys
 from dai_swarm.verification.reputation import initial_extra, vote_weights
@@ -120,9 +122,10 @@ def _state(params: torch.Tensor, samples: int) -> BaseState:
     return BaseState.make(5, {"w": params}, {"w": torch.zeros(4)}, extra, anchor=ANCHOR)
 
 
-def _merge(my_state, peers, others):
+def _merge(my_state, peers, others, rule=None):
     """Run CrossRegionMerger.merge for peer "me" of region r0. ``peers``: (key, region, p2p id) of live
-    peer records; ``others``: (signer, body, blob or None) xdelta records of other keys."""
+    peer records; ``others``: (signer, body, blob or None) xdelta records of other keys; ``rule``: the
+    run's adaptive round rule (None: fixed rounds)."""
     net = {b["digest"]: blob for _, b, blob in others if blob is not None}
     dht = SimpleNamespace(
         publish_round_record=lambda *a, **k: True,
@@ -133,7 +136,7 @@ def _merge(my_state, peers, others):
                           identity=SimpleNamespace(public_key_hex=_key("me")), run_id="run", counters={},
                           clock=SimpleNamespace(tally_time=lambda q: 0.0, round_s=1.0), cross_region_period=K,
                           max_payload_bytes=1 << 20, max_decoded_bytes=1 << 20, max_inner_steps=STEPS, batch_size=BS,
-                          verifier=SimpleNamespace(vote_weights=vote_weights))
+                          verifier=SimpleNamespace(vote_weights=vote_weights), schedule_rule=rule)
     cfg = run_config(codec="none", cross_region_period=K, max_payload_bytes=1 << 20, max_decoded_bytes=1 << 20,
                      max_inner_steps=STEPS, batch_size=BS)
     merger = CrossRegionMerger(SimpleNamespace(ctx=ctx, cfg=cfg, foreign_source={}))
@@ -248,3 +251,57 @@ def test_a_region_none_of_whose_members_published_yet_is_read_again_until_the_fi
     assert _admit(mine, members, final=True, standing=standing).short == set()
     late = [*mine, (_key("b1"), _body("r1", HONEST_R1, 640)), (_key("b2"), _body("r1", HONEST_R1, 640))]
     assert _admit(late, members, final=False, standing=standing).regions["r1"].digest == HONEST_R1
+
+
+def test_merged_regions_run_one_clock_from_the_round_after_the_merge():
+    """Adaptive rounds across regions: each region's xdelta carries its schedule and the length it asked
+    for; both regions compute the same schedule from the merge on, whichever of them computes it."""
+    rule = ScheduleRule(RoundClock(1_000.0, 6.0), 6.0, 60.0)
+    rule.multi_region = True
+    peers = [(_key("me"), "r0", "pme"), (_key("b1"), "r1", "pb1")]
+    mine = _state(torch.full((4,), 0.5), samples=320)
+    mine = BaseState.make(5, mine.params, mine.momentum, rule.settle(mine.extra, dict(mine.extra), 2, [(1.0, 9.0)]),
+                          anchor=ANCHOR)
+    theirs = _state(torch.full((4,), -0.5), samples=480)
+    theirs = BaseState.make(5, theirs.params, theirs.momentum,
+                            rule.settle(theirs.extra, dict(theirs.extra), 2, [(1.0, 15.0)]), anchor=ANCHOR)
+    outs = []
+    for me, other in ((mine, theirs), (theirs, mine)):
+        body, blob = _xdelta(other, "r1", int(other.extra["epoch_samples"]))
+        body["schedule"] = rule.published(other.extra)
+        out, counters, fetched = _merge(me, peers, [(_key("b1"), body, blob)], rule=rule)
+        assert fetched == [body["digest"]] and counters == {} and out.extra["xregions"] == 2
+        outs.append(schedule_of(out.extra))
+    assert outs[0].round_s == 15.0 and outs[0].since == 7 and outs[0].want is None
+    assert (outs[0].since, outs[0].start, outs[0].round_s) == (outs[1].since, outs[1].start, outs[1].round_s)
+    # the schedule is part of what a region's publishers must agree on: two standing members of r1
+    # publishing the same delta with different schedules make no majority
+    body, _ = _xdelta(theirs, "r1", 480)
+    honest, lie = rule.published(theirs.extra), dict(rule.published(theirs.extra), want=60.0)
+    members = {_key("b1"): ("r1", "pb1"), _key("b2"): ("r1", "pb2"), _key("me"): ("r0", "pme")}
+    adm = _admit([(_key("b1"), dict(body, schedule=honest)), (_key("b2"), dict(body, schedule=lie))], members,
+                 standing={_key("b1"), _key("b2"), _key("me")})
+    assert adm.regions == {} and adm.refused == {"xdelta_no_majority": 1}
+    adm = _admit([(_key("b1"), dict(body, schedule=honest)), (_key("b2"), dict(body, schedule=honest))], members,
+                 standing={_key("b1"), _key("b2"), _key("me")})
+    assert adm.regions["r1"].schedule == (0, 1_000.0, 6.0, 15.0)
+
+
+def test_a_region_without_standing_follows_the_clock_the_established_region_keeps_alone():
+    """Region r0 holds no standing (its key is no founder): r1 never admits its record and, seeing no
+    other region with standing, applies its own ask alone; r0 admits r1 and must land on that clock."""
+    rule = ScheduleRule(RoundClock(1_000.0, 6.0), 6.0, 60.0)
+    rule.multi_region = True
+    extra = {**initial_extra((_key("b1"),)), "epoch_samples": 320, "merges": 1}
+    mine = BaseState.make(5, {"w": torch.full((4,), 0.5)}, {"w": torch.zeros(4)},
+                          rule.settle(extra, dict(extra), 2, [(1.0, 30.0)]), anchor=ANCHOR)  # r0 asks 30 s
+    theirs = _state(torch.full((4,), -0.5), samples=480)
+    theirs = BaseState.make(5, theirs.params, theirs.momentum,
+                            rule.settle(theirs.extra, dict(theirs.extra), 2, [(1.0, 12.0)]), anchor=ANCHOR)
+    body, blob = _xdelta(theirs, "r1", 480)
+    body["schedule"] = rule.published(theirs.extra)
+    peers = [(_key("me"), "r0", "pme"), (_key("b1"), "r1", "pb1")]
+    out, _, _ = _merge(mine, peers, [(_key("b1"), body, blob)], rule=rule)
+    alone = schedule_of(rule.at_merge(theirs.extra, 6, [], alone=True))  # merge(4, ...): round 6
+    got = schedule_of(out.extra)
+    assert (got.since, got.start, got.round_s) == (alone.since, alone.start, alone.round_s) == (7, 1_042.0, 12.0)

@@ -213,3 +213,54 @@ def test_swarm_refuses_a_longest_round_below_the_first_and_names_invalid_setting
         _manifest(run_id="run", task="regression", task_config_hash="h", round_s=5.0, cross_region_period=1,
                   max_inner_steps=1, outer_lr=1.0, outer_momentum=0.0, codec="int8", checks_per_update=0.25, seed=0,
                   t0=T0, founders=tuple(f"{i:064x}" for i in range(17)))
+
+
+# --- several regions: lengths change only at merges, to one clock for every merged region ------------------
+
+
+def test_with_several_regions_a_region_only_asks_and_the_longest_ask_of_its_period_stands():
+    rule = ScheduleRule(RoundClock(T0, 6.0), 6.0, 48.0)
+    rule.multi_region = True
+    extra: dict = {}
+    for q, need in ((0, 20.0), (1, 6.0), (2, 9.0)):
+        extra = rule.settle(extra, {}, q, [(1.0, need)])
+    s = schedule_of(extra)
+    assert (s.since, s.start, s.round_s, s.want) == (0, T0, 6.0, 20.0)  # no change yet: 20 s asked for
+    assert rule.published(extra) == {"since": 0, "start": T0, "round_s": 6.0, "want": 20.0}
+    # the last merge combined two regions (replicated): gated even for a peer that saw no other region yet
+    fresh = ScheduleRule(RoundClock(T0, 6.0), 6.0, 48.0)
+    assert not fresh.gated({}) and fresh.gated({"xregions": 2}) and not fresh.gated({"xregions": 1})
+    assert schedule_of(fresh.settle({"xregions": 2}, {}, 0, [(1.0, 20.0)])).since == 0
+
+
+def test_merged_regions_take_one_clock_whichever_region_computes_it():
+    rule = ScheduleRule(RoundClock(T0, 6.0), 6.0, 48.0)
+    a = Schedule(0, T0, 6.0, 3, None, T0, want=9.0)   # region A asked for 9 s
+    b = Schedule(4, T0 + 24.5, 6.0, 3, (0, T0, 6.0), T0, want=14.0)  # B is 0.5 s late and asked for 14 s
+    out_a = rule.at_merge({"schedule": a.to_json()}, 10, [(b.since, b.start, b.round_s, b.want)], alone=False)
+    out_b = rule.at_merge({"schedule": b.to_json()}, 10, [(a.since, a.start, a.round_s, a.want)], alone=False)
+    sa, sb = schedule_of(out_a), schedule_of(out_b)
+    assert (sa.since, sa.start, sa.round_s, sa.want) == (11, T0 + 24.5 + 7 * 6.0, 14.0, None)
+    assert (sb.since, sb.start, sb.round_s) == (sa.since, sa.start, sa.round_s)
+    ca, cb = sa.clock(RoundClock(T0, 6.0)), sb.clock(RoundClock(T0, 6.0))
+    for r in range(11, 20):  # one clock from the round after the merge
+        assert ca.start(r) == cb.start(r) and ca.tally_time(r) == cb.tally_time(r)
+    assert ca.start(10) == T0 + 60 and ca.end(10) == T0 + 66.5  # A's round 10 (not started yet) is stretched
+    # a region that merged with nobody while another region is live keeps asking; alone, it applies its ask
+    kept = rule.at_merge({"schedule": a.to_json()}, 10, [], alone=False)
+    assert schedule_of(kept) == a
+    solo = schedule_of(rule.at_merge({"schedule": a.to_json()}, 10, [], alone=True))
+    assert (solo.since, solo.start, solo.round_s, solo.want, solo.prev) == (11, T0 + 66, 9.0, None, (0, T0, 6.0))
+    # nothing asked beyond the current length and the clocks already one: the ask is cleared, no change
+    same = schedule_of(rule.at_merge({"schedule": Schedule(0, T0, 6.0, 3, None, T0, 6.0).to_json()}, 10,
+                                     [(0, T0, 6.0, 5.0)], alone=False))
+    assert same == Schedule(0, T0, 6.0, 3, None, T0)
+
+
+def test_a_follower_region_takes_the_others_schedule_without_its_own_ask():
+    rule = ScheduleRule(RoundClock(T0, 6.0), 6.0, 48.0)
+    mine = Schedule(0, T0, 6.0, 2, None, T0, want=40.0)
+    other = (0, T0, 6.0, 9.0)
+    led = schedule_of(rule.at_merge({"schedule": mine.to_json()}, 10, [other], alone=False))
+    followed = schedule_of(rule.at_merge({"schedule": mine.to_json()}, 10, [other], alone=False, follow=True))
+    assert led.round_s == 40.0 and (followed.since, followed.start, followed.round_s) == (11, T0 + 66, 9.0)
