@@ -141,7 +141,8 @@ def main(argv=None) -> int:
             report["runs"][name] = dict(summarize(run, report["args"]["skip"]), wall_s=old["wall_s"],
                                         first_round_s=old["first_round_s"])
         return _write(report, args.out)
-    report = {"args": vars(args), "machine": f"{os.cpu_count()} CPUs", "runs": {}}
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    report = {"args": vars(args), "machine": f"{os.cpu_count()} CPUs, the peers on {cpus} (e.g. taskset)", "runs": {}}
     settled = None
     for name in args.runs:
         if name == "tuned" and settled is None:
@@ -152,7 +153,8 @@ def main(argv=None) -> int:
         started = time.time()
         run = run_real_swarm(os.path.join(args.workdir, name), peers=args.peers, regions=1, round_s=first,
                              until_round=args.rounds, task=args.task, max_inner_steps=args.max_inner_steps,
-                             lead_s=args.lead_s, run_id=f"adapt-{name}-{os.getpid()}", extra_args=extra)
+                             lead_s=args.lead_s, run_id=f"adapt-{name}-{os.getpid()}", extra_args=extra,
+                             longest_round_s=args.max_factor * first if extra else None)
         s = summarize(run, args.skip)
         s["wall_s"] = round(time.time() - started, 1)
         s["first_round_s"] = first

@@ -38,14 +38,15 @@ def main(argv=None) -> int:
     p.add_argument("--max-inner-steps", type=int, default=4)
     p.add_argument("--lead-s", type=float, default=150.0, help="seconds from launch to round 0 (start-up)")
     p.add_argument("--round-s-max", type=float, default=None,
-                   help="let rounds adapt up to this length (one region only; see docs/design.md)")
+                   help="let rounds adapt up to this length (docs/design.md, 'Rounds that fit the swarm')")
     p.add_argument("--workdir", default="/tmp/dai_swarm_scale32")
     p.add_argument("--out", default="docs/results/sim_scale32")
     args = p.parse_args(argv)
     run = run_real_swarm(args.workdir, peers=args.peers, regions=args.regions, round_s=args.round_s,
                          until_round=args.rounds, task=args.task, k=args.k, max_inner_steps=args.max_inner_steps,
                          lead_s=args.lead_s, run_id="scale32",
-                         extra_args=("--round-s-max", str(args.round_s_max)) if args.round_s_max else ())
+                         extra_args=("--round-s-max", str(args.round_s_max)) if args.round_s_max else (),
+                         longest_round_s=args.round_s_max)
     rows = per_round(run)
     pss = sorted(run["pss_kib"].values())
     main_only = sorted(run["pss_main_kib"].values())

@@ -58,8 +58,9 @@ def mem_available_kib() -> int:
 def run_real_swarm(workdir: str, *, peers: int, regions: int, round_s: float, until_round: int,
                    task: str = "regression", k: int = 3, max_inner_steps: int = 4, lead_s: float = 30.0,
                    run_id: str = "calib", extra_args: tuple = (), sample_s: float = 5.0,
-                   min_free_kib: int = 1_500_000) -> dict:
+                   min_free_kib: int = 1_500_000, longest_round_s: float | None = None) -> dict:
     """Run ``peers`` real peer processes until round ``until_round``; returns histories and memory.
+    ``longest_round_s``: with adaptive rounds, the longest a round may grow (the wait is sized on it).
 
     If the host's available memory drops below ``min_free_kib`` the peers are stopped early
     (``aborted_low_memory`` in the result) rather than pushing the shared machine into swap.
@@ -103,7 +104,7 @@ def run_real_swarm(workdir: str, *, peers: int, regions: int, round_s: float, un
     pss_main: dict[int, int] = {}
     aborted, min_avail = False, mem_available_kib()
     try:
-        end = t0 + (until_round + 3) * round_s + 120
+        end = t0 + (until_round + 3) * max(round_s, longest_round_s or 0.0) + 120  # adaptive rounds may grow
         while any(p.poll() is None for p in procs) and time.time() < end:
             min_avail = min(min_avail, mem_available_kib())
             if min_avail < min_free_kib:
