@@ -30,13 +30,15 @@ def refresh_peers(rt: Any) -> None:
     try:
         peers = rt.dht.list_peers(rt.run_id)  # verified: signed by the key they carry, unexpired
         rt.region_of = {p.peer_id: p.region for p in peers}
-        rule = getattr(rt, "schedule_rule", None)
-        if rule is not None and any(p.region != rt.region for p in peers):
-            rule.multi_region = True  # rounds now change only at cross-region merges (optim/schedule.py)
         now, grace = time.time(), 2 * rt.clock.round_s
         keys = {k: v for k, v in rt.peer_keys.items() if v[2] >= now - grace}
         keys.update({p.public_key: (p.peer_id, p.region, now) for p in peers})
         rt.peer_keys = keys
+        rule = getattr(rt, "schedule_rule", None)
+        if rule is not None:  # rounds change only at cross-region merges once another region may exist
+            rule.multi_region = rule.multi_region or any(p.region != rt.region for p in peers)
+            rule.founders_placed = rule.founders_placed or all(  # (once every founder has been seen)
+                k in keys for k in getattr(rt.manifest, "founders", ()) or ())
         rt.peer_schedules = {p.public_key: (p.metrics or {}).get("schedule") for p in peers
                              if isinstance(p.metrics, dict) and p.metrics.get("schedule") is not None}
     except Exception as e:

@@ -72,6 +72,8 @@ class RoundRuntime:
         clock = RoundClock(manifest.t0, manifest.round_s, margin_s=min(0.1 * manifest.round_s, 2.0))
         lo, hi = manifest.round_bounds  # rounds adapt to what the swarm measures (optim/schedule.py)
         self.schedule_rule = ScheduleRule(clock, lo, hi, manifest.first_round) if hi > lo else None
+        if self.schedule_rule is not None:  # a founder not seen yet may be in another region
+            self.schedule_rule.founders_placed = not manifest.founders
         self.pace, self.clock, self.lateness = Pace(clock, self.schedule_rule), clock, Lateness(clock)
         self.finish_times: dict[int, float] = {}
         self.trained_from: dict[int, str] = {}  # round -> hash of the base its announced update started from

@@ -29,8 +29,9 @@ The rule (:func:`next_length`), for the agreed set of round ``q``:
 
 **Several regions.** Each region decides from its own agreed updates, so per-round changes would
 give the regions different clocks and their merge windows would stop meeting. Once a peer sees a
-live peer of another region (:attr:`ScheduleRule.multi_region`), or the last merge combined several
-regions (``extra["xregions"]``, replicated), a region only *asks*: the schedule record's ``want`` is
+live peer of another region (:attr:`ScheduleRule.multi_region`), while the region of one of the
+run's founders is not known yet, or when the last merge combined several regions
+(``extra["xregions"]``, replicated), a region only *asks*: the schedule record's ``want`` is
 the longest length the rule chose since the last merge. Each region's ``xdelta`` record carries its
 schedule and ask; at a merge every merged region takes the longest ask of the regions in it, from
 round ``r + 1`` on, starting when the latest of their clocks starts that round
@@ -195,11 +196,13 @@ class ScheduleRule:
         self.clock, self.lo, self.hi, self.origin = clock, float(lo), float(hi), int(origin)
         self.gen = float(clock.start(self.origin))
         self.multi_region = False  # set (for good) once this peer sees a live peer of another region
+        self.founders_placed = True  # False while some founder's region is unknown (the runtime sets both)
 
     def gated(self, extra: Mapping | None) -> bool:
-        """Whether lengths change only at cross-region merges: once another region is live, or the
-        last merge combined several (so every region runs the same clock; module docstring)."""
-        return self.multi_region or int((extra or {}).get(XREGIONS, 1)) >= 2
+        """Whether lengths change only at cross-region merges: once another region is live, while a
+        founder's region is not known yet (it may be another), or when the last merge combined
+        several regions (so every region runs the same clock; module docstring)."""
+        return self.multi_region or not self.founders_placed or int((extra or {}).get(XREGIONS, 1)) >= 2
 
     def recorded(self, extra: Mapping | None) -> Schedule | None:
         """The schedule of this generation in a base's metadata, or None (the manifest's clock)."""

@@ -230,6 +230,8 @@ def test_with_several_regions_a_region_only_asks_and_the_longest_ask_of_its_peri
     # the last merge combined two regions (replicated): gated even for a peer that saw no other region yet
     fresh = ScheduleRule(RoundClock(T0, 6.0), 6.0, 48.0)
     assert not fresh.gated({}) and fresh.gated({"xregions": 2}) and not fresh.gated({"xregions": 1})
+    fresh.founders_placed = False  # a founder not seen yet may be in another region: ask, do not change
+    assert fresh.gated({})
     assert schedule_of(fresh.settle({"xregions": 2}, {}, 0, [(1.0, 20.0)])).since == 0
 
 
