@@ -126,7 +126,7 @@ class CrossRegionMerger:
         wait = ctx.clock.tally_time(q) + MERGE_AT * ctx.clock.round_s - time.time()
         if wait > 0:
             time.sleep(wait)
-        adm, members = self._admit(q, r, state)
+        adm, members, standing = self._admit(q, r, state)
         anchors = {g: d.anchor for g, d in adm.regions.items()}
         anchors[cfg.region] = anchor
         majority = self._majority_anchor(anchors, anchor)
@@ -139,7 +139,6 @@ class CrossRegionMerger:
                            r, cfg.region, source)
             return None
         chosen = {g: d for g, d in adm.regions.items() if d.anchor == anchor}
-        standing = standing_keys(ctx.verifier.vote_weights(state.extra))
         ranked = {g for k, (g, _) in members.items() if standing is None or k in standing}  # regions that count
         if not chosen:
             silent = sorted({g for g, _ in members.values() if g != cfg.region})
@@ -210,9 +209,10 @@ class CrossRegionMerger:
         out[ctx.identity.public_key_hex] = (cfg.region, ctx.p2p_id)
         return out
 
-    def _admit(self, q: int, r: int, state: BaseState) -> tuple[Admission, dict]:
+    def _admit(self, q: int, r: int, state: BaseState) -> tuple[Admission, dict, Any]:
         """Read round ``r``'s xdelta records and admit regions (:func:`admit_region_deltas`), reading
-        again until ``MERGE_READ_END`` while some live member of a region has not published yet."""
+        again until ``MERGE_READ_END`` while some live member of a region has not published yet.
+        Returns the admission, the live members and the standing keys it used."""
         ctx, cfg = self.c.ctx, self.c.cfg
         read_end = ctx.clock.tally_time(q) + MERGE_READ_END * ctx.clock.round_s
         per_member = weight_cap(1, cfg.max_inner_steps, cfg.batch_size, cfg.cross_region_period)
@@ -235,7 +235,7 @@ class CrossRegionMerger:
             logger.info("merge %d: region deltas refused or capped: %s (admitted: %s)", r, dict(adm.refused),
                         ", ".join(f"{g} {d.votes}/{d.members} w={d.weight:.0f}" for g, d in sorted(adm.regions.items()))
                         or "none")
-        return adm, members
+        return adm, members, standing
 
     def _fetch(self, r: int, chosen: dict, providers: dict, gateway: str, deadline: float) -> dict:
         from hivemind.p2p import PeerID

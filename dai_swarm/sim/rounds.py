@@ -368,7 +368,8 @@ class RoundSteps:
                             codecs.decode(own, max_bytes=self.max_decoded))]
                 updates += [(deltas[g2][0], weight(g2, majority[g2], deltas[g2][2]), deltas[g2][3]) for g2 in got]
                 merged = merge_region_deltas(st.anchor, updates)
-                new = merged_base(st, merged if merged is not None else st.params, len(got) + 1 if merged is not None else 1)
+                new = (merged_base(st, merged, len(got) + 1) if merged is not None
+                       else merged_base(st, st.params))
                 self.states.setdefault(new.hash, new)
                 out[(g, h)] = new.hash
         self.merges += 1
