@@ -28,7 +28,8 @@ import torch
 
 from dai_swarm.errors import ConfigError, NonFiniteValues, ShapeMismatch
 
-__all__ = ["AggregationRule", "NEWCOMER_SHARE", "cap_newcomer_norms", "cap_newcomers", "sq_norm", "update_weight", "weighted_mean"]
+__all__ = ["AggregationRule", "NEWCOMER_SHARE", "cap_newcomer_norms", "cap_newcomers", "gate_newcomer_directions",
+           "sq_norm", "update_weight", "weighted_mean"]
 
 #: At most this fraction of a round's aggregate weight comes from keys without standing (newcomers).
 NEWCOMER_SHARE = 0.1
@@ -97,6 +98,51 @@ def cap_newcomer_norms(updates: Sequence[Mapping[str, torch.Tensor]],
         else:
             factor = ref / n
             out.append({k: torch.mul(v, factor) for k, v in u.items()})
+    return out
+
+
+def gate_newcomer_directions(updates: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float],
+                             proven: Sequence[bool]) -> list[float]:
+    """Scale each newcomer's weight (``proven[i]`` False) by ``max(0, cos(update, reference))``, the
+    reference being the weighted sum of the round's proven updates (the trust score of FLTrust,
+    Cao et al., NDSS 2021, with the proven peers in place of the server's root data).
+
+    :func:`cap_newcomers` bounds how much the newcomers weigh together and
+    :func:`cap_newcomer_norms` how long each is; neither stops a flood of fresh keys from spending
+    its whole share *against* the proven direction (40 sign-flipped updates at the 10% share took
+    about a fifth off the honest step). An update that points away from what the proven peers
+    computed from the same base now weighs 0; an honest newcomer, which trained on the same task
+    from the same base, points the same way and keeps most of its weight. Unchanged when nobody is
+    proven, nobody is new, or the proven updates sum to zero (no direction to compare with).
+
+    Deterministic: float64 numpy sums in the given order (the caller's digest order), elementwise
+    products and :func:`numpy.sum` (pairwise, single-threaded), :func:`math.fsum` across tensors.
+    """
+    if not len(updates) == len(weights) == len(proven):
+        raise ConfigError(f"one weight and one flag per update: {len(updates)}, {len(weights)}, {len(proven)}")
+    if all(proven) or not any(proven):
+        return [float(w) for w in weights]
+    names = sorted(updates[0])
+    ref = {}
+    for n in names:
+        acc = np.zeros(tuple(updates[0][n].shape), dtype=np.float64)
+        for u, w, p in zip(updates, weights, proven):
+            if p and w > 0:
+                acc += float(w) * u[n].detach().cpu().double().numpy()
+        ref[n] = acc
+    ref_sq = math.fsum(float(np.sum(np.square(ref[n]))) for n in names)
+    if not ref_sq > 0.0 or not math.isfinite(ref_sq):
+        return [float(w) for w in weights]
+    out = []
+    for u, w, p in zip(updates, weights, proven):
+        if p or w <= 0:
+            out.append(float(w))
+            continue
+        arrays = {n: u[n].detach().cpu().double().numpy() for n in names}
+        dot = math.fsum(float(np.sum(np.multiply(arrays[n], ref[n]))) for n in names)
+        sq = math.fsum(float(np.sum(np.square(arrays[n]))) for n in names)
+        cos = dot / math.sqrt(sq * ref_sq) if sq > 0.0 and math.isfinite(sq) and math.isfinite(dot) else 0.0
+        out.append(float(w) * min(1.0, max(0.0, cos)))
     return out
 
 

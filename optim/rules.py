@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .aggregate import cap_newcomer_norms, cap_newcomers, update_weight, weighted_mean
+from .aggregate import cap_newcomer_norms, cap_newcomers, gate_newcomer_directions, update_weight, weighted_mean
 from .book import RoundBook
 from .outer import OuterState, outer_step
 from .schedule import needs_of
@@ -75,7 +75,8 @@ def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch
     it. ``verifier`` supplies ``next_extra``/``reputation``/``vote_weights``/``rule`` (see
     :class:`NullVerifier`); keys without standing together weigh at most
     :data:`~.aggregate.NEWCOMER_SHARE` of the aggregate (:func:`~.aggregate.cap_newcomers`), each
-    counts no longer than the longest proven update (:func:`~.aggregate.cap_newcomer_norms`), and
+    counts no longer than the longest proven update (:func:`~.aggregate.cap_newcomer_norms`) and in
+    proportion to its agreement with the proven ones (:func:`~.aggregate.gate_newcomer_directions`), and
     nothing in a round without a proven update once the chain has had one (:data:`PROVEN_ROUND`),
     ``verdicts`` the verdict ids agreed in round ``q-1``'s votes; ``base_q`` is needed only for
     delay compensation. ``rewards`` (optional) is the reward hook the composition layer supplies
@@ -99,7 +100,8 @@ def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch
     tensors = [payloads[a.digest] for a, _ in included]
     proven = standing_keys(verifier.vote_weights(extra))
     if proven is not None:  # newcomers together weigh at most NEWCOMER_SHARE of the round,
-        flags = [a.peer in proven for a, _ in included]  # each no longer than the longest proven update
+        flags = [a.peer in proven for a, _ in included]  # each no longer than the longest proven update,
+        weights = gate_newcomer_directions(tensors, weights, flags)  # none pointing away from the proven ones
         weights = cap_newcomers(weights, flags, reached=PROVEN_ROUND in base_next.extra)
         tensors = cap_newcomer_norms(tensors, flags)
         if any(flags):  # replicated: this chain has included an update with standing (last round it did)

@@ -13,7 +13,9 @@ slashed.
 from __future__ import annotations
 
 import pytest
-from test_attacks_processes import SLASH_BOUND, check_honest, report, run_swarm
+from test_attacks_processes import SLASH_BOUND, check_honest, report
+
+from benchmarks.attack_swarm import run_swarm
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("swarm8")]
 

@@ -202,9 +202,10 @@ def test_cap_newcomers_bounds_their_total_share_and_leaves_small_shares_alone():
         cap_newcomers([1.0], [True], share=1.0)
 
 
-def _flood_round(base: BaseState, honest_delta: dict | None, flooders: int = 40):
+def _flood_round(base: BaseState, honest_delta: dict | None, flooders: int = 40, flood: torch.Tensor | None = None):
     """A closed round on ``base``: one standing update (unless ``honest_delta`` is None) and
-    ``flooders`` fresh keys each sending -10; returns the next base (outer lr 1, no momentum)."""
+    ``flooders`` fresh keys each sending ``flood`` (default -10 everywhere); returns the next base
+    (outer lr 1, no momentum)."""
     from dai_swarm.optim.book import BookLimits, RoundBook, UpdateAnnouncement
     from dai_swarm.optim.rules import compute_next_base
     from dai_swarm.verification.reputation import reputation_of
@@ -214,7 +215,7 @@ def _flood_round(base: BaseState, honest_delta: dict | None, flooders: int = 40)
         payloads[_key("h")] = honest_delta
         anns.append(UpdateAnnouncement("run", 0, base.hash, HONEST, 4, 32, "none", _key("h"), 100))
     for i, k in enumerate(SYBILS[:flooders]):
-        payloads[_key(f"flip{i}")] = {"w": -10.0 * torch.ones(8)}
+        payloads[_key(f"flip{i}")] = {"w": -10.0 * torch.ones(8) if flood is None else flood.clone()}
         anns.append(UpdateAnnouncement("run", 0, base.hash, k, 4, 32, "none", _key(f"flip{i}"), 100))
     book = RoundBook("run", 0, base.hash, limits=BookLimits(max_inner_steps=4, batch_size=8,
                                                            max_payload_bytes=1 << 16, codecs=frozenset({"none"})))
@@ -227,19 +228,54 @@ def _flood_round(base: BaseState, honest_delta: dict | None, flooders: int = 40)
     return compute_next_base(book, payloads, base, None, verifier, (), outer_lr=1.0, outer_momentum=0.0)
 
 
-def test_forty_sign_flipped_newcomer_updates_move_the_base_at_most_the_share():
+def test_forty_sign_flipped_newcomer_updates_do_not_move_the_base():
     """compute_next_base with 1 standing update and 40 fresh keys sending its negation ×10: the
-    aggregate stays within the newcomer share of the honest direction, and each flooded update
-    counts no longer than the honest one."""
+    flooded updates point away from the proven one, so they weigh nothing and the base takes the
+    honest step in full (before the direction gate they held the 10% share: Δ = 0.9 - 0.1 = 0.8)."""
+    base = BaseState.make(1, {"w": torch.zeros(8)}, {"w": torch.zeros(8)}, _established())
+    out = _flood_round(base, {"w": torch.ones(8)})
+    assert torch.allclose(out.params["w"], torch.full((8,), -1.0), atol=1e-6)
+
+
+def test_forty_newcomer_updates_that_lean_the_proven_way_move_the_base_at_most_the_share():
+    """40 fresh keys sending a long update at 45 degrees to the proven one (cos 0.707): the direction
+    gate scales their weight by 0.707, the share caps them together at 10% of the round, the norm
+    cap shortens each to the proven update's length: Δ = 0.9 h + 0.1 v |h| / |v|."""
     from dai_swarm.optim.aggregate import NEWCOMER_SHARE
 
     base = BaseState.make(1, {"w": torch.zeros(8)}, {"w": torch.zeros(8)}, _established())
-    out = _flood_round(base, {"w": torch.ones(8)})
-    # mean delta = 0.9 * 1 + 0.1 * (-1) = 0.8 (outer step: θ − lr·Δ): without the weight cap the 40
-    # newcomers (weight 0.1 each at reputation "newcomer") would hold 4/5 of the round: Δ = -7.8;
-    # with it but without the norm cap each -10 counts in full: Δ = 0.9 - 1.0 = -0.1
-    expected = (1 - NEWCOMER_SHARE) * 1.0 + NEWCOMER_SHARE * -1.0
-    assert torch.allclose(out.params["w"], torch.full((8,), -expected), atol=1e-5)
+    v = torch.tensor([3.0, 1, 1, 1, 1, 1, 1, -1])  # |v| = 4, v · 1 = 8: cos = 8 / (4 * sqrt(8))
+    out = _flood_round(base, {"w": torch.ones(8)}, flood=10.0 * v)
+    # without the weight cap the 40 newcomers (0.1 each × 0.707) would hold 90 of 122 weight units;
+    # without the norm cap each would count 10x too long
+    expected = (1 - NEWCOMER_SHARE) * torch.ones(8) + NEWCOMER_SHARE * v * (8 ** 0.5 / 4.0)
+    assert torch.allclose(out.params["w"], -expected, atol=1e-5)
+
+
+def test_the_direction_gate_weighs_newcomers_by_their_agreement_with_the_proven_updates():
+    """FLTrust's trust score with the proven updates as the reference: max(0, cos) scales each
+    newcomer's weight; proven weights, a round with nobody proven (the bootstrap rule) or nobody
+    new, and a zero reference are left alone."""
+    from dai_swarm.optim.aggregate import gate_newcomer_directions
+
+    proven = [{"w": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0])},
+              {"w": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0])}]
+    aligned = {"w": torch.tensor([5.0, 0.0]), "b": torch.tensor([0.0])}
+    flipped = {"w": torch.tensor([-1.0, 0.0]), "b": torch.tensor([0.0])}
+    orthogonal = {"w": torch.tensor([0.0, 3.0]), "b": torch.tensor([0.0])}
+    leaning = {"w": torch.tensor([1.0, 1.0]), "b": torch.tensor([0.0])}
+    zero = {"w": torch.zeros(2), "b": torch.zeros(1)}
+    ups = [*proven, aligned, flipped, orthogonal, leaning, zero]
+    flags = [True, True, False, False, False, False, False]
+    out = gate_newcomer_directions(ups, [2.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0], flags)
+    assert out[:5] == [2.0, 3.0, 1.0, 0.0, 0.0]
+    assert out[5] == pytest.approx(2 ** -0.5, rel=1e-12) and out[6] == 0.0
+    assert gate_newcomer_directions([flipped], [1.0], [False]) == [1.0]  # nobody proven: bootstrap
+    assert gate_newcomer_directions(proven, [2.0, 3.0], [True, True]) == [2.0, 3.0]
+    assert gate_newcomer_directions([zero, flipped], [1.0, 1.0], [True, False]) == [1.0, 1.0]
+    assert gate_newcomer_directions(ups, [0.0] * 2 + [1.0] * 5, flags) == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    with pytest.raises(ConfigError):
+        gate_newcomer_directions(ups, [1.0], flags)
 
 
 def test_a_newcomer_update_counts_no_longer_than_the_longest_proven_one():

@@ -34,7 +34,9 @@ import re
 
 import pytest
 
-from test_attacks_processes import rejection_counts, run_swarm
+from test_attacks_processes import rejection_counts
+
+from benchmarks.attack_swarm import run_swarm
 
 # the flood is a denial of service on 2 cores: beside an 8-peer attack swarm the honest peers fell
 # apart (measured once xdist groups worked again): it runs in the 8-peer swarms' group, one at a time
