@@ -25,7 +25,9 @@ per round (spotcheck.PUBLISH_WITHIN_S) the next two runs had verdicts within 0.7
 of 0.031 and 0.049 at round 10; the cheater was slashed in base 7 in the first, and in the second
 first drawn for a check in round 8 and not yet slashed at round 12. With three founders, the
 newcomer norm cap and the attacker at nice 19 (this harness), three runs per arm: the flood's mean
-val loss was +1% / +11% / +13% over the clean mean at rounds 8 / 9 / 10.
+val loss was +1% / +11% / +13% over the clean mean at rounds 8 / 9 / 10. With the newcomer direction
+gate (the flood's updates weigh 0), ``python -m benchmarks.sybil_flood --runs 3``: +15% / +33% at rounds
+8 / 9; what is left is the time the flood's records take on the honest peers' cores (docs/design.md).
 """
 
 from __future__ import annotations
