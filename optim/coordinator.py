@@ -43,7 +43,7 @@ from .machine import AdoptInclusion, CloseRound, KeepState, NoState, RoundMachin
 from .states import BaseState, BaseStore
 from .statesync import StateSync
 from .rules import NullVerifier, compute_next_base  # re-exported: the driver and the simulator share them
-from .votes import Vote, tally
+from .votes import Vote, tally, who_counts
 
 __all__ = ["Coordinator", "NullVerifier", "RoundOutcome", "compute_next_base"]
 
@@ -379,20 +379,19 @@ class Coordinator(PayloadFetch, StateSync):
 
     def _electorate(self, votes: list[Vote]) -> set[str]:
         """Public keys expected to publish this region's next state: live peers of the region
-        (signed peer records) and everyone who voted this round."""
+        (signed peer records) and everyone who voted this round, those with standing only
+        (:func:`~.votes.who_counts`)."""
         keys = {v.voter for v in votes}
-        for key in list(getattr(self.ctx, "peer_keys", {}) or {}):
-            if self.ctx.announcer(key) is not None:
-                keys.add(key)
-        return keys
+        keys.update(k for k in list(getattr(self.ctx, "peer_keys", {}) or {}) if self.ctx.announcer(k) is not None)
+        return who_counts(keys, self.ctx.vote_weights())
 
     def _read_votes(self, q: int, book: RoundBook | None) -> list[tuple[str, VoteBody]]:
-        """Round ``q``'s vote records; if a live peer that announced an update this round has no vote
-        yet (a DHT read can miss a record under load), read again for up to 0.1 T."""
+        """Round ``q``'s vote records; if a live peer with standing that announced an update this round
+        has no vote yet (a DHT read can miss a record under load), read again for up to 0.1 T."""
         bodies = self._vote_bodies(q)
         if book is None:
             return bodies
-        expected = {a.peer for a, _ in book.included()} | {self.ctx.identity.public_key_hex}
+        expected = who_counts({a.peer for a, _ in book.included()}, self.ctx.vote_weights()) | {self.ctx.identity.public_key_hex}
         end = self.machine.vote_patience(time.time())
         while not self._stop.is_set() and time.time() < end and not expected <= {signer for signer, _ in bodies}:
             self._stop.wait(0.1)

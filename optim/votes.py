@@ -26,7 +26,7 @@ from dai_swarm.canonical import canonical_json, sha256_hex
 from dai_swarm.errors import ConfigError, MalformedRecord
 
 __all__ = ["Confirmation", "FallbackWeights", "HeadCount", "MajorityHash", "TallyResult", "Vote", "confirm_state", "inclusion_digest", "majority_state_hash",
-           "tally"]
+           "tally", "who_counts"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_EPSILON = 0.0
@@ -60,6 +60,22 @@ def standing_keys(weights: Mapping[str, float]) -> frozenset[str] | None:
     if isinstance(weights, HeadCount):
         return None
     return frozenset(k for k, w in weights.items() if w > 0)
+
+
+def who_counts(keys: Iterable[str], weights: Mapping[str, float]) -> set[str]:
+    """The members of ``keys`` whose votes and state records can weigh anything under ``weights``:
+    those with standing. All of them while none holds standing (the bootstrap fallback decides by
+    reputation then) or in a swarm that counts heads (:class:`HeadCount`).
+
+    A peer waits for its electorate's votes and state records; waiting for keys that weigh nothing
+    bought nothing and let a flood stall every close: 40 fresh keys that announced updates but never
+    voted kept every honest peer re-reading a 1,000-record vote key for its whole vote patience,
+    and 1,000 fresh voters of another state forced a post-tally confirmation each round."""
+    keys = set(keys)
+    standing = standing_keys(weights)
+    if standing is None:
+        return keys
+    return (keys & standing) or keys
 
 
 def state_weights(weights: Mapping[str, float]) -> Mapping[str, float]:

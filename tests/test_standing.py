@@ -326,3 +326,24 @@ def test_fifty_fresh_offers_never_make_a_peer_adopt_their_state_while_its_founde
     # a joiner or re-sync weighing the same offers: no majority at all
     assert majority_state_hash(offers, state_weights(vote_weights(initial_extra([FOUNDER])))) is None or \
         majority_state_hash(offers, state_weights(vote_weights(initial_extra([FOUNDER])))).weight <= 0
+
+
+def test_keys_without_standing_are_nobody_a_peer_waits_for():
+    """Found by the Sybil-flood benchmark: 40 fresh keys announced updates and never voted, so every
+    honest peer re-read a 1,000-record vote key for its whole vote patience each round, and 1,000
+    fresh voters of another state forced a post-tally confirmation each round. Who a peer waits for
+    (the electorate, the announcers whose votes it expects) is now those with standing."""
+    from dai_swarm.optim.machine import KeepState, RoundMachine
+    from dai_swarm.optim.votes import who_counts
+
+    weights = vote_weights(_established())
+    assert who_counts([FOUNDER, HONEST, NEWCOMER, *SYBILS[:40]], weights) == {FOUNDER, HONEST}
+    # nobody with standing (a region no founder reached: the fallback decides) or a head-count swarm: all
+    assert who_counts([NEWCOMER, *SYBILS[:3]], weights) == {NEWCOMER, *SYBILS[:3]}
+    assert who_counts(SYBILS[:3], HeadCount()) == set(SYBILS[:3])
+    m = RoundMachine(RoundClock(time.time(), 4.0), 0)
+    kept = KeepState(5, GOOD, True, False)
+    votes = {FOUNDER: GOOD, HONEST: GOOD, **{k: EVIL for k in SYBILS}}
+    assert m.must_confirm(5, kept, {FOUNDER, HONEST, *SYBILS}, votes, FOUNDER)  # before: every flooded round
+    assert not m.must_confirm(5, kept, who_counts({FOUNDER, HONEST, *SYBILS}, weights), votes, FOUNDER)
+    assert m.must_confirm(5, kept, who_counts({FOUNDER, HONEST, *SYBILS}, weights), {FOUNDER: GOOD}, FOUNDER)
