@@ -66,11 +66,21 @@ def _set_params(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> None
 
 
 def simulate(task: Any, variant: tuple, *, workers: int, rounds: int, steps: int, seed: int = 0,
-             verify_threads: int = 2, keep_acc: bool = False) -> dict[str, Any]:
-    """Run one variant; returns its loss curve, bytes per update and (if it verifies) check counts."""
+             verify_threads: int = 2, keep_acc: bool = False, delayed: bool = False, dc: float = 1.0,
+             verify_on: bool = True) -> dict[str, Any]:
+    """Run one variant; returns its loss curve, bytes per update and (if it verifies) check counts.
+
+    ``delayed``: the swarm's one-round-delayed outer step (:func:`~dai_swarm.optim.rules.compute_next_base`):
+    round r trains from θ_r and its aggregate makes θ_{r+2} from θ_{r+1}, with the pseudo-gradient
+    measured against θ_{r+1} by the fraction ``dc`` of the delay compensation (1: the swarm's rule,
+    ``mean Δ + (θ_{r+1} − θ_r)``; 0: none). Otherwise the synchronous step of in-process DiLoCo."""
     label, codec, cparams, decay, lr, mu, verify = variant
+    verify = verify and verify_on
+    if delayed:
+        label = f"{label}, delayed, compensation x{dc:g}"
     model, eval_model = task.build_model(seed), task.build_model(seed)
     state = OuterState.initial(dict(model.named_parameters()))
+    bases = [state, state]  # delayed: the bases of rounds 0 and 1 are both θ0
     keys = [f"worker{i}" for i in range(workers)]
     bufs: list[dict[str, torch.Tensor] | None] = [None] * workers
     out: dict[str, Any] = {"label": label, "codec": codec, "params": cparams, "decay": decay, "outer_lr": lr,
@@ -84,6 +94,8 @@ def simulate(task: Any, variant: tuple, *, workers: int, rounds: int, steps: int
     for r in range(rounds):
         torch.set_num_threads(1)
         sent = []
+        if delayed:
+            state = bases[r]
         for i, k in enumerate(keys):
             d = recompute_update(task, state.params, "sparse-bench", seed, k, r, steps, model=model, raw=True)
             if decay is None:
@@ -102,7 +114,13 @@ def simulate(task: Any, variant: tuple, *, workers: int, rounds: int, steps: int
                 torch.set_num_threads(1)
             bufs[i] = st.post
         agg = weighted_mean([(k, 1.0, s) for k, s in zip(keys, sent)])
-        state = outer_step(state, agg, lr=lr, momentum=mu, nesterov=True)
+        if delayed:
+            nxt = bases[r + 1]
+            agg = {n: torch.add(a, torch.mul(torch.sub(nxt.params[n], bases[r].params[n]), dc)) for n, a in agg.items()}
+            bases.append(outer_step(nxt, agg, lr=lr, momentum=mu, nesterov=True))
+            state = bases[-1]
+        else:
+            state = outer_step(state, agg, lr=lr, momentum=mu, nesterov=True)
         _set_params(eval_model, state.params)
         out["val_loss"].append(float(task.evaluate(eval_model)["loss"]))
         out["samples"].append((r + 1) * workers * steps * int(task.batch_size))
@@ -267,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20, help="inner steps per round")
     ap.add_argument("--verify-threads", type=int, default=2, help="torch threads of the verifier's recomputation")
     ap.add_argument("--only", type=int, nargs="+", metavar="I", help="run only these variants (indices into VARIANTS)")
+    ap.add_argument("--delayed", action="store_true", help="the swarm's one-round-delayed outer step (see simulate)")
+    ap.add_argument("--dc", type=float, default=1.0, help="with --delayed: fraction of the delay compensation (1: the swarm's)")
+    ap.add_argument("--no-verify", action="store_true", help="skip the verification of the sparse variant")
     ap.add_argument("--quick", action="store_true", help="2 workers, 2 rounds of 2 steps, two variants (for CI)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
@@ -277,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for v in variants:
         runs.append(simulate(task, v, workers=args.workers, rounds=args.rounds, steps=args.steps,
-                             verify_threads=args.verify_threads, keep_acc=v[6]))
+                             verify_threads=args.verify_threads, keep_acc=v[6] and not args.no_verify,
+                             delayed=args.delayed, dc=args.dc, verify_on=not args.no_verify))
         print(f"{v[0]}: final val loss {runs[-1]['final_val_loss']:.4f}, {runs[-1]['mean_bytes']:.0f} B/update, "
               f"{runs[-1]['wall_s']} s", flush=True)
     accs = [a for r in runs for a in r.pop("accs")]
@@ -285,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {"task": args.task, "workers": args.workers, "rounds": args.rounds, "steps": args.steps,
            "samples": args.workers * args.rounds * args.steps * int(task.batch_size), "dense_bytes": dense,
            "verify_threads": args.verify_threads, "quick": args.quick, "runs": runs,
+           "delayed": args.delayed, "dc": args.dc if args.delayed else None,
            "chunks": len(buffer_refs(dict(task.build_model(0).named_parameters()))),
            "grid": bytes_grid(accs) if accs else [], "index_coding": index_coding(accs[-1]) if accs else {}}
     os.makedirs(args.out, exist_ok=True)

@@ -27,7 +27,8 @@ first drawn for a check in round 8 and not yet slashed at round 12. With three f
 newcomer norm cap and the attacker at nice 19 (this harness), three runs per arm: the flood's mean
 val loss was +1% / +11% / +13% over the clean mean at rounds 8 / 9 / 10. With the newcomer direction
 gate (the flood's updates weigh 0), ``python -m benchmarks.sybil_flood --runs 3``: +15% / +33% at rounds
-8 / 9; what is left is the time the flood's records take on the honest peers' cores (docs/design.md).
+8 / 9; with the waits for keys without standing gone (``votes.who_counts``), +1% / +16%, the cheater slashed
+in base 5 in every run; what is left is the time the flood's records take on the honest peers' cores.
 """
 
 from __future__ import annotations
