@@ -91,7 +91,8 @@ class Swarm:
     (ephemeral). The run settings (``round_s``; with ``round_s_max`` the first rounds' length, which
     then adapts to what the swarm's machines need up to ``round_s_max``; with several regions at merges ...
     ``codec``: ``"int8"`` (dense) or ``"sparse"`` (chunked top-k with error feedback; its outer step
-    defaults to plain SGD at lr 1.0 without momentum, the buffer standing in for it), among others;
+    defaults to plain SGD at lr 1.25 without momentum, the buffer standing in for it, and a quarter of
+    the delay compensation, ``delay_compensation`` 0.25; int8: Nesterov 0.6 / 0.9, full compensation), among others;
     ``t0``, or ``start_in_s``: round 0 starts that
     many seconds after this peer creates the run) are used only when this peer creates the run; a joiner takes them from the signed manifest. ``attack`` is for tests and benchmarks.
     ``ledger`` is the path of this peer's reward log (written as rounds close; None: no log).
@@ -117,7 +118,8 @@ class Swarm:
     def __init__(self, task: Task | str | None, run_id: str, initial_peers: Sequence[str] = (), region: str = "auto", *,
                  identity: Identity | str | None = None, host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
                  round_s: float = 10.0, round_s_max: float | None = None, codec: str = "int8", codec_params: dict | None = None,
-                 outer_lr: float | None = None, outer_momentum: float | None = None, max_inner_steps: int = 10_000,
+                 outer_lr: float | None = None, outer_momentum: float | None = None, delay_compensation: float | None = None,
+                 max_inner_steps: int = 10_000,
                  cross_region_period: int = 5, checks_per_update: float = DEFAULT_CHECKS_PER_UPDATE, seed: int = 0,
                  t0: float | None = None, attack: Any = None, evaluate: bool = True, verifier: Any = None,
                  ledger: str | None = None, manifest_wait_s: float = 3.0, start_timeout_s: float = DHT_START_TIMEOUT_S,
@@ -157,15 +159,17 @@ class Swarm:
                 self.task, task_spec = self._task_from_manifest(run_id, max(manifest_wait_s, 10.0))
                 manifest_wait_s = max(manifest_wait_s, 10.0)  # the run exists: it is read again below
             sparse = codec == "sparse"  # error feedback stands in for outer momentum (docs/design.md)
-            outer_lr = (1.0 if sparse else 0.6) if outer_lr is None else outer_lr
+            outer_lr = (1.25 if sparse else 0.6) if outer_lr is None else outer_lr
             outer_momentum = (0.0 if sparse else 0.9) if outer_momentum is None else outer_momentum
+            if delay_compensation is None:  # without momentum, full compensation halves the progress
+                delay_compensation = 0.25 if sparse else 1.0
             if codec_params is None:  # sparse frames are packed bits: zstd finds nothing to squeeze
                 codec_params = {} if sparse else dict(codecs.RUN_CODEC_PARAMS)
             wanted = _manifest(
                 run_id=run_id, task=task_spec, task_config_hash=self.task.config_hash(), round_s=round_s,
                 round_s_max=round_s_max,
                 cross_region_period=cross_region_period, max_inner_steps=max_inner_steps, outer_lr=outer_lr,
-                outer_momentum=outer_momentum, codec=codec,
+                outer_momentum=outer_momentum, delay_compensation=delay_compensation, codec=codec,
                 # updates are small next to a round: spend the CPU on zstd for 11-14% fewer bytes
                 codec_params=dict(codec_params),
                 checks_per_update=checks_per_update, seed=seed,

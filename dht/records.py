@@ -100,7 +100,8 @@ class RunManifest(_Record):
     Peers refuse to join a run whose manifest does not match their task (SPEC §4). ``founders``
     are the 64-hex ed25519 public keys of the run's founders (the creator's key, filled in by the
     ``Swarm`` that creates the run); a manifest record counts only if one of them signed it.
-    ``round_s`` is the round length; with ``round_s_max`` it is the first rounds' length and rounds
+    ``delay_compensation`` is the fraction of the delay compensation in the outer step
+    (:func:`dai_swarm.optim.rules.compute_next_base`; 1 unless the run set another). ``round_s`` is the round length; with ``round_s_max`` it is the first rounds' length and rounds
     then adapt to what the swarm measures, up to ``round_s_max`` (:attr:`round_bounds`). ``resume`` (absent in a run's first generation) names the exported state a later generation
     starts from (``dai-swarm peer --resume DIR``); its rounds continue the parent's numbering, so
     round ``resume.round`` starts at ``t0 + resume.round * round_s``.
@@ -116,6 +117,7 @@ class RunManifest(_Record):
     max_inner_steps: int = Field(ge=1)
     outer_lr: float = Field(gt=0)
     outer_momentum: float = Field(ge=0, lt=1)
+    delay_compensation: float = Field(default=1.0, ge=0, le=1)  # fraction of θ_{q+1} − θ_q in the outer step
     codec: str
     codec_params: dict[str, Any] = Field(default_factory=dict)
     checks_per_update: float = Field(ge=0, le=1024)
@@ -153,6 +155,8 @@ class RunManifest(_Record):
         for name in ("resume", "round_s_max"):
             if body.get(name) is None:
                 body.pop(name, None)
+        if body.get("delay_compensation") == 1.0:  # the default: manifests from before it keep their hash
+            body.pop("delay_compensation")
         return body
 
     @field_validator("founders")

@@ -42,7 +42,7 @@ class RunConfig:
     outer_lr: float
     outer_momentum: float
     codec_params: Mapping[str, Any] = field(default_factory=dict)
-    delay_compensation: bool = True
+    delay_compensation: float = 1.0  # fraction of θ_{q+1} − θ_q added to the pseudo-gradient (rules.py)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_inner_steps", "max_payload_bytes", "max_decoded_bytes", "max_state_bytes"):
@@ -53,6 +53,10 @@ class RunConfig:
                 or self.cross_region_period < 0:
             raise ConfigError(f"cross_region_period must be an int >= 0, got {self.cross_region_period!r}")
         object.__setattr__(self, "codec_params", dict(self.codec_params))
+        dc = self.delay_compensation
+        if not isinstance(dc, (int, float)) or not 0.0 <= float(dc) <= 1.0:  # True/False mean 1/0
+            raise ConfigError(f"delay_compensation must be in [0, 1], got {dc!r}")
+        object.__setattr__(self, "delay_compensation", float(dc))
 
     @classmethod
     def from_manifest(cls, manifest: Any, region: str, batch_size: int, limits: Any,
@@ -64,7 +68,8 @@ class RunConfig:
                    max_inner_steps=manifest.max_inner_steps, max_payload_bytes=payload,
                    max_decoded_bytes=limits.max_decoded_bytes, max_state_bytes=limits.max_state_bytes,
                    cross_region_period=manifest.cross_region_period, outer_lr=manifest.outer_lr,
-                   outer_momentum=manifest.outer_momentum, codec_params=dict(manifest.codec_params))
+                   outer_momentum=manifest.outer_momentum, codec_params=dict(manifest.codec_params),
+                   delay_compensation=getattr(manifest, "delay_compensation", 1.0))
 
 
 @runtime_checkable

@@ -67,7 +67,7 @@ class NullVerifier:
 
 def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch.Tensor]], base_next: BaseState,
                       base_q: BaseState | None, verifier: Any, verdicts: tuple[str, ...], *, outer_lr: float,
-                      outer_momentum: float, delay_compensation: bool = True, rewards: Any = None,
+                      outer_momentum: float, delay_compensation: float = 1.0, rewards: Any = None,
                       schedule: Any = None) -> BaseState:
     """The base of round ``book.round + 2`` from base ``q+1``, the book's inclusion and its payloads.
 
@@ -112,9 +112,12 @@ def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch
     delta = weighted_mean(updates, rule=verifier.rule)
     # Delay compensation: the updates were computed from θ_q but are applied to θ_{q+1}; measure
     # the pseudo-gradient against the base it is applied to: θ_{q+1} − mean(θ_local) =
-    # mean(Δ) + (θ_{q+1} − θ_q). Elementwise, hence deterministic (docs/design.md).
+    # mean(Δ) + (θ_{q+1} − θ_q), or a fraction c of the second term (the run's ``delay_compensation``;
+    # sparse runs: 0.25). Elementwise, hence deterministic (docs/design.md).
     if base_q is not None and delay_compensation:
-        delta = {n: torch.add(d, torch.sub(base_next.params[n], base_q.params[n])) for n, d in delta.items()}
+        c = float(delay_compensation)
+        moved = {n: torch.sub(base_next.params[n], base_q.params[n]) for n in delta}
+        delta = {n: torch.add(d, moved[n] if c == 1.0 else torch.mul(moved[n], c)) for n, d in delta.items()}
     state = outer_step(OuterState(dict(base_next.params), dict(base_next.momentum)), delta,
                        lr=outer_lr, momentum=outer_momentum, nesterov=True)
     return BaseState.make(book.round + 2, state.params, state.momentum, extra, base_next.anchor)

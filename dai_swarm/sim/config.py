@@ -81,6 +81,7 @@ spot checker's pass threshold ``tau`` on the relative L2 distance.
     max_inner_steps: int = 4
     outer_lr: float = 0.6
     outer_momentum: float = 0.9
+    delay_compensation: float = 1.0
     speed_median: float = 2.0
     speed_sigma: float = 0.5
     intra: LinkSpec = LinkSpec(0.005, 12.5e6)
@@ -117,7 +118,7 @@ spot checker's pass threshold ``tau`` on the relative L2 distance.
             raise ConfigError("need at least one peer per region")
         if self.exchange not in ("clustered", "flat"):
             raise ConfigError(f"exchange must be 'clustered' or 'flat', got {self.exchange!r}")
-        for name in ("churn", "crash_share", "byzantine", "check_prob"):
+        for name in ("churn", "crash_share", "byzantine", "check_prob", "delay_compensation"):
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {v!r}")

@@ -116,7 +116,8 @@ class RoundSteps:
 
     def _compute(self, book: RoundBook, base_next: str, base_q: str, verdicts: tuple) -> str:
         state = compute_next_base(book, self.decoded, self.states[base_next], self.states[base_q], self.verifier,
-                                  verdicts, outer_lr=self.cfg.outer_lr, outer_momentum=self.cfg.outer_momentum)
+                                  verdicts, outer_lr=self.cfg.outer_lr, outer_momentum=self.cfg.outer_momentum,
+                                  delay_compensation=self.cfg.delay_compensation)
         self.states.setdefault(state.hash, state)
         return state.hash
 
