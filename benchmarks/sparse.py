@@ -19,6 +19,7 @@ Writes ``sparse.json``, ``sparse.md`` and ``sparse.png`` under ``--out``::
     python -m benchmarks.sparse                 # 4 workers, 30 rounds of 20 steps (about 10 min)
     python -m benchmarks.sparse --quick --out /tmp/sparse
     python -m benchmarks.sparse --only 1 --verify-threads 4 --out benchmarks/results/sparse_threads4
+    python -m benchmarks.sparse --only 0 7 1 --delayed --no-verify --out benchmarks/results/sparse_delayed
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ VARIANTS = [
     ("sparse, no EF, Nesterov 0.6/0.9", "sparse", {}, None, 0.6, 0.9, False),
     ("sparse k=32 + leaky EF 0.95, no outer momentum, lr 1.0", "sparse", {"k": 32}, 0.95, 1.0, 0.0, False),
     ("int8 dense, no outer momentum, lr 1.0", "int8", {}, None, 1.0, 0.0, False),
+    ("sparse + leaky EF 0.95, no outer momentum, lr 1.25", "sparse", {}, 0.95, 1.25, 0.0, False),
 ]
+#: the delay compensation a swarm run uses by default (dai_swarm.Swarm), per codec
+SWARM_DC = {"int8": 1.0, "sparse": 0.25}
 TRIALS, SAMPLE = 10, 8  # falsified-buffer trials per checked update, chunks sampled per check
 GRID = [(4096, 64, 2), (4096, 32, 2), (4096, 128, 2), (4096, 64, 3), (4096, 64, 4), (1024, 16, 2), (16384, 256, 2)]
 
@@ -66,16 +70,18 @@ def _set_params(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> None
 
 
 def simulate(task: Any, variant: tuple, *, workers: int, rounds: int, steps: int, seed: int = 0,
-             verify_threads: int = 2, keep_acc: bool = False, delayed: bool = False, dc: float = 1.0,
+             verify_threads: int = 2, keep_acc: bool = False, delayed: bool = False, dc: float | None = None,
              verify_on: bool = True) -> dict[str, Any]:
     """Run one variant; returns its loss curve, bytes per update and (if it verifies) check counts.
 
     ``delayed``: the swarm's one-round-delayed outer step (:func:`~dai_swarm.optim.rules.compute_next_base`):
     round r trains from θ_r and its aggregate makes θ_{r+2} from θ_{r+1}, with the pseudo-gradient
-    measured against θ_{r+1} by the fraction ``dc`` of the delay compensation (1: the swarm's rule,
-    ``mean Δ + (θ_{r+1} − θ_r)``; 0: none). Otherwise the synchronous step of in-process DiLoCo."""
+    measured against θ_{r+1} by the fraction ``dc`` of the delay compensation (1: ``mean Δ + (θ_{r+1} − θ_r)``;
+    0: none; None: the swarm's default for the codec, :data:`SWARM_DC`). Otherwise the synchronous
+    step of in-process DiLoCo."""
     label, codec, cparams, decay, lr, mu, verify = variant
     verify = verify and verify_on
+    dc = SWARM_DC.get(codec, 1.0) if dc is None else dc
     if delayed:
         label = f"{label}, delayed, compensation x{dc:g}"
     model, eval_model = task.build_model(seed), task.build_model(seed)
@@ -286,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verify-threads", type=int, default=2, help="torch threads of the verifier's recomputation")
     ap.add_argument("--only", type=int, nargs="+", metavar="I", help="run only these variants (indices into VARIANTS)")
     ap.add_argument("--delayed", action="store_true", help="the swarm's one-round-delayed outer step (see simulate)")
-    ap.add_argument("--dc", type=float, default=1.0, help="with --delayed: fraction of the delay compensation (1: the swarm's)")
+    ap.add_argument("--dc", type=float, default=None,
+                    help="with --delayed: fraction of the delay compensation (default: the swarm's, 1 for int8, 0.25 for sparse)")
     ap.add_argument("--no-verify", action="store_true", help="skip the verification of the sparse variant")
     ap.add_argument("--quick", action="store_true", help="2 workers, 2 rounds of 2 steps, two variants (for CI)")
     ap.add_argument("--out", default="benchmarks/results")
