@@ -40,6 +40,7 @@ from dai_swarm.optim.aggregate import weighted_mean
 from dai_swarm.optim.codecs.codec_sparse import chunk_rows, rice_bits, select_topk
 from dai_swarm.optim.feedback import buffer_refs, commit_buffer, feedback_step, prove_chunks, zero_buffer
 from dai_swarm.optim.outer import OuterState, outer_step
+from dai_swarm.swarm import outer_defaults
 from dai_swarm.tasks import load_task
 from dai_swarm.verification.feedback_check import check_chunks, detection_probability, sample_chunks
 from dai_swarm.verification.recompute import recompute_update
@@ -57,8 +58,6 @@ VARIANTS = [
     ("int8 dense, no outer momentum, lr 1.0", "int8", {}, None, 1.0, 0.0, False),
     ("sparse + leaky EF 0.95, no outer momentum, lr 1.25", "sparse", {}, 0.95, 1.25, 0.0, False),
 ]
-#: the delay compensation a swarm run uses by default (dai_swarm.Swarm), per codec
-SWARM_DC = {"int8": 1.0, "sparse": 0.25}
 TRIALS, SAMPLE = 10, 8  # falsified-buffer trials per checked update, chunks sampled per check
 GRID = [(4096, 64, 2), (4096, 32, 2), (4096, 128, 2), (4096, 64, 3), (4096, 64, 4), (1024, 16, 2), (16384, 256, 2)]
 
@@ -77,11 +76,11 @@ def simulate(task: Any, variant: tuple, *, workers: int, rounds: int, steps: int
     ``delayed``: the swarm's one-round-delayed outer step (:func:`~dai_swarm.optim.rules.compute_next_base`):
     round r trains from θ_r and its aggregate makes θ_{r+2} from θ_{r+1}, with the pseudo-gradient
     measured against θ_{r+1} by the fraction ``dc`` of the delay compensation (1: ``mean Δ + (θ_{r+1} − θ_r)``;
-    0: none; None: the swarm's default for the codec, :data:`SWARM_DC`). Otherwise the synchronous
+    0: none; None: a new run's default for the codec, :func:`dai_swarm.swarm.outer_defaults`). Otherwise the synchronous
     step of in-process DiLoCo."""
     label, codec, cparams, decay, lr, mu, verify = variant
     verify = verify and verify_on
-    dc = SWARM_DC.get(codec, 1.0) if dc is None else dc
+    dc = outer_defaults(codec)[2] if dc is None else dc
     if delayed:
         label = f"{label}, delayed, compensation x{dc:g}"
     model, eval_model = task.build_model(seed), task.build_model(seed)

@@ -44,7 +44,7 @@ from .tasks import Task, load_task
 from .tasks.contract import validate_task
 from .verification.spotcheck import DEFAULT_CHECKS_PER_UPDATE, SpotChecker
 
-__all__ = ["Swarm", "manifest_versions"]
+__all__ = ["Swarm", "manifest_versions", "outer_defaults"]
 
 logger = get_logger(__name__)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -70,6 +70,15 @@ def _start_time(t0: float | None, start_in_s: float | None) -> float:
 
 
 SLOW_DHT_GRACE_S = 60.0  # how long a busy DHT process may keep the manifest read waiting beyond its wait
+
+
+def outer_defaults(codec: str) -> tuple[float, float, float]:
+    """A new run's outer step for ``codec``: (lr, Nesterov momentum, delay compensation fraction).
+
+    Sparse runs: the error-feedback buffer stands in for momentum, and without momentum the full
+    delay compensation halves the progress, so lr 1.25 and a quarter of it; the others: Nesterov
+    0.6 / 0.9 with full compensation (docs/design.md, "Delay compensation without momentum")."""
+    return (1.25, 0.0, 0.25) if codec == "sparse" else (0.6, 0.9, 1.0)
 
 
 def _manifest(**fields: Any) -> RunManifest:
@@ -158,13 +167,12 @@ class Swarm:
             if self.task is None:  # a volunteer who did not name the task: take the run's
                 self.task, task_spec = self._task_from_manifest(run_id, max(manifest_wait_s, 10.0))
                 manifest_wait_s = max(manifest_wait_s, 10.0)  # the run exists: it is read again below
-            sparse = codec == "sparse"  # error feedback stands in for outer momentum (docs/design.md)
-            outer_lr = (1.25 if sparse else 0.6) if outer_lr is None else outer_lr
-            outer_momentum = (0.0 if sparse else 0.9) if outer_momentum is None else outer_momentum
-            if delay_compensation is None:  # without momentum, full compensation halves the progress
-                delay_compensation = 0.25 if sparse else 1.0
+            lr0, mu0, dc0 = outer_defaults(codec)
+            outer_lr = lr0 if outer_lr is None else outer_lr
+            outer_momentum = mu0 if outer_momentum is None else outer_momentum
+            delay_compensation = dc0 if delay_compensation is None else delay_compensation
             if codec_params is None:  # sparse frames are packed bits: zstd finds nothing to squeeze
-                codec_params = {} if sparse else dict(codecs.RUN_CODEC_PARAMS)
+                codec_params = {} if codec == "sparse" else dict(codecs.RUN_CODEC_PARAMS)
             wanted = _manifest(
                 run_id=run_id, task=task_spec, task_config_hash=self.task.config_hash(), round_s=round_s,
                 round_s_max=round_s_max,
