@@ -84,11 +84,11 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
                     argv += ["--task", "regression", "--start-in", str(start_in_s)]
                 else:
                     argv += ["--wait-for-run", str(WAIT_FOR_RUN_S)]
-                log = open(os.path.join(workdir, f"p{i}.log"), "wb")
                 niceness = (nice or {}).get(i, 0)
-                procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                              start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                                              preexec_fn=(lambda: os.nice(niceness)) if niceness else None))
+                with open(os.path.join(workdir, f"p{i}.log"), "wb") as log:  # the child keeps its own descriptor
+                    procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                  start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                                  preexec_fn=(lambda: os.nice(niceness)) if niceness else None))
                 if i not in late and any(j not in late for j in range(i + 1, len(attacks))):
                     continue  # the founders' round-0 crowd starts together
                 if not os.path.exists(os.path.join(workdir, "p0.addr")):
@@ -108,7 +108,10 @@ def run_swarm(workdir: str, attacks: list[str | None], until_round: int, run_id:
         with open(os.path.join(workdir, f"p{i}.log"), errors="replace") as f:
             log = f.read()
         path = os.path.join(workdir, f"p{i}.json")
-        data = json.load(open(path)) if os.path.exists(path) else {"history": [], "status": {}}
+        data = {"history": [], "status": {}}
+        if os.path.exists(path):
+            with open(path) as f:
+                data = json.load(f)
         slashes = [(int(m.group(1)), [k.strip(" '") for k in m.group(2).split(",") if k.strip()])
                    for m in SLASH_RE.finditer(log)]
         out.append({"attack": kind, "history": data["history"], "status": data["status"], "log": log,
