@@ -3,9 +3,13 @@
 The simulator drives every peer through the same :class:`~dai_swarm.optim.machine.RoundMachine`
 the real peer runs, trains for real on the ``regression`` task, and spot-checks with the real
 verifier code (:func:`~dai_swarm.verification.recompute.recompute_update`, the reputation rules):
-only the transport is simulated. Here every included update is checked (``check_prob = 1``), so
-each attacker is failed at the close of its first included round and slashed a verdict lag later;
-no draw is involved and the test cannot pass by luck.
+only the transport is simulated. Here every included update is checked (``check_prob = 1``) by two
+of the other four peers, at least one of them honest (there are two attackers), so each attacker
+is failed at the close of its first included round; the other members re-check that fail at their
+next close (as the real verifier's scan does), which outweighs the other attacker's lying pass,
+and the attacker is slashed a verdict lag later. Which peers check depends on the update's digest,
+hence on the platform's float results: without the re-checks the second attacker drew its mate as
+a checker in seven rounds in a row on one machine and was never slashed. With them no draw decides.
 
 The kinds below act only on the tensors, the batches or the encoded bytes of the attacker's own
 update, which the simulator applies exactly as the real peer does. Kinds that need a live peer

@@ -83,6 +83,7 @@ class Simulator(RoundSteps):
         self.decoded: dict[str, Any] = {}
         self.sizes: dict[str, int] = {}
         self.pending_verdicts: dict[tuple, tuple] = {}
+        self.rechecks: dict[tuple, list] = defaultdict(list)  # (region, round) -> re-check verdict ids it carries
         self.verifications: dict[int, Counter] = defaultdict(Counter)
         self.finals: dict[int, dict] = {}
         self.modes: dict[int, Counter] = {}

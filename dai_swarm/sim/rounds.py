@@ -30,6 +30,7 @@ from dai_swarm.optim.crossregion import (MERGE_END, gateway_of, merge_region_del
                                          region_delta, weight_cap)
 from dai_swarm.optim.votes import HeadCount, Vote, confirm_state, tally
 from dai_swarm.verification.recompute import recompute_update
+from dai_swarm.verification.spotcheck import MAX_RECHECKS_PER_ROUND
 
 from .verify import check_prob_hit, make_verdict, recheck
 
@@ -264,7 +265,7 @@ class RoundSteps:
                 continue
             anns = {ann.digest: (ann, a) for ann, _, a in self.anns[(g, q)]}
             members = [p for p in self.peers if p.proto == g and p.alive(t)]
-            ids = []
+            ids, budget = [], Counter()
             for d in res.inclusion:
                 if d not in anns or not check_prob_hit(cfg.seed, d, cfg.check_prob):
                     continue
@@ -278,12 +279,27 @@ class RoundSteps:
                                                    run_id=cfg.run_id, seed=cfg.seed, codec=cfg.codec, tau=cfg.tau,
                                                    codec_params=cfg.codec_params)
                 self.counters["spot_checks"] += 1
+                liar = self.peers[anns[d][1]].attack is not None  # its byzantine mates pass it
+                accused = False
                 for v in ranked:
-                    lie = v.attack is not None and self.peers[anns[d][1]].attack is not None
+                    lie = v.attack is not None and liar
                     verdict = make_verdict(q, v.key, ann, True if lie else passed, 0.0 if lie else dist,
                                            ann.digest if lie else recomputed, 0.3 * cfg.round_s)
                     ids.append(self.verifier.add(verdict))
                     self.verifications[q][v.key] += 1
+                    accused |= not verdict.passed
+                if accused:  # the other members re-check a fail at their next close (verifier._scan)
+                    for v in members:
+                        if v.key == ann.peer or v in ranked or budget[v.key] >= MAX_RECHECKS_PER_ROUND:
+                            continue
+                        budget[v.key] += 1
+                        lie = v.attack is not None and liar
+                        verdict = make_verdict(q, v.key, ann, True if lie else passed, 0.0 if lie else dist,
+                                               ann.digest if lie else recomputed, 0.3 * cfg.round_s, recheck=True)
+                        self.rechecks[(g, q + 2)].append(self.verifier.add(verdict))
+                        self.verifications[q][v.key] += 1
+                        self.counters["rechecks"] += 1
+            ids += self.rechecks.pop((g, q + 1), [])
             self.pending_verdicts[(g, q + 1)] = tuple(sorted(set(ids)))
 
     # --- apply base q+2 (merge on sync rounds) ---------------------------------------------------

@@ -74,7 +74,9 @@ def recheck(task: Any, model: torch.nn.Module, base_params: Mapping[str, torch.T
 
 
 def make_verdict(round: int, verifier: str, ann: Any, passed: bool, distance: float, recomputed: str,
-                 latency_s: float) -> Verdict:
-    """The verdict ``verifier`` publishes on ``ann`` (a lying verifier passes ``passed=True``)."""
+                 latency_s: float, recheck: bool = False) -> Verdict:
+    """The verdict ``verifier`` publishes on ``ann`` (a lying verifier passes ``passed=True``);
+    ``recheck``: a re-check of another verifier's fail."""
     return Verdict(round=round, verifier=verifier, target=ann.peer, digest=ann.digest, passed=passed,
-                   distance=float(distance), recomputed=recomputed, steps=ann.steps, latency_s=float(latency_s))
+                   distance=float(distance), recomputed=recomputed, steps=ann.steps, latency_s=float(latency_s),
+                   recheck=recheck)
