@@ -20,6 +20,7 @@ __all__ = [
     "abort_process",
     "child_pids",
     "daemon_sockets",
+    "get_many",
     "descendants",
     "hivemind_sockets",
     "owned_sockets",
@@ -286,3 +287,8 @@ def watch_parent(parent_pid: int, period_s: float = 0.5) -> None:
                 os._exit(0)
 
     threading.Thread(target=_watch, name="dai-swarm-parent-watch", daemon=True).start()
+
+
+async def get_many(dht, node, keys: list) -> dict:
+    """Runs inside the DHT process: the latest value of each of ``keys``, found in one traversal."""
+    return await node.get_many(keys, sufficient_expiration_time=float("inf"))  # latest values, as get(latest=True)

@@ -114,9 +114,13 @@ def seal(
     issued_at = time.time() if issued_at is None else float(issued_at)
     if getattr(record, "run_id", run_id) != run_id:
         raise MalformedRecord(f"{record.TYPE} record names run {record.run_id!r}, not {run_id!r}")
-    key = key_for(record, run_id) if key is None else key
-    if key != key_for(record, run_id):
-        raise MalformedRecord(f"{record.TYPE} record of run {run_id!r} belongs under {key_for(record, run_id)!r}, not {key!r}")
+    try:
+        own = key_for(record, run_id, identity.public_key_hex)
+    except ValueError as e:
+        raise MalformedRecord(str(e)) from None
+    key = own if key is None else key
+    if key != own:
+        raise MalformedRecord(f"{record.TYPE} record of run {run_id!r} belongs under {own!r}, not {key!r}")
     fields: dict[str, Any] = {
         "v": ENVELOPE_VERSION,
         "type": record.TYPE,
@@ -203,7 +207,7 @@ def open_envelope(
         validate_name(fields["run_id"], "run id")
     except ValueError as e:
         raise MalformedRecord(str(e)) from e
-    if fields["key"] != key_for(record, fields["run_id"]):
+    if fields["key"] != key_for(record, fields["run_id"], fields["signer"]):
         raise MalformedRecord(f"record is stored under key {fields['key']!r}, not the key its content implies")
     return SignedRecord(
         record=record,

@@ -23,24 +23,25 @@ import collections
 import time
 import weakref
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import hivemind
 from pydantic import ValidationError
 from hivemind.p2p import P2P
 
-from ..errors import BootstrapError, ConfigError, DHTClosed, IdentityError, MalformedRecord, RecordRejected
+from ..errors import BootstrapError, ConfigError, DHTClosed, IdentityError, MalformedRecord
 from ..identity import Identity
 from ..logging import get_logger
 from . import _proc
 from .envelope import EnvelopeCache, SignedRecord, open_envelope, seal
-from .keys import manifest_key, peers_key, regions_key, round_key
+from .keys import SIGNER_KEYED, manifest_key, peers_key, regions_key, round_key
 from .manifest import ManifestChoice, check_pin, select_manifest
 from .pipe import DHTPipe
 from .records import PeerRecord, RegionMembership, RoundRecord, RunManifest, validate_maddr, validate_name
 from .startup import check_p2p_identity, parse_initial_peers, refused_everywhere  # noqa: F401 (re-exported)
 from .transport import DHTProcess
-from .validator import REASONS, SwarmRecordValidator, reason_of
+from .validator import REASONS, SwarmRecordValidator, open_dictionary
+from .wire import wire_kind
 
 __all__ = ["DEFAULT_HOST_MADDRS", "SwarmDHT", "parse_initial_peers"]
 
@@ -238,29 +239,19 @@ class SwarmDHT:
         self.ops["read." + (label or expected_type)] += 1
         found = self._send(lambda: self._dht.get(key, latest=True, return_future=True), self.request_timeout_s,
                            f"DHT get of {key}")
-        if found is None:
-            return []
-        if not isinstance(found.value, dict):
-            self._read_drops["malformed"] += 1
-            return []
-        self.read_bytes[label or expected_type] += sum(len(i.value) for i in found.value.values() if isinstance(i.value, bytes))
-        now = time.time()
-        out = []
-        for subkey, item in found.value.items():
-            try:
-                if not isinstance(subkey, str):
-                    raise RecordRejected("subkey is not a string")
-                signed = self._envelopes.open(item.value, now=now, expected_key=key, expected_type=expected_type,
-                                              expected_run_id=run_id, expected_subkey=subkey)
-                if item.expiration_time != signed.expiration:
-                    raise RecordRejected("DHT expiration differs from the signed expiration")
-            except RecordRejected as e:
-                reason = reason_of(e) if type(e) is not RecordRejected else "forged"
-                self._read_drops[reason] += 1
-                logger.debug("dropped record under %s (%s): %s", key, reason, e)
-                continue
-            out.append(signed)
-        out.sort(key=lambda s: s.signer)
+        return self._verified(key, found, expected_type, run_id, label)
+
+    def _read_many(self, keys: Sequence[str], expected_type: str, run_id: str, label: str) -> list[SignedRecord]:
+        """:meth:`_read` of several keys in one traversal (hivemind's ``get_many``)."""
+        self.ops["read." + label] += 1
+        found = self._call(partial(_proc.get_many, keys=list(keys))) if keys else {}
+        return [s for k in keys for s in self._verified(k, found.get(k), expected_type, run_id, label)]
+
+    def _verified(self, key: str, found: Any, expected_type: str, run_id: str, label: str) -> list[SignedRecord]:
+        """The records of a DHT value read under ``key`` that pass every envelope check (drops counted)."""
+        out, drops, size = open_dictionary(key, found, self._envelopes, expected_type, run_id)
+        self._read_drops.update(drops)
+        self.read_bytes[label or expected_type] += size
         return out
 
     # -- run manifest --------------------------------------------------------------------------
@@ -329,11 +320,20 @@ class SwarmDHT:
             raise MalformedRecord(f"not publishing a malformed {kind} record: {e.errors()[0].get('msg', e)}") from None
         return self._publish(record, run_id, ttl_s)
 
-    def get_round_records(self, run_id: str, kind: str, round: int) -> list[SignedRecord]:
-        """Verified ``kind`` records of ``round``: one per signer, each with ``.signer``, ``.body``, ``.issued_at``."""
+    def get_round_records(self, run_id: str, kind: str, round: int,
+                          signers: Iterable[str] | None = None) -> list[SignedRecord]:
+        """Verified ``kind`` records of ``round``: one per signer, each with ``.signer``, ``.body``, ``.issued_at``.
+        A :data:`~.keys.SIGNER_KEYED` kind is read for ``signers`` only (one traversal; ConfigError without)."""
         validate_name(kind, "record kind")
-        key = round_key(validate_name(run_id, "run id"), kind, round)
-        return [s for s in self._read(key, "round", run_id, kind.split(".")[0]) if s.kind == kind and s.round == round]
+        validate_name(run_id, "run id")
+        if wire_kind(kind) in SIGNER_KEYED:
+            if signers is None:
+                raise ConfigError(f"{kind!r} records are read per signer: name the signers")
+            want = sorted(set(signers))
+            found = self._read_many([round_key(run_id, kind, round, k) for k in want], "round", run_id, wire_kind(kind))
+        else:
+            found = self._read(round_key(run_id, kind, round), "round", run_id, wire_kind(kind))
+        return [s for s in found if s.kind == kind and s.round == round]
 
     # -- life cycle ----------------------------------------------------------------------------
     def close_requests(self, why: str = "the peer is shutting down") -> None:

@@ -6,13 +6,16 @@ verify: within the size cap (checked before parsing), signed by the key that is 
 bound to the very DHT key (hivemind hands us the *hashed* key, so we re-hash the key named in the
 envelope and compare), with the DHT expiration equal to the signed one, and not yet expired. An
 old record replayed after its expiration is therefore refused, and so is one moved to another
-key, round or run. Every refusal is counted by reason.
+key, round or run. Every refusal is counted by reason. :func:`open_dictionary` applies the same
+checks to what a read returns (values can come from nodes that run no validator).
 """
 
 from __future__ import annotations
 
 import collections
 import time
+from collections import Counter
+from typing import Any
 
 import msgpack
 from hivemind.dht.routing import DHTID
@@ -21,9 +24,9 @@ from hivemind.utils.serializer import MSGPackSerializer
 
 from ..errors import ExpiredRecord, ForgedRecord, MalformedRecord, RecordRejected
 from ..logging import get_logger
-from .envelope import MAX_RECORD_BYTES, SignedRecord, open_envelope, oversized
+from .envelope import MAX_RECORD_BYTES, EnvelopeCache, SignedRecord, open_envelope, oversized
 
-__all__ = ["REASONS", "SwarmRecordValidator", "check_dht_record", "reason_of"]
+__all__ = ["REASONS", "SwarmRecordValidator", "check_dht_record", "open_dictionary", "reason_of"]
 
 logger = get_logger(__name__)
 REASONS = ("forged", "expired", "malformed", "oversized")
@@ -91,3 +94,33 @@ class SwarmRecordValidator(RecordValidatorBase):
     def merge_with(self, other: RecordValidatorBase) -> bool:
         """Two instances of this validator are one."""
         return isinstance(other, SwarmRecordValidator)
+
+
+def open_dictionary(key: str, found: Any, cache: EnvelopeCache, expected_type: str,
+                    run_id: str) -> tuple[list[SignedRecord], Counter, int]:
+    """The records of a DHT dictionary value read under ``key`` (``found``: hivemind's
+    ``ValueWithExpiration`` or None) that pass every envelope check, sorted by signer; the dropped
+    ones counted by reason; the bytes read."""
+    drops: Counter = Counter()
+    if found is None:
+        return [], drops, 0
+    if not isinstance(found.value, dict):
+        drops["malformed"] += 1
+        return [], drops, 0
+    size = sum(len(i.value) for i in found.value.values() if isinstance(i.value, bytes))
+    now, out = time.time(), []
+    for subkey, item in found.value.items():
+        try:
+            if not isinstance(subkey, str):
+                raise RecordRejected("subkey is not a string")
+            signed = cache.open(item.value, now=now, expected_key=key, expected_type=expected_type,
+                                expected_run_id=run_id, expected_subkey=subkey)
+            if item.expiration_time != signed.expiration:
+                raise RecordRejected("DHT expiration differs from the signed expiration")
+        except RecordRejected as e:
+            drops[reason_of(e) if type(e) is not RecordRejected else "forged"] += 1
+            logger.debug("dropped record under %s: %s", key, e)
+            continue
+        out.append(signed)
+    out.sort(key=lambda s: s.signer)
+    return out, drops, size

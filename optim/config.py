@@ -79,8 +79,9 @@ class RecordBoard(Protocol):
     def publish_round_record(self, run_id: str, kind: str, round: int, body: dict, ttl_s: float = ...) -> bool:
         """Sign and store this peer's ``kind`` record of ``round``."""
 
-    def get_round_records(self, run_id: str, kind: str, round: int) -> Sequence[Any]:
-        """The verified records (``.signer``, ``.body``, typed ``.wire``) of ``kind`` and ``round``."""
+    def get_round_records(self, run_id: str, kind: str, round: int, signers: Iterable[str] | None = None) -> Sequence[Any]:
+        """The verified records (``.signer``, ``.body``, typed ``.wire``) of ``kind`` and ``round``
+        (of ``signers`` only: required for kinds stored under one key per signer, e.g. votes)."""
 
 
 @runtime_checkable

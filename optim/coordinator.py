@@ -15,8 +15,9 @@ Round ``q``'s life here (T = round length):
   inclusion and recomputes; if its state hash still differs from the majority it downloads the
   majority's state (re-sync). Publishes a ``state.<region>`` record so joiners can find donors.
 
-Its two I/O halves are mixins in their own modules: :mod:`.fetching` (announcements and payload
-fetches) and :mod:`.statesync` (state records, re-syncs, post-tally confirmation, joins).
+Its I/O halves are mixins in their own modules: :mod:`.fetching` (announcements and payload
+fetches), :mod:`.ballots` (vote records and electorates) and :mod:`.statesync` (state records,
+re-syncs, post-tally confirmation, joins).
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from typing import Callable, Mapping
 
 import torch
 
-from dai_swarm.dht.wire import VoteBody, typed
-from dai_swarm.errors import MalformedRecord, SwarmError
+from dai_swarm.errors import SwarmError
 from dai_swarm.logging import get_logger
 
 from . import codecs
+from .ballots import Ballots
 from .book import MAX_NEED_S, BookLimits, RoundBook
 from .config import RoundContext, RunConfig
 from .crossregion import CrossRegionMerger
@@ -43,7 +44,7 @@ from .machine import AdoptInclusion, CloseRound, KeepState, NoState, RoundMachin
 from .states import BaseState, BaseStore
 from .statesync import StateSync
 from .rules import NullVerifier, compute_next_base  # re-exported: the driver and the simulator share them
-from .votes import Vote, tally, who_counts
+from .votes import Vote, tally
 
 __all__ = ["Coordinator", "NullVerifier", "RoundOutcome", "compute_next_base"]
 
@@ -66,7 +67,7 @@ class RoundOutcome:
     close_s: float = 0.0
 
 
-class Coordinator(PayloadFetch, StateSync):
+class Coordinator(Ballots, PayloadFetch, StateSync):
     """Background driver of the round protocol for one peer of one region.
 
     ``ctx`` bundles the collaborators (set up by :class:`dai_swarm.runtime.RoundRuntime`): its
@@ -170,8 +171,8 @@ class Coordinator(PayloadFetch, StateSync):
         self.ctx.dht.publish_round_record(self.cfg.run_id, self._kind(what), round, body,
                                           ttl_s=ttl_s if ttl_s is not None else round_record_ttl(self.ctx.clock.round_s))
 
-    def _records(self, what: str, round: int, region: str | None = None) -> list:
-        return self.ctx.dht.get_round_records(self.cfg.run_id, self._kind(what, region), round)
+    def _records(self, what: str, round: int, region: str | None = None, **signers) -> list:
+        return self.ctx.dht.get_round_records(self.cfg.run_id, self._kind(what, region), round, **signers)
 
     # --- announce -------------------------------------------------------------------------------
     def announce(self, round: int, base_hash: str, steps: int, samples: int, delta: Mapping[str, torch.Tensor]) -> str:
@@ -251,28 +252,6 @@ class Coordinator(PayloadFetch, StateSync):
         self._candidates[q] = state
 
     # --- tally ----------------------------------------------------------------------------------
-    def _vote_bodies(self, q: int) -> list[tuple[str, VoteBody]]:
-        """(signer, typed body) of round ``q``'s vote records (:class:`~dai_swarm.dht.wire.VoteBody`)."""
-        out = []
-        for rec in self._records("vote", q):
-            try:
-                out.append((rec.signer, typed(rec, "vote")))
-            except MalformedRecord:
-                self.ctx.count("malformed_vote")
-        return out
-
-    def _votes(self, q: int, bodies: list[tuple[str, VoteBody]] | None = None, verdicts: bool = False) -> list[Vote]:
-        """Round ``q``'s votes from its vote records (read now unless ``bodies`` are given); with
-        ``verdicts`` the verdict-id sets the votes name instead of their inclusions."""
-        out = []
-        for signer, w in self._vote_bodies(q) if bodies is None else bodies:
-            try:
-                out.append(Vote(self.cfg.run_id, q, signer, tuple(w.verdicts), "0" * 64) if verdicts
-                           else Vote(self.cfg.run_id, q, signer, tuple(w.inclusion), w.state_hash))
-            except MalformedRecord:  # e.g. a repeated digest
-                continue
-        return out
-
     def tally_round(self, q: int) -> None:
         """Tally round ``q``'s votes and execute what the machine decides (adopt, keep, merge,
         re-sync, confirm); see :mod:`.machine`."""
@@ -320,13 +299,6 @@ class Coordinator(PayloadFetch, StateSync):
                     extra={"event": "round_closed", "round": q, "state_hash": outcome.state_hash})
         for cb in self.on_round_tallied:
             cb(outcome)
-
-    def _voted_inclusion(self, q: int, state_hash: str) -> tuple | None:
-        """The inclusion that the standing-weighted votes for ``state_hash`` name, read again (a peer
-        whose tally missed them re-synced to that state afterwards); None if no such vote counts."""
-        named = [v for v in self._votes(q) if v.state_hash == state_hash]
-        res = tally(named, self.ctx.vote_weights(), run_id=self.cfg.run_id, round=q, electorate=self._electorate(named))
-        return res.inclusion if res.decided else None
 
     def _credit(self, q: int, book: RoundBook, outcome: RoundOutcome, agreed: tuple | None) -> None:
         """The round's inclusion and contributors (samples, regions) for its reward record: the book's
@@ -376,24 +348,3 @@ class Coordinator(PayloadFetch, StateSync):
                 state = self._retry_resync(q, cmd.give_up, lambda: self.resync(q + 2, cmd.target))
         outcome.resynced = state is not None
         return state, cmd
-
-    def _electorate(self, votes: list[Vote]) -> set[str]:
-        """Public keys expected to publish this region's next state: live peers of the region
-        (signed peer records) and everyone who voted this round, those with standing only
-        (:func:`~.votes.who_counts`)."""
-        keys = {v.voter for v in votes}
-        keys.update(k for k in list(getattr(self.ctx, "peer_keys", {}) or {}) if self.ctx.announcer(k) is not None)
-        return who_counts(keys, self.ctx.vote_weights())
-
-    def _read_votes(self, q: int, book: RoundBook | None) -> list[tuple[str, VoteBody]]:
-        """Round ``q``'s vote records; if a live peer with standing that announced an update this round
-        has no vote yet (a DHT read can miss a record under load), read again for up to 0.1 T."""
-        bodies = self._vote_bodies(q)
-        if book is None:
-            return bodies
-        expected = who_counts({a.peer for a, _ in book.included()}, self.ctx.vote_weights()) | {self.ctx.identity.public_key_hex}
-        end = self.machine.vote_patience(time.time())
-        while not self._stop.is_set() and time.time() < end and not expected <= {signer for signer, _ in bodies}:
-            self._stop.wait(0.1)
-            bodies = self._vote_bodies(q)
-        return bodies

@@ -26,7 +26,7 @@ from dai_swarm.canonical import canonical_json, sha256_hex
 from dai_swarm.errors import ConfigError, MalformedRecord
 
 __all__ = ["Confirmation", "FallbackWeights", "HeadCount", "MajorityHash", "TallyResult", "Vote", "confirm_state", "inclusion_digest", "majority_state_hash",
-           "tally", "who_counts"]
+           "tally", "vote_readers", "who_counts"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_EPSILON = 0.0
@@ -76,6 +76,23 @@ def who_counts(keys: Iterable[str], weights: Mapping[str, float]) -> set[str]:
     if standing is None:
         return keys
     return (keys & standing) or keys
+
+
+def vote_readers(weights: Mapping[str, float], here: Iterable[str], elsewhere: Iterable[str], me: str) -> set[str]:
+    """Whose vote records a peer reads for a tally (votes live under one DHT key per signer,
+    :data:`~dai_swarm.dht.keys.SIGNER_KEYED`): ``here`` are the keys known live in this region
+    (signed peer records, this round's announcers), ``elsewhere`` those known live in another region.
+
+    Where a key with standing is live here, the keys with standing not known elsewhere (and this
+    peer): no other vote can weigh anything (:func:`who_counts`), so a thousand fresh voters cost
+    no lookup. Otherwise (the bootstrap window of a region, or :class:`HeadCount`) every key live
+    here, with the standing ones not known elsewhere."""
+    here = set(here) | {me}
+    standing = standing_keys(weights)
+    if standing is None:
+        return here
+    near = set(standing) - set(elsewhere)
+    return near | {me} if near & here else near | here
 
 
 def state_weights(weights: Mapping[str, float]) -> Mapping[str, float]:

@@ -95,10 +95,43 @@ def test_forged_records_refused_by_honest_nodes(swarm):
     assert raw is not None and victim in raw.value
     # 5) a validly signed protocol record whose body breaks its schema (dht/wire.py): refused on read
     bad = RoundRecord.model_construct(kind="vote", round=5, body={"inclusion": ["x"], "state_hash": "ab" * 32})
-    rogue.store_raw(round_key(RUN, "vote", 5), rogue.identity.public_key_hex,
-                    seal(rogue.identity, bad, run_id=RUN, ttl_s=30), time.time() + 30)
+    me = rogue.identity.public_key_hex
+    rogue.store_raw(round_key(RUN, "vote", 5, me), me, seal(rogue.identity, bad, run_id=RUN, ttl_s=30), time.time() + 30)
     before = rogue.counters["malformed"]
-    assert rogue.get_round_records(RUN, "vote", 5) == [] and rogue.counters["malformed"] == before + 1
+    assert rogue.get_round_records(RUN, "vote", 5, signers=[me]) == [] and rogue.counters["malformed"] == before + 1
+
+
+def _vote(q: int) -> RoundRecord:
+    return RoundRecord(kind="vote.eu", round=q, body={"inclusion": [], "state_hash": "ab" * 32, "verdicts": []})
+
+
+def test_votes_live_under_one_key_per_signer(swarm):
+    """A vote is stored under its signer's own key, and a reader asks only for the signers it names:
+    a thousand fresh keys' votes are never transferred to it (the Sybil flood's cost, docs/design.md
+    "Trust model"). A vote placed under another signer's key is refused by honest nodes and on read."""
+    a, b, c, rogue = swarm
+    ka, kb, kr = (n.identity.public_key_hex for n in (a, b, rogue))
+    for node in (a, b, rogue):
+        node.publish_round_record(RUN, "vote.eu", 9, _vote(9).body, ttl_s=30)
+    got = testing.wait_until(lambda: len(c.get_round_records(RUN, "vote.eu", 9, signers=[ka, kb])) == 2
+                             and c.get_round_records(RUN, "vote.eu", 9, signers=[ka, kb]), 10, what="two votes")
+    assert [r.signer for r in got] == sorted([ka, kb])  # the rogue's vote exists but was not asked for
+    assert [r.signer for r in c.get_round_records(RUN, "vote.eu", 9, signers=[kr])] == [kr]
+    with pytest.raises(ConfigError, match="per signer"):
+        c.get_round_records(RUN, "vote.eu", 9)
+    assert c.get_round_records(RUN, "vote.eu", 9, signers=[]) == []
+    # the rogue's own vote moved under a's key: sealing refuses, honest nodes refuse, a read drops it
+    with pytest.raises(MalformedRecord, match="belongs under"):
+        seal(rogue.identity, _vote(10), run_id=RUN, ttl_s=30, key=round_key(RUN, "vote.eu", 10, ka))
+    forged = seal(rogue.identity, _vote(10), run_id=RUN, ttl_s=30)
+    refused = lambda: sum(n.counters["forged"] + n.counters["malformed"] for n in (a, b, c))  # noqa: E731
+    before = refused()
+    rogue.store_raw(round_key(RUN, "vote.eu", 10, ka), kr, forged, open_envelope(forged).expiration)
+    time.sleep(1.0)
+    assert refused() > before
+    assert c.get_round_records(RUN, "vote.eu", 10, signers=[ka]) == []
+    drops = rogue.counters["malformed"]
+    assert rogue.get_round_records(RUN, "vote.eu", 10, signers=[ka]) == [] and rogue.counters["malformed"] > drops
 
 
 def test_backdated_or_altered_manifest_refused_over_a_real_dht(swarm):

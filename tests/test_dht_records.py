@@ -206,3 +206,20 @@ def test_envelope_cache_verifies_once_and_still_expires_and_refuses(monkeypatch)
         cache.open(data[2], now=now, expected_subkey=ids[3].public_key_hex, **kw)
     with pytest.raises(MalformedRecord):
         cache.open(10**9, now=now, expected_subkey=ids[0].public_key_hex, **kw)
+
+
+def test_votes_have_one_key_per_signer():
+    """A vote's key names its signer: a record sealed by one key cannot live under another's vote key."""
+    alice, bob = Identity.generate(), Identity.generate()
+    vote = RoundRecord(kind="vote.r0", round=3, body={"inclusion": [], "state_hash": "ab" * 32, "verdicts": []})
+    assert round_key("run", "vote.r0", 3, alice.public_key_hex).endswith("/3/" + alice.public_key_hex)
+    assert round_key("run", "update.r0", 3, alice.public_key_hex) == round_key("run", "update.r0", 3)
+    with pytest.raises(ValueError, match="per signer"):
+        round_key("run", "vote.r0", 3)
+    data = seal(alice, vote, run_id="run", ttl_s=30)
+    assert open_envelope(data).key == round_key("run", "vote.r0", 3, alice.public_key_hex)
+    with pytest.raises(MalformedRecord, match="belongs under"):
+        seal(alice, vote, run_id="run", ttl_s=30, key=round_key("run", "vote.r0", 3, bob.public_key_hex))
+    fields = json.loads(data)
+    with pytest.raises(ForgedRecord):  # the key field edited: the signature no longer holds
+        open_envelope(canonical_json({**fields, "key": round_key("run", "vote.r0", 3, bob.public_key_hex)}))

@@ -57,8 +57,8 @@ class _Records:
     def __init__(self, recs):
         self.recs, self.reads = recs, 0
 
-    def get_round_records(self, run_id, kind, round):
-        return [r for r in self.recs if r.kind == kind]
+    def get_round_records(self, run_id, kind, round, signers=None):
+        return [r for r in self.recs if r.kind == kind and (signers is None or r.signer in signers)]
 
 
 def _ann(key: str, p2p: str, digest: str, region: str = "r0") -> SimpleNamespace:

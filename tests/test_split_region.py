@@ -94,8 +94,8 @@ class MemoryDHT:
                 dht.records.setdefault((kind, round), {})[reader] = SimpleNamespace(signer=reader, body=dict(body))
                 return True
 
-            def get_round_records(self, run_id, kind, round):
-                recs = dht.records.get((kind, round), {})
+            def get_round_records(self, run_id, kind, round, signers=None):
+                recs = {s: r for s, r in dht.records.get((kind, round), {}).items() if signers is None or s in signers}
                 if kind.startswith("state"):
                     return [recs[s] for s in sorted(recs) if s not in dht.hide_states.get(reader, set())]
                 if not kind.startswith("vote"):

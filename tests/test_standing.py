@@ -154,8 +154,9 @@ class _Records:
     def __init__(self, records):
         self.records = records
 
-    def get_round_records(self, run_id, kind, round):
-        return [SimpleNamespace(signer=s, body=b) for s, b in self.records.get((kind, round), [])]
+    def get_round_records(self, run_id, kind, round, signers=None):
+        return [SimpleNamespace(signer=s, body=b) for s, b in self.records.get((kind, round), [])
+                if signers is None or s in signers]
 
 
 def _joiner(records, anchors, count):
@@ -347,3 +348,23 @@ def test_keys_without_standing_are_nobody_a_peer_waits_for():
     assert m.must_confirm(5, kept, {FOUNDER, HONEST, *SYBILS}, votes, FOUNDER)  # before: every flooded round
     assert not m.must_confirm(5, kept, who_counts({FOUNDER, HONEST, *SYBILS}, weights), votes, FOUNDER)
     assert m.must_confirm(5, kept, who_counts({FOUNDER, HONEST, *SYBILS}, weights), {FOUNDER: GOOD}, FOUNDER)
+
+
+def test_a_peer_reads_only_the_votes_that_can_count():
+    """Votes live under one DHT key per signer; a peer reads the keys with standing that are not
+    known to be in another region (and its own), so a flood of fresh voters costs it no lookup.
+    Where nobody live here holds standing (a region's bootstrap window) or the swarm counts heads,
+    it reads every key live here."""
+    from dai_swarm.optim.votes import vote_readers
+
+    weights = vote_weights(_established())  # FOUNDER and HONEST hold standing
+    live = {FOUNDER, HONEST, NEWCOMER, *SYBILS[:40]}
+    assert vote_readers(weights, live, (), NEWCOMER) == {FOUNDER, HONEST, NEWCOMER}
+    # a standing key known in another region is not looked up; one whose region is unknown is
+    assert vote_readers(weights, live, {HONEST}, FOUNDER) == {FOUNDER}
+    assert vote_readers(weights, {FOUNDER}, (), FOUNDER) == {FOUNDER, HONEST}
+    # a region where nobody live holds standing: everyone live here (plus standing keys not placed elsewhere)
+    assert vote_readers(weights, {NEWCOMER, *SYBILS[:3]}, {FOUNDER, HONEST}, NEWCOMER) == {NEWCOMER, *SYBILS[:3]}
+    assert vote_readers(HeadCount(), SYBILS[:3], (), NEWCOMER) == {NEWCOMER, *SYBILS[:3]}
+    # a thousand fresh voters never join the set read
+    assert vote_readers(weights, live | set(SYBILS), (), FOUNDER) == {FOUNDER, HONEST}

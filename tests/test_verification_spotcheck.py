@@ -36,8 +36,9 @@ class MemoryDHT:
                                                                                     body=dict(body))
                 return True
 
-            def get_round_records(self, run_id, kind, round):
-                return [dht.records[(kind, round)][s] for s in sorted(dht.records.get((kind, round), {}))]
+            def get_round_records(self, run_id, kind, round, signers=None):
+                recs = dht.records.get((kind, round), {})
+                return [recs[s] for s in sorted(recs) if signers is None or s in signers]
         return View()
 
 
