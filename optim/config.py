@@ -91,8 +91,10 @@ class Verifier(Protocol):
     def vote_verdicts(self, round: int) -> Iterable[str]:
         """Verdict ids to carry in this peer's vote of ``round``."""
 
-    def on_close(self, round: int, book: Any, payloads: Mapping[str, Any], base: Any) -> None:
-        """Round ``round`` closed here: schedule checks of some included updates."""
+    def on_close(self, round: int, book: Any, payloads: Mapping[str, Any], base: Any,
+                 weights: Mapping[str, float] | None = None) -> None:
+        """Round ``round`` closed here: schedule checks of some included updates (``weights``: their
+        weights in this peer's aggregate)."""
 
     def vote_weights(self, extra: Mapping | None = None) -> Mapping[str, float]:
         """Standing weights from a state's replicated metadata (votes, verdict sets, state majorities)."""

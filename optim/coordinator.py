@@ -207,13 +207,13 @@ class Coordinator(Ballots, PayloadFetch, StateSync):
         return digest
 
     # --- close ----------------------------------------------------------------------------------
-    def _compute(self, book: RoundBook, base_next: BaseState) -> BaseState:
+    def _compute(self, book: RoundBook, base_next: BaseState, weights: dict | None = None) -> BaseState:
         return compute_next_base(book, self.payloads, base_next, self.bases.get(book.round), self.ctx.verifier,
                                  self.machine.verdicts_for(book.round), outer_lr=self.cfg.outer_lr,
                                  outer_momentum=self.cfg.outer_momentum,
                                  delay_compensation=self.cfg.delay_compensation,
                                  rewards=getattr(self.ctx, "rewards", None),
-                                 schedule=getattr(self.ctx, "schedule_rule", None))
+                                 schedule=getattr(self.ctx, "schedule_rule", None), weights_out=weights)
 
     def close_round(self, q: int) -> None:
         """Close round ``q`` locally: gather, fetch, check, compute, vote."""
@@ -235,7 +235,8 @@ class Coordinator(Ballots, PayloadFetch, StateSync):
         book.offer_many(self._announcements(q))
         self._fetch_all(book, deadline=self.machine.fetch_deadline(q))
         inclusion = book.close()
-        state = self._compute(book, base_next)
+        weights: dict[str, float] = {}
+        state = self._compute(book, base_next, weights)
         vote = Vote(self.cfg.run_id, q, self.ctx.identity.public_key_hex, inclusion, state.hash)
         self.my_votes[q] = vote
         verdicts = sorted(set(self.ctx.verifier.vote_verdicts(q)))
@@ -245,7 +246,8 @@ class Coordinator(Ballots, PayloadFetch, StateSync):
             # it computes a candidate but lets the informed peers decide, and adopts their state
             logger.info("round %d: not voting (joined after round %d's tally)", q, q - 1)
         try:
-            self.ctx.verifier.on_close(q, book, {d: self.payloads[d] for d in inclusion if d in self.payloads}, base_q)
+            self.ctx.verifier.on_close(q, book, {d: self.payloads[d] for d in inclusion if d in self.payloads}, base_q,
+                                       weights=weights)
         except Exception as e:  # verification trouble never blocks the round
             logger.warning("round %d: spot-check scheduling failed: %r", q, e)
         self.outcomes[q] = RoundOutcome(q, inclusion, state.hash, rejections=book.rejections, close_s=time.time() - t)

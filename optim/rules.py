@@ -35,8 +35,9 @@ class NullVerifier:
     rule = None  # robust aggregation rule for weighted_mean(rule=...), or None for the plain mean
 
     def on_close(self, round: int, book: RoundBook, payloads: Mapping[str, Mapping[str, torch.Tensor]],
-                 base: BaseState) -> None:
-        """Round ``round`` closed here: schedule spot checks of some included updates (own thread)."""
+                 base: BaseState, weights: Mapping[str, float] | None = None) -> None:
+        """Round ``round`` closed here: schedule spot checks of some included updates (own thread);
+        ``weights``: each included digest's weight in this peer's aggregate."""
 
     def vote_verdicts(self, round: int) -> list[str]:
         """Ids of the valid verdicts this peer has seen, to put in its vote of ``round``."""
@@ -68,7 +69,7 @@ class NullVerifier:
 def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch.Tensor]], base_next: BaseState,
                       base_q: BaseState | None, verifier: Any, verdicts: tuple[str, ...], *, outer_lr: float,
                       outer_momentum: float, delay_compensation: float = 1.0, rewards: Any = None,
-                      schedule: Any = None) -> BaseState:
+                      schedule: Any = None, weights_out: dict | None = None) -> BaseState:
     """The base of round ``book.round + 2`` from base ``q+1``, the book's inclusion and its payloads.
 
     Pure (no I/O, no clock): the network driver and the simulator (:mod:`dai_swarm.sim`) both call
@@ -107,6 +108,8 @@ def compute_next_base(book: RoundBook, payloads: Mapping[str, Mapping[str, torch
         if any(flags):  # replicated: this chain has included an update with standing (last round it did)
             extra[PROVEN_ROUND] = int(book.round)
     updates = [(a.digest, w, t) for (a, _), w, t in zip(included, weights, tensors)]
+    if weights_out is not None:
+        weights_out.update((d, float(w)) for d, w, _ in updates)
     if not updates or all(w == 0 for _, w, _ in updates):
         return BaseState.make(book.round + 2, base_next.params, base_next.momentum, extra, base_next.anchor)
     delta = weighted_mean(updates, rule=verifier.rule)

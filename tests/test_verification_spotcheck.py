@@ -251,6 +251,37 @@ def test_fresh_keys_do_not_dilute_the_checks_of_updates_with_standing():
     assert len(drawn) == len(authors) - 1
 
 
+def test_a_weightless_flood_does_not_dilute_the_checks_of_an_honest_newcomer():
+    """Found by the Sybil-flood benchmark: 40 sign-flipped fresh-key updates (weight 0 after the
+    direction gate) made an honest newcomer's update one of 41 newcomers' (p = 1/45 instead of
+    1/5), so honest newcomers earned standing at rounds 6 and 8 instead of 3. Updates that carried
+    weight are now drawn over the authors of weighted updates (as if the flood were not there); the
+    weightless ones only fill what is left, still at p = 1/45 (they moved nothing)."""
+    from dai_swarm.verification.check_rate import draw_checks
+
+    me, ranked = KEYS[0], KEYS[1:]
+    honest = "ab" * 32
+    fresh = [f"{i + 64:02x}" * 32 for i in range(40)]
+    authors = {f"{i:02x}" * 32: k for i, k in enumerate([me, *ranked, honest, *fresh])}
+    weightless = {d for d, k in authors.items() if k in fresh}
+    rng = random.Random(7)
+    of_honest = of_fresh = 0
+    for _ in range(3000):
+        drawn = draw_checks(authors, me, KEYS, 1.0, 8, rng, weightless=weightless)
+        assert len(drawn) <= 8 and drawn == sorted(drawn)
+        of_honest += sum(authors[d] == honest for d in drawn)
+        of_fresh += sum(authors[d] in fresh for d in drawn)
+    assert 0.22 <= of_honest / 3000 <= 0.28  # p = 1/4: the 4 other authors of weighted updates
+    assert 0.018 <= of_fresh / (40 * 3000) <= 0.029  # p = 1/44 per weightless update, unchanged
+    # without the weights (or nothing weightless) the draw is the two-tier one: p = 1/44 for him too
+    of_honest = sum(authors[d] == honest for _ in range(3000) for d in draw_checks(authors, me, KEYS, 1.0, 8, rng))
+    assert of_honest / 3000 <= 0.04
+    # a budget too small for all: updates with standing, then weighted newcomers, then the rest
+    for _ in range(100):
+        drawn = draw_checks(authors, me, KEYS, 64.0, 4, rng, weightless=weightless)
+        assert {authors[d] for d in drawn} == {*ranked, honest}
+
+
 def test_the_checker_reads_standing_from_the_base_it_closes(task):
     """on_close draws from the base's replicated trust table: with the other three keys standing and 40
     fresh keys, every update with standing is drawn at c = 8 (p = 1 over 3 others), budget 8; the

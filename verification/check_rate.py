@@ -33,26 +33,33 @@ def detection_per_round(checks_per_update: float, peers: int) -> float:
 
 
 def draw_checks(authors: Mapping[str, str], me: str, standing: Collection[str], checks_per_update: float,
-                max_checks: int, rng: random.Random) -> list[str]:
+                max_checks: int, rng: random.Random, weightless: Collection[str] = ()) -> list[str]:
     """The digests of one round's included updates (``authors``: digest -> author key) that peer ``me``
     recomputes, drawn with its private ``rng``; sorted.
 
-    Two tiers, so that no number of fresh keys dilutes the checks of the updates that carry weight:
+    Three tiers, so that no number of fresh keys dilutes the checks of the updates that carry weight:
 
     * an update by a key with ``standing`` is drawn with :func:`check_probability` over the authors
       with standing alone (``c`` expected checks each, as if the newcomers were not there), and
       these are kept first when more than ``max_checks`` are drawn;
-    * a newcomer's update is drawn with :func:`check_probability` over all authors (newcomers earn
-      standing through these checks) and fills what is left of ``max_checks``.
+    * a newcomer's update that carried weight in this peer's aggregate is drawn with
+      :func:`check_probability` over the authors of updates that did (newcomers earn standing
+      through these checks, as fast as if a flood of weightless updates were not there) and fills
+      what is left of ``max_checks``;
+    * a newcomer's update in ``weightless`` (digests the aggregate gave weight 0: pointing away from
+      the proven updates, or a round without any) is drawn with :func:`check_probability` over all
+      authors and fills what is left after that: it moved nothing, and a check only slashes it.
 
-    A peer then recomputes about ``c`` updates with standing plus at most ``c`` newcomers' updates a
-    round: at most ``2c`` updates' training, flat in the number of keys.
+    A peer then recomputes about ``c`` updates with standing plus at most ``c`` newcomers' updates of
+    each of the other two tiers a round: at most ``3c`` updates' training, flat in the number of keys.
     """
     everyone = set(authors.values()) | {me}
     ranked = set(standing) & set(authors.values())
+    weighed = {a for d, a in authors.items() if d not in weightless} | ranked | {me}
     p_standing = check_probability(checks_per_update, len(ranked | {me}))
+    p_weighed = check_probability(checks_per_update, len(weighed))
     p_new = check_probability(checks_per_update, len(everyone))
-    first, second = [], []
+    first, second, third = [], [], []
     for digest in sorted(authors):
         author = authors[digest]
         if author == me:
@@ -60,9 +67,13 @@ def draw_checks(authors: Mapping[str, str], me: str, standing: Collection[str], 
         if author in ranked:
             if rng.random() < p_standing:
                 first.append(digest)
+        elif digest not in weightless:
+            if rng.random() < p_weighed:
+                second.append(digest)
         elif rng.random() < p_new:
-            second.append(digest)
-    return sorted(fill_budget(first, second, max_checks, rng))
+            third.append(digest)
+    chosen = fill_budget(first, second, max_checks, rng)
+    return sorted(chosen + fill_budget([], third, max_checks - len(chosen), rng))
 
 
 def fill_budget(first: list, second: list, budget: int, rng: random.Random) -> list:

@@ -94,8 +94,11 @@ class SpotChecker:
         self.rt = runtime
 
     # --- the hooks ----------------------------------------------------------------------------
-    def on_close(self, round: int, book: Any, payloads: Mapping[str, Mapping], base: Any) -> None:
-        """Keep what re-checks need, pick this round's spot checks, scan recent verdicts."""
+    def on_close(self, round: int, book: Any, payloads: Mapping[str, Mapping], base: Any,
+                 weights: Mapping[str, float] | None = None) -> None:
+        """Keep what re-checks need, pick this round's spot checks, scan recent verdicts. ``weights``
+        (each included digest's weight in this peer's aggregate): updates that weighed nothing are
+        checked after the others (:func:`~.check_rate.draw_checks`)."""
         if self.rt is None:
             return
         me = self.rt.identity.public_key_hex
@@ -109,7 +112,8 @@ class SpotChecker:
             for r in [r for r in self._held if r < round - self.lag - 1]:
                 del self._held[r]
         drawn = draw_checks({d: a.peer for d, a in anns.items() if d in payloads}, me, standing,
-                            self.checks_per_update, self.max_checks, self._rng)
+                            self.checks_per_update, self.max_checks, self._rng,
+                            weightless={d for d, w in (weights or {}).items() if not w > 0})
         for digest in drawn:
             self._jobs.put((self._safe_check, (round, anns[digest], False, now)))
         self._jobs.put((self._scan, (round,)))
