@@ -53,7 +53,17 @@ def run_once(arm: str, workdir: str, until: int, join_round: int, index: int) ->
             "val_loss": {str(r): mean(v) for r, v in sorted(losses.items())},
             "peers_disagreeing": {str(r): max(v) - min(v) > 0 for r, v in sorted(losses.items())},
             "cheater_slashed_in_base": first_slash(peers, key[:12]) if key else None,
-            "sybil_records": counters.get("sybil_records", 0)}
+            "sybil_records": counters.get("sybil_records", 0), "standing_from": standing_from(peers)}
+
+
+def standing_from(peers: list) -> dict:
+    """The first round in which p4 (the attacker's own key in the flood arm, trained honestly; an honest
+    newcomer in the clean arm) and the joiner held standing, by their own history (None: never)."""
+    out = {}
+    for name, i in (("p4", ATTACKER), ("joiner", JOINER)):
+        held = [int(h["round"]) for h in peers[i].get("history", []) if h.get("standing")]
+        out[name] = min(held) if held else None
+    return out
 
 
 def compare(runs: list[dict]) -> list[dict]:
@@ -77,18 +87,25 @@ def markdown(report: dict) -> str:
     lines = [f"# Sybil flood against an established swarm: regression, 6 s rounds, until round {a['until']}", "",
              f"Machine: {report['machine']}. Code: {report.get('commit', '?')}. Arms alternate; "
              f"{a['runs']} run(s) each. Val loss of the honest peers (founders p0-p2 and the joiner).", "",
-             "| run | arm | rounds recorded | cheater slashed in base | fresh-key records | wall (s) |",
-             "|---:|---|---|---:|---:|---:|"]
+             "| run | arm | rounds recorded | cheater slashed in base | standing from round: p4 / joiner "
+             "| fresh-key records | wall (s) |",
+             "|---:|---|---|---:|---|---:|---:|"]
     for i, r in enumerate(report["runs"]):
         rounds = sorted(int(q) for q in r["val_loss"])
         span = f"{rounds[0]}-{rounds[-1]}" if rounds else "none"
-        lines.append(f"| {i} | {r['arm']} | {span} | {r['cheater_slashed_in_base']} | {r['sybil_records']:,} "
-                     f"| {r['wall_s']} |")
+        st = r.get("standing_from") or {}
+        lines.append(f"| {i} | {r['arm']} | {span} | {r['cheater_slashed_in_base']} | {st.get('p4', '?')} / "
+                     f"{st.get('joiner', '?')} | {r['sybil_records']:,} | {r['wall_s']} |")
     lines += ["", "| round | flood mean | clean mean | flood ÷ clean | flood range | clean range |",
               "|---:|---:|---:|---:|---|---|"]
     for row in report["compare"]:
         lines.append(f"| {row['round']} | {row['flood']:.4f} | {row['clean']:.4f} | {row['ratio']:.3f} "
                      f"| {row['flood_min']:.4f}-{row['flood_max']:.4f} | {row['clean_min']:.4f}-{row['clean_max']:.4f} |")
+    tail = report["compare"][-3:]
+    if tail:
+        f, c = mean(x["flood"] for x in tail), mean(x["clean"] for x in tail)
+        lines += ["", f"Last {len(tail)} rounds ({tail[0]['round']}-{tail[-1]['round']}): flood mean {f:.4f}, "
+                      f"clean mean {c:.4f}, flood ÷ clean {f / c:.3f}; last round {tail[-1]['ratio']:.3f}."]
     return "\n".join(lines) + "\n"
 
 

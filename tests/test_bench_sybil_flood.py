@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from benchmarks.sybil_flood import compare, main, markdown
+from benchmarks.sybil_flood import compare, main, markdown, standing_from
 
 
 def _run(arm: str, losses: dict[int, float], slashed: int | None = 5) -> dict:
@@ -37,6 +37,13 @@ def test_report_only_rebuilds_the_tables_and_plot(tmp_path):
         json.dump(report, f)
     assert main(["--report-only", "--out", out]) == 0
     text = open(out + ".md").read()
-    assert "| 8 | 0.0370 | 0.0350 | 1.057 |" in text and "| 3 | clean | 8-10 | None | 0 |" in text
+    assert "| 8 | 0.0370 | 0.0350 | 1.057 |" in text and "| 3 | clean | 8-10 | None | ? / ? | 0 |" in text
+    assert "Last 2 rounds (8-9): flood mean 0.0345, clean mean 0.0330, flood ÷ clean 1.045; last round 1.032." in text
     assert (tmp_path / "flood.png").stat().st_size > 10_000
     assert markdown(json.load(open(out + ".json"))) == text
+
+
+def test_standing_from_reads_the_first_round_each_newcomer_held_standing():
+    hist = lambda rounds: {"history": [{"round": r, "standing": r in rounds} for r in range(3, 11)]}  # noqa: E731
+    peers = [{}] * 4 + [hist({4, 5, 9, 10}), hist(set())]
+    assert standing_from(peers) == {"p4": 4, "joiner": None}
