@@ -322,18 +322,18 @@ class SwarmDHT:
 
     def get_round_records(self, run_id: str, kind: str, round: int,
                           signers: Iterable[str] | None = None) -> list[SignedRecord]:
-        """Verified ``kind`` records of ``round``: one per signer, each with ``.signer``, ``.body``, ``.issued_at``.
-        A :data:`~.keys.SIGNER_KEYED` kind is read for ``signers`` only (one traversal; ConfigError without)."""
+        """Verified ``kind`` records of ``round``: one per signer, each with ``.signer``, ``.body``, ``.issued_at``;
+        of ``signers`` only if given (a :data:`~.keys.SIGNER_KEYED` kind: required, read in one traversal)."""
         validate_name(kind, "record kind")
         validate_name(run_id, "run id")
-        if wire_kind(kind) in SIGNER_KEYED:
-            if signers is None:
-                raise ConfigError(f"{kind!r} records are read per signer: name the signers")
-            want = sorted(set(signers))
-            found = self._read_many([round_key(run_id, kind, round, k) for k in want], "round", run_id, wire_kind(kind))
-        else:
+        want = None if signers is None else sorted(set(signers))
+        if wire_kind(kind) not in SIGNER_KEYED:
             found = self._read(round_key(run_id, kind, round), "round", run_id, wire_kind(kind))
-        return [s for s in found if s.kind == kind and s.round == round]
+        elif want is None:
+            raise ConfigError(f"{kind!r} records are read per signer: name the signers")
+        else:
+            found = self._read_many([round_key(run_id, kind, round, k) for k in want], "round", run_id, wire_kind(kind))
+        return [s for s in found if s.kind == kind and s.round == round and (want is None or s.signer in want)]
 
     # -- life cycle ----------------------------------------------------------------------------
     def close_requests(self, why: str = "the peer is shutting down") -> None:

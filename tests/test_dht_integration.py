@@ -120,6 +120,10 @@ def test_votes_live_under_one_key_per_signer(swarm):
     with pytest.raises(ConfigError, match="per signer"):
         c.get_round_records(RUN, "vote.eu", 9)
     assert c.get_round_records(RUN, "vote.eu", 9, signers=[]) == []
+    for node in (a, b):  # a kind under one key is filtered by signers too
+        node.publish_round_record(RUN, "note", 9, {"x": 1}, ttl_s=30)
+    testing.wait_until(lambda: len(c.get_round_records(RUN, "note", 9)) == 2, 10, what="two notes")
+    assert [r.signer for r in c.get_round_records(RUN, "note", 9, signers=[kb, kr])] == [kb]
     # the rogue's own vote moved under a's key: sealing refuses, honest nodes refuse, a read drops it
     with pytest.raises(MalformedRecord, match="belongs under"):
         seal(rogue.identity, _vote(10), run_id=RUN, ttl_s=30, key=round_key(RUN, "vote.eu", 10, ka))
