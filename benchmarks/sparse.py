@@ -293,17 +293,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delayed", action="store_true", help="the swarm's one-round-delayed outer step (see simulate)")
     ap.add_argument("--dc", type=float, default=None,
                     help="with --delayed: fraction of the delay compensation (default: the swarm's, 1 for int8, 0.25 for sparse)")
+    ap.add_argument("--seed", type=int, default=0, help="model init and data seed (default 0)")
+    ap.add_argument("--lr", type=float, default=None, help="override the outer lr of the selected variants (sweeps)")
     ap.add_argument("--no-verify", action="store_true", help="skip the verification of the sparse variant")
     ap.add_argument("--quick", action="store_true", help="2 workers, 2 rounds of 2 steps, two variants (for CI)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     variants = [VARIANTS[i] for i in args.only] if args.only else VARIANTS
+    if args.lr is not None:
+        variants = [(f"{v[0]}, outer lr set to {args.lr:g}", *v[1:4], args.lr, *v[5:]) for v in variants]
     if args.quick:
         args.workers, args.rounds, args.steps, variants = 2, 2, 2, VARIANTS[:2]
     task = load_task(args.task)
     runs = []
     for v in variants:
-        runs.append(simulate(task, v, workers=args.workers, rounds=args.rounds, steps=args.steps,
+        runs.append(simulate(task, v, workers=args.workers, rounds=args.rounds, steps=args.steps, seed=args.seed,
                              verify_threads=args.verify_threads, keep_acc=v[6] and not args.no_verify,
                              delayed=args.delayed, dc=args.dc, verify_on=not args.no_verify))
         print(f"{v[0]}: final val loss {runs[-1]['final_val_loss']:.4f}, {runs[-1]['mean_bytes']:.0f} B/update, "
@@ -312,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     dense = 4 * sum(p.numel() for p in task.build_model(0).parameters())
     res = {"task": args.task, "workers": args.workers, "rounds": args.rounds, "steps": args.steps,
            "samples": args.workers * args.rounds * args.steps * int(task.batch_size), "dense_bytes": dense,
-           "verify_threads": args.verify_threads, "quick": args.quick, "runs": runs,
+           "verify_threads": args.verify_threads, "quick": args.quick, "runs": runs, "seed": args.seed,
            "delayed": args.delayed, "dc": args.dc if args.delayed else None,
            "chunks": len(buffer_refs(dict(task.build_model(0).named_parameters()))),
            "grid": bytes_grid(accs) if accs else [], "index_coding": index_coding(accs[-1]) if accs else {}}

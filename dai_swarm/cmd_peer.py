@@ -98,7 +98,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "several regions lengths change at cross-region merges; default: fixed rounds)")
     p.add_argument("--codec", default="int8",
                    help="update codec: none, fp16, int8, topk, or sparse (chunked top-k with error feedback, "
-                        "checked on sampled buffer chunks; outer SGD lr 1.25, no momentum, delay compensation 0.25) "
+                        "checked on sampled buffer chunks; outer SGD lr 1.4, no momentum, delay compensation 0.3) "
                         "(new runs only)")
     p.add_argument("--cross-region-period", type=int, default=5,
                    help="rounds between cross-region merges (new runs only)")

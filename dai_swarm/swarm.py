@@ -76,9 +76,10 @@ def outer_defaults(codec: str) -> tuple[float, float, float]:
     """A new run's outer step for ``codec``: (lr, Nesterov momentum, delay compensation fraction).
 
     Sparse runs: the error-feedback buffer stands in for momentum, and without momentum the full
-    delay compensation halves the progress, so lr 1.25 and a quarter of it; the others: Nesterov
+    delay compensation halves the progress, so lr 1.4 and 0.3 of it (stable in the linear model for
+    any inner progress, docs/design.md "Delay compensation without momentum"); the others: Nesterov
     0.6 / 0.9 with full compensation (docs/design.md, "Delay compensation without momentum")."""
-    return (1.25, 0.0, 0.25) if codec == "sparse" else (0.6, 0.9, 1.0)
+    return (1.4, 0.0, 0.3) if codec == "sparse" else (0.6, 0.9, 1.0)
 
 
 def _manifest(**fields: Any) -> RunManifest:
@@ -100,8 +101,8 @@ class Swarm:
     (ephemeral). The run settings (``round_s``; with ``round_s_max`` the first rounds' length, which
     then adapts to what the swarm's machines need up to ``round_s_max``; with several regions at merges ...
     ``codec``: ``"int8"`` (dense) or ``"sparse"`` (chunked top-k with error feedback; its outer step
-    defaults to plain SGD at lr 1.25 without momentum, the buffer standing in for it, and a quarter of
-    the delay compensation, ``delay_compensation`` 0.25; int8: Nesterov 0.6 / 0.9, full compensation), among others;
+    defaults to plain SGD at lr 1.4 without momentum, the buffer standing in for it, and 0.3 of
+    the delay compensation, ``delay_compensation`` 0.3; int8: Nesterov 0.6 / 0.9, full compensation), among others;
     ``t0``, or ``start_in_s``: round 0 starts that
     many seconds after this peer creates the run) are used only when this peer creates the run; a joiner takes them from the signed manifest. ``attack`` is for tests and benchmarks.
     ``ledger`` is the path of this peer's reward log (written as rounds close; None: no log).

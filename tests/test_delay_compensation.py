@@ -68,7 +68,7 @@ def test_new_runs_default_to_full_compensation_with_momentum_and_a_quarter_witho
     from dai_swarm.swarm import outer_defaults
 
     assert outer_defaults("int8") == outer_defaults("fp16") == (0.6, 0.9, 1.0)
-    assert outer_defaults("sparse") == (1.25, 0.0, 0.25)
+    assert outer_defaults("sparse") == (1.4, 0.0, 0.3)
 
 
 def test_the_run_config_takes_it_from_the_manifest_and_refuses_nonsense():
