@@ -22,10 +22,14 @@ __all__ = ["Ballots"]
 class Ballots:
     """Vote records, votes and electorates (see the module docstring)."""
 
+    def _live_here(self) -> set[str]:
+        """Public keys with a live, signed peer record in this region (``ctx.announcer``)."""
+        return {k for k in list(getattr(self.ctx, "peer_keys", {}) or {}) if self.ctx.announcer(k) is not None}
+
     def _vote_readers(self, q: int) -> set[str]:
         """The keys whose round-``q`` vote records this peer reads (:func:`~.votes.vote_readers`)."""
         peers, book = dict(getattr(self.ctx, "peer_keys", {}) or {}), self.books.get(q)
-        here = {k for k in peers if self.ctx.announcer(k) is not None} | {a.peer for a in (book and book.announced()) or ()}
+        here = self._live_here() | {a.peer for a in (book and book.announced()) or ()}
         elsewhere = {k for k, (_, region, _) in peers.items() if region != self.cfg.region}
         return vote_readers(self.ctx.vote_weights(), here, elsewhere, self.ctx.identity.public_key_hex)
 
@@ -63,9 +67,7 @@ class Ballots:
         """Public keys expected to publish this region's next state: live peers of the region
         (signed peer records) and everyone who voted this round, those with standing only
         (:func:`~.votes.who_counts`)."""
-        keys = {v.voter for v in votes}
-        keys.update(k for k in list(getattr(self.ctx, "peer_keys", {}) or {}) if self.ctx.announcer(k) is not None)
-        return who_counts(keys, self.ctx.vote_weights())
+        return who_counts({v.voter for v in votes} | self._live_here(), self.ctx.vote_weights())
 
     def _read_votes(self, q: int, book: RoundBook | None) -> list[tuple[str, VoteBody]]:
         """Round ``q``'s vote records; if a live peer with standing that announced an update this round
