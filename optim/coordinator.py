@@ -171,8 +171,8 @@ class Coordinator(Ballots, PayloadFetch, StateSync):
         self.ctx.dht.publish_round_record(self.cfg.run_id, self._kind(what), round, body,
                                           ttl_s=ttl_s if ttl_s is not None else round_record_ttl(self.ctx.clock.round_s))
 
-    def _records(self, what: str, round: int, region: str | None = None, **signers) -> list:
-        return self.ctx.dht.get_round_records(self.cfg.run_id, self._kind(what, region), round, **signers)
+    def _records(self, what: str, round: int, region: str | None = None, signers=None) -> list:
+        return self.ctx.dht.get_round_records(self.cfg.run_id, self._kind(what, region), round, signers=signers)
 
     # --- announce -------------------------------------------------------------------------------
     def announce(self, round: int, base_hash: str, steps: int, samples: int, delta: Mapping[str, torch.Tensor]) -> str:

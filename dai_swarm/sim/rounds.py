@@ -280,24 +280,21 @@ class RoundSteps:
                                                    codec_params=cfg.codec_params)
                 self.counters["spot_checks"] += 1
                 liar = self.peers[anns[d][1]].attack is not None  # its byzantine mates pass it
-                accused = False
-                for v in ranked:
+
+                def verdict_of(v, recheck: bool = False):
                     lie = v.attack is not None and liar
-                    verdict = make_verdict(q, v.key, ann, True if lie else passed, 0.0 if lie else dist,
-                                           ann.digest if lie else recomputed, 0.3 * cfg.round_s)
-                    ids.append(self.verifier.add(verdict))
                     self.verifications[q][v.key] += 1
-                    accused |= not verdict.passed
-                if accused:  # the other members re-check a fail at their next close (verifier._scan)
-                    for v in members:
-                        if v.key == ann.peer or v in ranked or budget[v.key] >= MAX_RECHECKS_PER_ROUND:
-                            continue
+                    return make_verdict(q, v.key, ann, True if lie else passed, 0.0 if lie else dist,
+                                        ann.digest if lie else recomputed, 0.3 * cfg.round_s, recheck=recheck)
+
+                first = [verdict_of(v) for v in ranked]
+                ids += [self.verifier.add(v) for v in first]
+                if all(v.passed for v in first):
+                    continue
+                for v in members:  # the other members re-check a fail at their next close (verifier._scan)
+                    if v.key != ann.peer and v not in ranked and budget[v.key] < MAX_RECHECKS_PER_ROUND:
                         budget[v.key] += 1
-                        lie = v.attack is not None and liar
-                        verdict = make_verdict(q, v.key, ann, True if lie else passed, 0.0 if lie else dist,
-                                               ann.digest if lie else recomputed, 0.3 * cfg.round_s, recheck=True)
-                        self.rechecks[(g, q + 2)].append(self.verifier.add(verdict))
-                        self.verifications[q][v.key] += 1
+                        self.rechecks[(g, q + 2)].append(self.verifier.add(verdict_of(v, recheck=True)))
                         self.counters["rechecks"] += 1
             ids += self.rechecks.pop((g, q + 1), [])
             self.pending_verdicts[(g, q + 1)] = tuple(sorted(set(ids)))
